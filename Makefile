@@ -21,6 +21,7 @@ $(STAMP): constraints.txt pyproject.toml
 	touch $(STAMP)
 
 book: setup
+	$(PY) tools/web_assets.py
 	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: _build/html/index.html"
