@@ -1,10 +1,14 @@
 """The SPTE format: the 64-bit entries of KVM's shadow and TDP page tables.
 
-Models: arch/x86/kvm/mmu/spte.h: SPTE_* constants, FROZEN_SPTE, MMIO_SPTE_GEN_*
-Models: arch/x86/kvm/mmu/spte.c: make_spte(), make_mmio_spte(), kvm_mmu_set_ept_masks()
-Models: arch/x86/kvm/mmu/mmu.h: PT_* masks, rsvd_bits()
-Models: arch/x86/kvm/mmu/mmu.c: check_mmio_spte(), get_mmio_spte_gfn()
-Models: arch/x86/include/asm/vmx.h: VMX_EPT_* bits
+Models: arch/x86/kvm/mmu/spte.h: SPTE_MMU_PRESENT_MASK, SPTE_TDP_AD_MASK, SPTE_BASE_ADDR_MASK
+Models: arch/x86/kvm/mmu/spte.h: SHADOW_NONPRESENT_VALUE, FROZEN_SPTE, SHADOW_ACC_TRACK_SAVED_BITS_MASK
+Models: arch/x86/kvm/mmu/spte.h: MMIO_SPTE_GEN_MASK, SPTE_MMIO_ALLOWED_MASK
+Models: arch/x86/kvm/mmu/mmu.h: PT_WRITABLE_MASK, PT_PAGE_SIZE_MASK, PT64_NX_MASK
+Models: arch/x86/include/asm/vmx.h: VMX_EPT_RWX_MASK, VMX_EPT_MISCONFIG_WX_VALUE, VMX_EPT_SUPPRESS_VE_BIT
+
+The functions below carry their own ``Models:`` lines (spte.h, spte.c, and
+mmu.c for check_mmio_spte/get_mmio_spte_gfn/get_mmio_spte_access).  The
+``Historical:`` lines mark code from before 6.17, kept for the 2021 debate.
 
 Reference version: Linux 6.17 (read at v6.17-rc3).
 
@@ -891,7 +895,7 @@ def make_nonleaf_spte(child_pa: int, ad_disabled: bool | None = None,
     return spte
 
 
-def _modify_spte_protections(spte: int, set_bits: int, clear_bits: int, cfg: SpteConfig) -> int:
+def modify_spte_protections(spte: int, set_bits: int, clear_bits: int, cfg: SpteConfig) -> int:
     """Change permission bits, undoing and redoing access tracking around it.
 
     Models: arch/x86/kvm/mmu/spte.c: modify_spte_protections()
@@ -927,7 +931,7 @@ def make_small_spte(huge_spte: int, level: int, index: int, access: int = ACC_AL
     if level == PG_LEVEL_4K:
         child &= ~PT_PAGE_SIZE_MASK
         if access & ACC_EXEC_MASK and nx_huge_pages:
-            child = _modify_spte_protections(child, cfg.shadow_x_mask, cfg.shadow_nx_mask, cfg)
+            child = modify_spte_protections(child, cfg.shadow_x_mask, cfg.shadow_nx_mask, cfg)
     return child
 
 
@@ -947,7 +951,7 @@ def make_huge_spte(small_spte: int, level: int, cfg: SpteConfig = EPT_AD,
     # KVM_HPAGE_MASK(level) | ~PAGE_MASK: clear the address bits inside the page.
     huge &= ~(KVM_HPAGE_SIZE(level) - 1 - (PAGE_SIZE - 1)) & U64_MAX
     if nx_huge_pages:
-        huge = _modify_spte_protections(huge, cfg.shadow_nx_mask, cfg.shadow_x_mask, cfg)
+        huge = modify_spte_protections(huge, cfg.shadow_nx_mask, cfg.shadow_x_mask, cfg)
     return huge
 
 
