@@ -1,0 +1,1 @@
+"""Seeded problem generators: ``problem(seed)`` in one module per topic."""
