@@ -214,9 +214,14 @@ def _build_widget(value: int, mode: str, level: int):
                          value=level, description="level")
     level_w.add_class("kvmmu-spte-level")
     buttons = {}
+    # One shared layout and style: 64 buttons, not 192 widget models to store.
+    bit_layout = W.Layout(width="2.6em", padding="0")
+    bit_style = None
     for b in range(63, -1, -1):
+        extra = {} if bit_style is None else {"style": bit_style}
         btn = W.ToggleButton(value=bool(value >> b & 1), description=str(b), tooltip=f"bit {b}",
-                             layout=W.Layout(width="2.6em", padding="0"))
+                             layout=bit_layout, **extra)
+        bit_style = btn.style
         btn.add_class("kvmmu-spte-bit")
         btn.add_class(f"kvmmu-spte-bit-{b}")
         buttons[b] = btn
