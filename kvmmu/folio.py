@@ -1,0 +1,318 @@
+"""The mm side of guest_memfd's final-put callback: folios, references, truncation.
+
+Models: include/linux/mm_types.h: struct folio
+Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem
+Models: include/linux/page_ref.h: folio_ref_count(), folio_ref_add(), folio_ref_sub_return(), folio_try_get()
+Models: mm/swap.c: free_typed_folio()
+
+Reference version: Linux 6.17 for the folio calls; ``PGTY_guestmem`` and the
+``case PGTY_guestmem:`` in ``free_typed_folio`` come from Fuad Tabba's RFC
+"[RFC PATCH v5 06/15] KVM: guest_memfd: Handle final folio_put() of guestmem
+pages" (2025-01), which did not merge as posted (see :mod:`kvmmu.guest_memfd`).
+
+A folio here is one page-cache folio of a guest_memfd file: its reference
+count, how many host page tables map it, its lock, its page type, and its
+``mapping`` (the file, or ``None`` once truncation removed it).
+
+**The reference ledger (model only).**  Beside the kernel's ``refcount`` each
+folio keeps ``holders``: who holds how many of those references ("filemap",
+"pte", "gup:A", "spec:B" ...).  Every function that changes the count names the
+holder, and the ledger changes in the same atomic step, so "no reference is
+lost or double-counted" is a checkable statement: ``refcount == sum(holders)``
+and no holder below zero.  The kernel has no such ledger; it is how the model
+sees a put by someone who holds nothing (truncation putting references that the
+callback had already parked, for instance).
+
+**Operations as steps.**  Anything that may run the final put (and so the
+guest_memfd callback, which sleeps on a lock) is a generator of explorer
+steps: an actor of :mod:`kvmmu.explorer` runs it with
+``yield from``, plain code with :func:`run_op`.  Each change to shared
+state is one explorer step.
+
+**Where the model simplifies.**
+
+- A GUP reference is one reference (``get_user_pages``/FOLL_GET); the
+  ``pin_user_pages`` bias of 1024 per pin on small folios is left out.
+- ``folio_put`` decrements and, on zero, runs ``__folio_put``: a typed folio
+  goes to ``free_typed_folio``; any other folio is marked freed.  Memcg,
+  LRU and the per-CPU batches are not modelled.
+- Where the kernel would WARN because the *caller* broke a rule (a put with no
+  reference left, unmapping a folio that is not mapped), the model raises
+  :class:`KernelWarn`.  Where the kernel's own code WARNs and carries on, the
+  model records the message in the file's ``warnings`` and carries on, so a
+  scenario can show it.
+"""
+from dataclasses import dataclass, field
+
+from .checks import check_int
+from .explorer import Op, step
+
+#: ``enum pagetype`` value the RFC adds for guest_memfd folios (page-flags.h).
+PGTY_guestmem = 0xF8
+
+#: Holder names used by the guest_memfd model.  "filemap" holds
+#: ``folio_nr_pages`` references while the folio is in the page cache; "pte"
+#: holds one per host page-table mapping.
+FILEMAP = "filemap"
+PTE = "pte"
+
+
+class KernelWarn(RuntimeError):
+    """Raised where the kernel would WARN because the caller broke a rule."""
+
+
+@dataclass(eq=False, repr=False)
+class Folio:
+    """One folio of a guest_memfd file, with the model's reference ledger.
+
+    Models: include/linux/mm_types.h: struct folio
+    """
+
+    fid: int                      # the model's name for the folio ("pfn")
+    index: int                    # folio->index: first page offset in the file
+    order: int = 0
+    refcount: int = 0             # folio->_refcount
+    mapcount: int = 0             # host page tables mapping it (folio_mapcount)
+    locked_by: str | None = None  # PG_locked, with the locker's name
+    page_type: int | None = None  # PGTY_guestmem or None
+    mapping: object | None = None  # the GmemFile, or None after truncation
+    freed: bool = False           # returned to the page allocator
+    holders: dict = field(default_factory=dict)
+    owner: object | None = None   # model only: the file it was allocated in (kept after truncation)
+
+    def __repr__(self) -> str:
+        return f"folio {self.fid}"
+
+    def short(self) -> str:
+        """Compact state for trace tables: ``ref=2 map=1 guestmem locked:A gone [filemap=1 pte=1]``."""
+        bits = [f"ref={self.refcount}", f"map={self.mapcount}"]
+        if self.page_type == PGTY_guestmem:
+            bits.append("guestmem")
+        if self.locked_by:
+            bits.append(f"locked:{self.locked_by}")
+        if self.mapping is None:
+            bits.append("freed" if self.freed else "truncated")
+        ledger = " ".join(f"{k}={v}" for k, v in sorted(self.holders.items()) if v)
+        return " ".join(bits) + f" [{ledger}]"
+
+    def describe(self) -> str:
+        """One line a reader can follow: refcount, mapcount, type, lock, ledger."""
+        ty = "guestmem" if self.page_type == PGTY_guestmem else "none"
+        ledger = ", ".join(f"{k}={v}" for k, v in sorted(self.holders.items()) if v) or "-"
+        where = "in page cache" if self.mapping is not None else (
+            "freed" if self.freed else "truncated")
+        lock = f", locked by {self.locked_by}" if self.locked_by else ""
+        return (f"folio {self.fid}@{self.index}: refcount={self.refcount} mapcount={self.mapcount} "
+                f"type={ty}{lock}, {where} [{ledger}]")
+
+
+def _ledger(folio: Folio, holder: str, delta: int) -> None:
+    folio.holders[holder] = folio.holders.get(holder, 0) + delta
+
+
+def folio_nr_pages(folio: Folio) -> int:
+    """Return how many pages the folio spans.
+
+    Models: include/linux/mm.h: folio_nr_pages()
+    """
+    return 1 << folio.order
+
+
+def folio_ref_count(folio: Folio) -> int:
+    """Return the folio's reference count.
+
+    Models: include/linux/page_ref.h: folio_ref_count()
+    """
+    return folio.refcount
+
+
+def folio_mapped(folio: Folio) -> bool:
+    """Return True if any host page table maps the folio.
+
+    Models: include/linux/mm.h: folio_mapped()
+    """
+    return folio.mapcount > 0
+
+
+def folio_test_locked(folio: Folio) -> bool:
+    """Return True if the folio is locked.
+
+    Models: include/linux/page-flags.h: folio_test_locked()
+    """
+    return folio.locked_by is not None
+
+
+def folio_test_guestmem(folio: Folio) -> bool:
+    """Return True if the folio has the guestmem type (a final-put callback is registered).
+
+    Models: include/linux/page-flags.h: folio_test_guestmem()
+    """
+    return folio.page_type == PGTY_guestmem
+
+
+def __folio_set_guestmem(folio: Folio) -> None:
+    """Give the folio the guestmem type, so its final put calls guest_memfd.
+
+    Models: include/linux/page-flags.h: __folio_set_guestmem()
+    """
+    if folio.page_type is not None:
+        raise KernelWarn(f"__folio_set_guestmem: folio {folio.fid} already has a page type")
+    folio.page_type = PGTY_guestmem
+
+
+def __folio_clear_guestmem(folio: Folio) -> None:
+    """Remove the guestmem type: the folio is an ordinary page-cache folio again.
+
+    Models: include/linux/page-flags.h: __folio_clear_guestmem()
+    """
+    if folio.page_type != PGTY_guestmem:
+        raise KernelWarn(f"__folio_clear_guestmem: folio {folio.fid} is not a guestmem folio")
+    folio.page_type = None
+
+
+def folio_ref_add(folio: Folio, nr: int, holder: str) -> None:
+    """Add ``nr`` references held by ``holder``.
+
+    Models: include/linux/page_ref.h: folio_ref_add()
+    """
+    check_int("nr", nr, 1, 1 << 18)
+    folio.refcount += nr
+    _ledger(folio, holder, nr)
+
+
+def folio_ref_sub_return(folio: Folio, nr: int, holder: str) -> int:
+    """Drop ``nr`` references of ``holder`` without freeing; return the new count.
+
+    Models: include/linux/page_ref.h: folio_ref_sub_return()
+    """
+    check_int("nr", nr, 1, 1 << 18)
+    if folio.refcount < nr:
+        raise KernelWarn(f"folio_ref_sub_return: folio {folio.fid} has {folio.refcount} "
+                         f"references, cannot drop {nr}")
+    folio.refcount -= nr
+    _ledger(folio, holder, -nr)
+    return folio.refcount
+
+
+def folio_try_get(folio: Folio, holder: str) -> bool:
+    """Take a reference unless the count is already zero (a speculative get).
+
+    Models: include/linux/page_ref.h: folio_try_get()
+
+    This is how code that found the folio without holding a reference (a pfn
+    walker, GUP-fast before its recheck, the page cache's own lookup) gets one:
+    it never resurrects a folio whose count reached zero.
+    """
+    if folio.refcount == 0:
+        return False
+    folio.refcount += 1
+    _ledger(folio, holder, 1)
+    return True
+
+
+def folio_get(folio: Folio, holder: str) -> None:
+    """Take a reference on a folio the caller knows is alive.
+
+    Models: include/linux/mm.h: folio_get()
+    """
+    if folio.refcount <= 0:
+        raise KernelWarn(f"folio_get: folio {folio.fid} has refcount {folio.refcount} "
+                         "(VM_BUG_ON_FOLIO: get on a free folio)")
+    folio.refcount += 1
+    _ledger(folio, holder, 1)
+
+
+def _put_return(folio: Folio, nr: int, holder: str) -> int:
+    """The atomic part of a put: drop ``nr`` references, return the new count."""
+    if folio.refcount < nr:
+        raise KernelWarn(f"folio_put: folio {folio.fid} has refcount {folio.refcount}, "
+                         f"cannot drop {nr} (reference count underflow)")
+    folio.refcount -= nr
+    _ledger(folio, holder, -nr)
+    return folio.refcount
+
+
+# --------------------------------------------------------------------------
+# Running operations.  Every operation below is an explorer actor fragment:
+# it yields the explorer's own steps (``step``, ``wait_until``, lock methods),
+# so an actor runs it with ``yield from``.  ``run_op`` runs the same generator
+# on one CPU, outside any scenario, for worked examples, widgets and tests.
+# --------------------------------------------------------------------------
+class WouldBlock(KernelWarn):
+    """On one CPU, an operation had to wait for something only another CPU could do."""
+
+
+def run_op(gen, cpu: str = "0", world=None, trace: list | None = None):
+    """Run an actor fragment to completion on one CPU; return its result.
+
+    Each yielded explorer ``Op`` is performed at once.  One that is not
+    enabled (a lock held, a wait whose condition is false) raises
+    :class:`WouldBlock`: on one CPU nobody else could ever release it (a
+    recursive ``down_write`` is the usual cause).  With ``trace`` (a list),
+    each step's label is appended.
+    """
+    result = None
+    try:
+        while True:
+            op = gen.send(result)
+            if type(op) is not Op:
+                raise TypeError(f"run_op: the operation yielded {op!r}, not an explorer step")
+            if op.enabled is not None and not op.enabled(op.prim, op.args, cpu, world):
+                raise WouldBlock(f"CPU {cpu} would wait forever: {op.why_blocked(cpu, world)}")
+            result = op.run(op.prim, op.args, cpu, world)
+            if trace is not None:
+                trace.append(op.label(result, cpu, world))
+    except StopIteration as stop:
+        return stop.value
+
+
+def folio_put_refs(folio: Folio, nr: int, holder: str):
+    """Drop ``nr`` references of ``holder``; on reaching zero run ``__folio_put``.
+
+    Models: include/linux/mm.h: folio_put_refs()
+
+    Returns the new count (0: this put was the final one).  The decrement is
+    one step; the final put's work (``__folio_put``) runs on the same CPU.
+    """
+    check_int("nr", nr, 1, 1 << 18)
+    what = "folio_put" if nr == 1 else f"folio_put_refs({nr})"
+    count = yield from step(f"{what} by {holder}: refcount",
+                            lambda: _put_return(folio, nr, holder))
+    if count == 0:
+        yield from __folio_put(folio)
+    return count
+
+
+def folio_put(folio: Folio, holder: str):
+    """Drop one reference of ``holder``; on reaching zero run ``__folio_put``.
+
+    Models: include/linux/mm.h: folio_put()
+    """
+    return (yield from folio_put_refs(folio, 1, holder))
+
+
+def __folio_put(folio: Folio):
+    """The last reference is gone: a typed folio goes to its owner, others are freed.
+
+    Models: mm/swap.c: __folio_put()
+    """
+    if folio.page_type is not None:
+        yield from free_typed_folio(folio)
+        return
+    yield from step(f"free folio {folio.fid} to the page allocator",
+                    lambda: setattr(folio, "freed", True))
+
+
+def free_typed_folio(folio: Folio):
+    """Dispatch a typed folio's final put; the RFC sends guestmem folios to KVM.
+
+    Models: mm/swap.c: free_typed_folio()
+
+    The direct call from core mm into KVM is what Sean Christopherson objected
+    to in review: mm/swap.c cannot call a function of a module (CONFIG_KVM=m).
+    """
+    if folio.page_type == PGTY_guestmem:
+        from .guest_memfd import kvm_gmem_handle_folio_put
+        yield from kvm_gmem_handle_folio_put(folio)
+        return
+    raise KernelWarn(f"free_typed_folio: unknown page type {folio.page_type:#x}")
