@@ -150,6 +150,12 @@ class SequentialSync:
     :class:`ModelHang`: no other thread exists that could make it true.
     """
 
+    def __init__(self, hook=None):
+        if hook is not None and not callable(hook):
+            raise TypeError(f"hook must be callable or None, got {type(hook).__name__}")
+        #: called as ``hook(label)`` after every step: lets tests and views watch
+        self.hook = hook
+
     def srcu_domain(self, name: str) -> _SeqSRCU:
         return _SeqSRCU(name)
 
@@ -157,7 +163,10 @@ class SequentialSync:
         return _SeqMutex(name)
 
     def step(self, label: str, fn=None):
-        return (yield from _no_yield_generator(fn() if fn is not None else None))
+        result = fn() if fn is not None else None
+        if self.hook is not None:
+            self.hook(label)
+        return (yield from _no_yield_generator(result))
 
     def wait_until(self, label: str, predicate):
         if not predicate(None):
