@@ -1,0 +1,127 @@
+"""The widgets work as a person uses them: JupyterLab in a real browser.
+
+A JupyterLab server starts on loopback with a token the test sets, serving a
+scratch copy of book/ (so autosave can never touch the committed notebooks).
+Each chapter is opened in Debian's Chromium driven by Playwright, run top to
+bottom, and its main widget is operated like a student would: type a value,
+click a button, move a slider.  The test asserts that what the widget shows
+changes as the model says it should, and keeps a screenshot of every widget
+after the interaction in test-artifacts/.
+"""
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import CHROMIUM_ARGS, chromium_or_skip
+from lab_interactions import INTERACTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from toc import toc_notebooks  # noqa: E402
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    chromium_or_skip()
+    work = tmp_path_factory.mktemp("lab")
+    shutil.copytree(ROOT / "book", work / "book")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(work / "config"),
+               JUPYTER_RUNTIME_DIR=str(work / "runtime"), PYTHONHASHSEED="0")
+    jupyter = Path(sys.executable).with_name("jupyter")
+    proc = subprocess.Popen(
+        [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+         "--ServerApp.open_browser=False", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(work / "lab.log", "w"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("JupyterLab did not start:\n" + (work / "lab.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield base, token
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def run_all_cells(page):
+    """Run the open notebook top to bottom and wait until the kernel is idle."""
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=60000)
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                           ".connectionStatus === 'connected'", timeout=60000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # A notebook is done when no cell is queued or running ([*]) and the kernel is idle.
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " const busy = Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+        "   .some(p => p.textContent.includes('*'));"
+        " return !busy && w.sessionContext.session.kernel.status === 'idle'; }",
+        timeout=240000, polling=500)
+
+
+def _chapters():
+    return [nb for nb in toc_notebooks() if nb in INTERACTIONS] or ["(none)"]
+
+
+def test_every_chapter_has_a_browser_interaction():
+    missing = sorted(set(toc_notebooks()) - set(INTERACTIONS))
+    assert not missing, f"chapters whose main widget no browser test operates: {missing}"
+
+
+@pytest.mark.parametrize("notebook", _chapters())
+def test_chapter_widget_in_jupyterlab(lab, browser, notebook):
+    if notebook == "(none)":
+        pytest.skip("no chapters yet")
+    base, token = lab
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="domcontentloaded")
+    run_all_cells(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"lab-{Path(notebook).stem}.png"
+    INTERACTIONS[notebook](page, shot)
+    context.close()
+    assert not errors, f"errors in the page: {errors}"
