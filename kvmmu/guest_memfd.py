@@ -994,9 +994,12 @@ def apply_action(file: GmemFile, action: str, index: int = 0, **variant) -> tupl
         ret = run(host_unmap(file, index, "host"))
         msg = f"host PTE zapped; folio_put -> refcount {ret}"
     elif action == "get ref":
+        mapped = folio is not None and folio_mapped(folio)
         ret = run(get_user_pages(file, index, "host"))
         msg = f"get_user_pages -> {errno_name(ret)}" + (
-            ": the host holds a GUP reference" if ret == 0 else ": the host may not map this page")
+            ": the host may not map this page" if ret != 0 else
+            ": the host holds a GUP reference" if mapped else
+            ": faulted the page in (a host mapping), then took a GUP reference")
     elif action == "put ref":
         ret = run(put_user_page(file, "host"))
         msg = f"put_user_page -> refcount {ret}"
