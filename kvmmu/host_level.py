@@ -46,19 +46,21 @@ generators (see ``kvmmu.host_mm.cpu_code``): call it directly on a
 """
 from dataclasses import dataclass, field
 
-from .checks import check_bool, check_int
+from .checks import check_bool, check_choice, check_int
 from .errno import RET_PF_CONTINUE, RET_PF_FIXED, RET_PF_RETRY, ret_pf_name
-from .host_mm import (PGD, PMD, PUD, TABLE_NAMES, Hex, cpu_code, describe_entry, host_translation,
+from .host_mm import (BACKINGS, PGD, PMD, PUD, TABLE_NAMES, Hex, __split_huge_pmd,
+                      collapse_huge_page, cpu_code, describe_entry, host_populate,
+                      host_translation, migrate_page,
                       p4d_none, p4d_offset, p4d_present, pgd_none, pgd_offset,
                       pmd_leaf, pmd_none, pmd_offset, pmd_present, pud_leaf,
                       pud_none, pud_offset, pud_present)
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PG_LEVEL_1G,
                      PG_LEVEL_2M, PG_LEVEL_4K, PG_LEVEL_NUM, gfn_round_for_level,
                      level_name)
-from .memslots import (GFN_MAX, KVM_MEM_LOG_DIRTY_PAGES, KvmMemorySlot,
+from .memslots import (GFN_MAX, KVM_MEM_LOG_DIRTY_PAGES, KvmMemorySlot, KvmMemslots,
                        __gfn_to_hva_memslot, __kvm_mmu_slot_lpages, gfn_to_index,
-                       lpage_info_slot)
-from .notifier import mmu_invalidate_retry_gfn, mmu_invalidate_retry_gfn_unsafe
+                       kvm_mmu_gfn_disallow_lpage, lpage_info_slot)
+from .notifier import Kvm, mmu_invalidate_retry_gfn, mmu_invalidate_retry_gfn_unsafe
 
 #: The levels host_pfn_mapping_level can return.
 HOST_LEVELS = (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G)
@@ -445,7 +447,8 @@ def explain_mapping_level(kvm, gfn: int, *, exec: bool = False,
     if slot_level == PG_LEVEL_4K:
         steps.append(("host walk", "skipped: the slot allows only 4K"))
     elif reads:
-        walked = ", ".join(f"{TABLE_NAMES[lv]} {describe_entry(v, lv)}" for _, lv, v in reads)
+        walked = ", ".join(f"{TABLE_NAMES[lv]}[{ptr.index}] = {describe_entry(v, lv)}"
+                           for ptr, lv, v in reads)
         steps.append(("host walk", f"{walked} -> host maps it at {level_name(host_level)}"))
     if fault.huge_page_disallowed:
         steps.append(("NX huge pages", "exec fault with the iTLB-multihit workaround: 4K"))
@@ -455,12 +458,77 @@ def explain_mapping_level(kvm, gfn: int, *, exec: bool = False,
                               "retries (the real gup would fault the page in first)"))
     if fault.pfn is not None and found is not None:
         mask = KVM_PAGES_PER_HPAGE(level) - 1
-        steps.append(("pfn", f"gup gives pfn {found[0]:#x}; at {level_name(level)} "
-                             f"gfn & {mask:#x} = {gfn & mask:#x}, pfn & {mask:#x} = "
-                             f"{found[0] & mask:#x}, so KVM maps gfn "
-                             f"{gfn_round_for_level(gfn, level):#x} -> pfn {fault.pfn:#x}"))
+        if level == PG_LEVEL_4K:
+            steps.append(("pfn", f"gup gives pfn {found[0]:#x}; KVM maps gfn {gfn:#x} -> "
+                                 f"pfn {fault.pfn:#x}"))
+        else:
+            steps.append(("pfn", f"gup gives pfn {found[0]:#x}; low bits agree "
+                                 f"(gfn & {mask:#x} = {gfn & mask:#x} = pfn & {mask:#x}), so KVM "
+                                 f"maps gfn {gfn_round_for_level(gfn, level):#x} -> pfn "
+                                 f"{fault.pfn:#x}, one {level_name(level)} page"))
     steps.append(("result", f"{level_name(level)} = min(slot {level_name(slot_level)}, "
                             f"host {level_name(host_level)})"
                   + (", then 4K for NX" if fault.huge_page_disallowed else "")))
     return LevelDecision(gfn, slot.id, hva, ret_pf_name(ret), level, host_level, slot_level,
                          None if found is None else found[0], fault.pfn, steps)
+
+
+# --------------------------------------------------------------------------
+# Building a small host + VM for the widget, the figure and the exercises
+
+def _event_collapse_2m(kvm, hva):
+    collapse_huge_page(kvm, hva - hva % (2 << 20), PG_LEVEL_2M)
+
+
+def _event_split_2m(kvm, hva):
+    __split_huge_pmd(kvm, hva - hva % (2 << 20))
+
+
+def _event_promote_1g(kvm, hva):
+    collapse_huge_page(kvm, hva - hva % (1 << 30), PG_LEVEL_1G)
+
+
+def _event_migrate(kvm, hva):
+    migrate_page(kvm, hva)
+
+
+#: Host events the widget and the exercises can apply after populating, by name.
+HOST_EVENTS = {
+    "none": None,
+    "khugepaged collapses the 2M around it": _event_collapse_2m,
+    "the host splits the THP": _event_split_2m,
+    "the host promotes the 1G around it": _event_promote_1g,
+    "the host migrates the page": _event_migrate,
+}
+
+
+def make_host_vm(base_gfn: int, npages: int, userspace_addr: int, backing: str, gfn: int,
+                 event: str = "none", dirty_logging: bool = False,
+                 shadowed: bool = False) -> Kvm:
+    """Build a VM with one memslot and a host mm backed by ``backing`` around ``gfn``.
+
+    The host is populated only around ``gfn`` (its 2 MiB for 4K backing, its
+    1 GiB otherwise), which is all the walk for ``gfn`` can see.  ``event`` is
+    one of :data:`HOST_EVENTS`; ``shadowed`` calls kvm_mmu_gfn_disallow_lpage
+    for ``gfn`` as shadow paging does for a guest page table.  Raises
+    ValueError/TypeError naming the bad argument.
+    """
+    check_choice("backing", backing, tuple(BACKINGS))
+    check_choice("event", event, tuple(HOST_EVENTS))
+    check_bool("dirty_logging", dirty_logging)
+    check_bool("shadowed", shadowed)
+    flags = KVM_MEM_LOG_DIRTY_PAGES if dirty_logging else 0
+    slot = KvmMemorySlot(0, base_gfn, npages, userspace_addr, flags=flags)
+    _check_slot_gfn(slot, gfn)
+    kvm = Kvm(KvmMemslots([slot]))
+    hva = _hva_of(slot, gfn)
+    around = (2 << 20) if backing == "4K" else (1 << 30)
+    lo = max(hva - hva % around, slot.userspace_addr)
+    hi = min(hva - hva % around + around, slot.userspace_addr + (slot.npages << 12))
+    host_populate(kvm.mm, lo, (hi - lo) >> 12, backing)
+    if shadowed:
+        kvm_mmu_gfn_disallow_lpage(slot, gfn)
+    action = HOST_EVENTS[event]
+    if action is not None:
+        action(kvm, hva - hva % 4096)
+    return kvm

@@ -629,6 +629,23 @@ def host_translation(mm: HostMm, hva: int) -> tuple[int, int] | None:
     return None  # unreachable: the PTE level always returns
 
 
+def host_maps_range(mm: HostMm, hva: int, npages: int, pfn: int) -> bool:
+    """Whether the host maps ``npages`` pages from ``hva`` to ``pfn, pfn+1, ...`` right now.
+
+    One walk per host leaf, so checking a 2 MiB range backed by a THP is one walk.
+    """
+    check_hva("hva", hva)
+    check_int("npages", npages, 1)
+    done = 0
+    while done < npages:
+        found = host_translation(mm, hva + (done << PAGE_SHIFT))
+        if found is None or found[0] != pfn + done:
+            return False
+        per = KVM_PAGES_PER_HPAGE(found[1])
+        done += per - ((hva >> PAGE_SHIFT) + done) % per
+    return True
+
+
 def host_level_truth(mm: HostMm, hva: int) -> int:
     """Return the level of the host mapping of ``hva`` (4K when unmapped), atomically."""
     found = host_translation(mm, hva)
@@ -685,6 +702,16 @@ def _existing_entry(machine, hva: int, table_level: int) -> tuple:
     return ptr, (machine.mm.mem.peek(ptr) if ptr is not None else 0)
 
 
+def _found_text(machine, hva: int, ptr, old: int, table_level: int) -> str:
+    # What an mm operation found where it expected to work, for its error message.
+    if ptr is not None:
+        return describe_entry(old, table_level)
+    above = host_translation(machine.mm, hva)
+    if above is not None:
+        return f"a {level_name(above[1])} leaf above it"
+    return f"no {TABLE_NAMES[table_level]} table"
+
+
 def _store(machine, ptr: EntryPtr, value: int) -> None:
     machine.mm.mem.store(ptr, value)
 
@@ -711,7 +738,7 @@ def collapse_huge_page(machine, haddr: int, level: int = PG_LEVEL_2M):
     if not old & _PAGE_PRESENT or old & _PAGE_PSE:
         raise ValueError(
             f"collapse needs a {TABLE_NAMES[level]} entry that points to a table at "
-            f"{haddr:#x}; found {describe_entry(old, level) if ptr else 'no table'}")
+            f"{haddr:#x}; found {_found_text(machine, haddr, ptr, old, level)}")
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     new = yield from machine.step(
@@ -746,8 +773,8 @@ def __split_huge_pmd(machine, haddr: int):
     check_hva_aligned("haddr", haddr, PG_LEVEL_2M)
     ptr, old = _existing_entry(machine, haddr, PMD)
     if not (old & _PAGE_PRESENT and old & _PAGE_PSE):
-        found = describe_entry(old, PMD) if ptr is not None else "no PMD table"
-        raise ValueError(f"split needs a 2M leaf at {haddr:#x}; found {found}")
+        raise ValueError(f"split needs a 2M leaf at {haddr:#x}; found "
+                         f"{_found_text(machine, haddr, ptr, old, PMD)}")
     end = haddr + (KVM_PAGES_PER_HPAGE(PG_LEVEL_2M) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     table = yield from machine.step("alloc PTE table, 512 entries for the THP",
@@ -767,7 +794,8 @@ def migrate_page(machine, hva: int):
     check_hva_aligned("hva", hva, PG_LEVEL_4K)
     ptr, old = _existing_entry(machine, hva, PTE)
     if not old & _PAGE_PRESENT:
-        raise ValueError(f"migrate needs a present 4K mapping at {hva:#x}")
+        raise ValueError(f"migrate needs a present 4K mapping at {hva:#x}; found "
+                         f"{_found_text(machine, hva, ptr, old, PTE)}")
     yield from mmu_notifier_invalidate_range_start(machine, hva, hva + PAGE_SIZE)
     yield from machine.step("clear PTE (migration entry)", lambda: _store(machine, ptr, 0))
     new = yield from machine.step(
@@ -791,7 +819,8 @@ def unmap_and_free_tables(machine, haddr: int, level: int = PG_LEVEL_1G):
     check_hva_aligned("haddr", haddr, level)
     ptr, old = _existing_entry(machine, haddr, level)
     if not old & _PAGE_PRESENT:
-        raise ValueError(f"nothing is mapped at {haddr:#x}")
+        raise ValueError(f"unmap needs a present {TABLE_NAMES[level]} entry at {haddr:#x}; "
+                         f"found {_found_text(machine, haddr, ptr, old, level)}")
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     yield from machine.step(f"clear {TABLE_NAMES[level]} entry", lambda: _store(machine, ptr, 0))
