@@ -1075,14 +1075,21 @@ def prefault_race(policy: str = "6.18", writer: str = "delete", caller: str = "u
     return sc
 
 
-def selftest_race(case: int, policy: str = "6.18", *, reload_frees_obsolete_roots: bool = True):
-    """pre_fault_memory_test's case ``case`` (0, 1, 2): main thread A, worker B."""
+def selftest_race(case: int, policy: str = "6.18", *, reload_frees_obsolete_roots: bool = True,
+                  slot_zap_all: bool = True):
+    """pre_fault_memory_test's case ``case`` (0, 1, 2): main thread A, worker B.
+
+    Final check: the selftest's TEST_ASSERTs hold; the tally counts final
+    states by the sequence of ioctl results.
+    """
     from .memslot_update import PREFAULT_POLICIES
-    from .checks import check_choice
+    from .checks import check_bool, check_choice
     check_int("case", case, 0, len(SELFTEST_CASES) - 1)
     check_choice("policy", policy, PREFAULT_POLICIES)
+    check_bool("slot_zap_all", slot_zap_all)
     cfg = RaceConfig(policy, "delete+recreate", "selftest",
-                     reload_frees_obsolete_roots=reload_frees_obsolete_roots, selftest_case=case)
+                     reload_frees_obsolete_roots=reload_frees_obsolete_roots,
+                     slot_zap_all=slot_zap_all, selftest_case=case)
     off, size, left = SELFTEST_CASES[case]
 
     def passes(w, results):
@@ -1094,8 +1101,9 @@ def selftest_race(case: int, policy: str = "6.18", *, reload_frees_obsolete_root
         return (f"calls return {', '.join(errno_name(c[0]) for c in a.calls)}; "
                 f"left {a.size_left:#x}")
     tally = OutcomeTally(label, passes)
+    knob = "" if slot_zap_all else " (no fast zap)"
     sc = _ex.Scenario(
-        f"selftest case {case + 1} (offset {off:#x}, size {size:#x}), policy {policy}",
+        f"selftest case {case + 1} (offset {off:#x}, size {size:#x}), policy {policy}{knob}",
         _world_factory(cfg),
         [_ex.Actor("A", "selftest main: pre_fault_memory()", actor_selftest_main),
          _ex.Actor("B", "delete_slot_worker", actor_selftest_worker)],
