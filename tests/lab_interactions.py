@@ -14,8 +14,44 @@ def _widget(page, css: str):
     return locator
 
 
+def _assert_no_traceback_near(page, css: str):
+    """The output area holding the widget shows no Python error."""
+    area = page.locator(".jp-OutputArea", has=page.locator(css)).first
+    text = area.inner_text()
+    assert "Traceback" not in text and "Error" not in text.split("\n")[0], text[:500]
+
+
 def _shoot(page, css: str, shot: Path):
     _widget(page, css).screenshot(path=str(shot))
 
 
-INTERACTIONS = {}
+def spte_decoder(page, shot: Path):
+    """Chapter 1: flip bit 11 of the example EPT leaf; it stops being MMU-present."""
+    from kvmmu.spte import EPT_AD, classify
+
+    text = _widget(page, ".kvmmu-spte-widget .kvmmu-spte-text input")
+    before = text.input_value()
+    assert int(before, 16) == 0x8600000012345B77
+    assert "present leaf" in _widget(page, ".kvmmu-spte-widget .kvmmu-spte-out").inner_text()
+    _widget(page, ".kvmmu-spte-widget .kvmmu-spte-bit-11").click()
+    expected = int(before, 16) ^ (1 << 11)
+    page.wait_for_function(
+        "v => document.querySelector('.kvmmu-spte-widget .kvmmu-spte-text input').value.toLowerCase() === v",
+        arg=f"{expected:#018x}", timeout=15000)
+    assert classify(expected, EPT_AD, 1) == "non-present"
+    page.wait_for_function(
+        "() => document.querySelector('.kvmmu-spte-widget .kvmmu-spte-out').innerText.includes('non-present')",
+        timeout=15000)
+    # Type garbage: the widget answers with a message, not a traceback.
+    text.fill("0xnot-a-number")
+    text.press("Enter")
+    page.wait_for_function(
+        "() => /not a number/i.test(document.querySelector('.kvmmu-spte-widget .kvmmu-spte-out').innerText)",
+        timeout=15000)
+    _assert_no_traceback_near(page, ".kvmmu-spte-widget")
+    _shoot(page, ".kvmmu-spte-widget", shot)
+
+
+INTERACTIONS = {
+    "book/ch01_spte_format.ipynb": spte_decoder,
+}

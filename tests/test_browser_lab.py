@@ -50,7 +50,7 @@ def lab(tmp_path_factory):
         [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
          "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
-         "--ServerApp.open_browser=False", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--ServerApp.open_browser=False", "--allow-root", "--LabServerApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(work / "lab.log", "w"),
     )
     base = f"http://127.0.0.1:{port}"
