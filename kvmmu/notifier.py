@@ -1,6 +1,6 @@
 """MMU notifiers: how KVM hears that the host is about to change a mapping.
 
-Models: include/linux/kvm_host.h: struct kvm (mmu_invalidate_seq, mmu_invalidate_in_progress, mmu_invalidate_range_start, mmu_invalidate_range_end, mn_active_invalidate_count)
+Models: include/linux/kvm_host.h: mmu_invalidate_seq, mmu_invalidate_in_progress, mmu_invalidate_range_start, mmu_invalidate_range_end, mn_active_invalidate_count
 Models: virt/kvm/kvm_main.c: kvm_mmu_notifier_ops
 
 Every change the primary MMU makes to a mapping KVM may have copied is
