@@ -59,7 +59,7 @@ from .levels import (KVM_HPAGE_SIZE, KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE
 from .memslot_update import (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KVM_REQ_VM_DEAD, Kvm,
                              KvmMmuRoot, KvmVcpu, ModelHang, describe_generation,
                              describe_slot_flags, run_sequential, set_memory_region)
-from .memslots import KVM_MEMSLOT_INVALID, KvmMemorySlot, lpage_info_slot
+from .memslots import GFN_MAX, KVM_MEMSLOT_INVALID, KvmMemorySlot, lpage_info_slot
 
 # include/uapi/linux/kvm.h
 KVM_PRE_FAULT_MEMORY = 0xC040AED5          # _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)
@@ -307,9 +307,10 @@ def kvm_tdp_mmu_page_fault(vcpu: KvmVcpu, fault: KvmPageFault):
 
     def map_locked():
         if is_page_fault_stale(vcpu, fault):
-            return RET_PF_RETRY
-        return kvm_tdp_mmu_map(vcpu, fault)
-    return (yield from vcpu.kvm.sync.step("mmu_lock(read): stale root? map", map_locked))
+            return PfResult(RET_PF_RETRY)
+        return PfResult(kvm_tdp_mmu_map(vcpu, fault))
+    r = yield from vcpu.kvm.sync.step("mmu_lock(read): stale root? map", map_locked)
+    return int(r)
 
 
 def kvm_mmu_do_page_fault(vcpu: KvmVcpu, gpa: int, error_code: int, prefetch: bool):
@@ -327,10 +328,26 @@ def kvm_mmu_do_page_fault(vcpu: KvmVcpu, gpa: int, error_code: int, prefetch: bo
         # srcu_dereference(kvm->memslots) + gfn_to_memslot.  Record what this
         # attempt reads, so a retry waits until it changes (module docstring).
         vcpu.last_fault_inputs = fault_inputs(vcpu)
-        return vcpu.kvm._active(0).gfn_to_memslot(fault.gfn)
-    fault.slot = yield from vcpu.kvm.sync.step("memslot lookup (srcu_dereference)", lookup)
+        if fault.gfn <= GFN_MAX:                # beyond it: no slot, as for any MMIO gfn
+            fault.slot = vcpu.kvm._active(0).gfn_to_memslot(fault.gfn)
+        return describe_found_slot(fault.slot)  # what the step shows
+    yield from vcpu.kvm.sync.step("memslot lookup", lookup)
     r = yield from kvm_tdp_mmu_page_fault(vcpu, fault)
     return r, fault.goal_level
+
+
+def describe_found_slot(slot) -> str:
+    """What a memslot lookup found, in a few words: 'slot 10', 'slot 10 INVALID', 'no slot'."""
+    if slot is None:
+        return "no slot"
+    return f"slot {slot.id}" + (" INVALID" if slot.flags & KVM_MEMSLOT_INVALID else "")
+
+
+class PfResult(int):
+    """A RET_PF_* value that prints as its name (for step labels)."""
+
+    def __repr__(self) -> str:
+        return pf_name(int(self))
 
 
 def tdp_map_page_errno(vcpu: KvmVcpu, r: int) -> int:
@@ -811,6 +828,11 @@ class RaceConfig:
     slot_zap_all: bool = True
     #: None: the small race slot; 0, 1, 2: a case of the selftest (slot 10)
     selftest_case: int | None = None
+    #: the slot to build: "race" (slot 1, 2 pages) or "selftest" (slot 10, 513 pages)
+    slot: str = "race"
+    #: the prefault range of the "one call" and "userspace loop" callers
+    gpa_offset: int = 0
+    size: int = RACE_NPAGES * PAGE_SIZE
 
 
 class PrefaultWorld(_ex.World, Kvm):
@@ -828,7 +850,7 @@ class PrefaultWorld(_ex.World, Kvm):
                      slot_zap_all=config.slot_zap_all)
         self.config = config
         self.kvm_vm_ioctl_create_vcpu()
-        if config.selftest_case is None:
+        if config.selftest_case is None and config.slot == "race":
             self.base_gpa = RACE_GPA
             slot = KvmMemorySlot(RACE_SLOT, RACE_GFN, RACE_NPAGES, RACE_HVA)
             self.shared = None
@@ -904,18 +926,18 @@ def no_stale_spte(w: PrefaultWorld) -> bool:
 
 
 def _race_range(w: PrefaultWorld) -> KvmPreFaultMemory:
-    return KvmPreFaultMemory(w.base_gpa, RACE_NPAGES * PAGE_SIZE)
+    return KvmPreFaultMemory(u64(w.base_gpa + w.config.gpa_offset), w.config.size)
 
 
 def actor_prefault_loop(w: PrefaultWorld):
-    """Userspace prefaults the race slot with the retry contract."""
-    r, range_, calls = yield from prefault_retry_loop(w.vcpus[0], w.base_gpa,
-                                                      RACE_NPAGES * PAGE_SIZE)
+    """Userspace prefaults the configured range with the retry contract."""
+    start = _race_range(w)
+    r, range_, calls = yield from prefault_retry_loop(w.vcpus[0], start.gpa, start.size)
     return PrefaultCalls(r, range_.gpa, range_.size, tuple(c[0] for c in calls))
 
 
 def actor_prefault_once(w: PrefaultWorld):
-    """Userspace calls KVM_PRE_FAULT_MEMORY once on the race slot."""
+    """Userspace calls KVM_PRE_FAULT_MEMORY once on the configured range."""
     range_ = _race_range(w)
     r = yield from kvm_vcpu_ioctl_pre_fault_memory(w.vcpus[0], range_)
     return PrefaultResult(r, range_.gpa, range_.size)
@@ -933,9 +955,11 @@ def actor_tdx_populate(w: PrefaultWorld):
 
 
 def actor_delete_slot(w: PrefaultWorld):
-    """Userspace deletes the race slot (KVM_SET_USER_MEMORY_REGION, size 0)."""
+    """Userspace deletes the world's slot (KVM_SET_USER_MEMORY_REGION, size 0)."""
     from .memslot_update import KvmUserspaceMemoryRegion, kvm_set_memory_region
-    mem = KvmUserspaceMemoryRegion(RACE_SLOT, 0, RACE_GPA, 0, RACE_HVA)
+    slot = w._active(0).slots[0]
+    mem = KvmUserspaceMemoryRegion(slot.id, 0, slot.base_gfn << PAGE_SHIFT, 0,
+                                   slot.userspace_addr)
     return (yield from kvm_set_memory_region(w, mem))
 
 
@@ -1008,7 +1032,7 @@ def _enoent_is_true(w: PrefaultWorld, results) -> bool | str:
     # The userspace contract takes -ENOENT as final: it had better be true.
     a = results["A"]
     gpa = a.gpa if isinstance(a, (PrefaultCalls, PrefaultResult)) else None
-    if gpa is not None and a.ret == -ENOENT:
+    if gpa is not None and a.ret == -ENOENT and (gpa >> PAGE_SHIFT) <= GFN_MAX:
         slot = w.kvm_memslots(0).gfn_to_memslot(gpa >> PAGE_SHIFT)
         if slot is not None:
             return (f"-ENOENT is wrong: userspace gave up on gpa {gpa:#x}, "
@@ -1034,13 +1058,17 @@ def _populate_never_sees_invalid(w, results) -> bool | str:
 
 def prefault_race(policy: str = "6.18", writer: str = "delete", caller: str = "userspace loop",
                   *, signal: bool = False, reload_frees_obsolete_roots: bool = True,
-                  slot_zap_all: bool = True):
+                  slot_zap_all: bool = True, slot: str = "race", gpa_offset: int = 0,
+                  size: int = RACE_NPAGES * PAGE_SIZE):
     """A scenario: A prefaults (or runs, or populates) the race slot, B deletes or moves it.
 
     Invariant: no usable root maps a gfn outside the memslots.  Final check:
     an -ENOENT given to userspace is true at the end (no slot covers that
     gpa); for TDX populate, it never meets an INVALID slot.  The scenario's
-    ``tally`` counts distinct final states by A's outcome.
+    ``tally`` counts distinct final states by A's outcome.  ``slot`` picks
+    the race slot (slot 1, 2 pages at gpa 0x100000) or the selftest's slot 10;
+    ``gpa_offset``/``size`` (from the slot's start) is the prefault range.
+    Moves are defined for the race slot only.
     """
     from .memslot_update import PREFAULT_POLICIES
     from .checks import check_bool, check_choice
@@ -1048,14 +1076,21 @@ def prefault_race(policy: str = "6.18", writer: str = "delete", caller: str = "u
     check_choice("writer", writer, WRITERS)
     check_choice("caller", caller, CALLERS)
     check_bool("signal", signal)
-    cfg = RaceConfig(policy, writer, caller, signal, reload_frees_obsolete_roots, slot_zap_all)
+    check_choice("slot", slot, ("race", "selftest"))
+    check_u64("gpa_offset", gpa_offset)
+    check_u64("size", size)
+    if writer == "move" and slot != "race":
+        raise ValueError("writer 'move' is defined for slot 'race' only")
+    cfg = RaceConfig(policy, writer, caller, signal, reload_frees_obsolete_roots, slot_zap_all,
+                     slot=slot, gpa_offset=gpa_offset, size=size)
     a_fn, a_title = {
         "userspace loop": (actor_prefault_loop, "userspace: prefault, retry per contract"),
         "one call": (actor_prefault_once, "KVM_PRE_FAULT_MEMORY once"),
         "KVM_RUN": (actor_kvm_run, "KVM_RUN, guest reads the page"),
         "TDX populate": (actor_tdx_populate, "TDX populate (slots_lock)"),
     }[caller]
-    b_fn, b_title = ((actor_delete_slot, "delete slot 1") if writer == "delete"
+    slot_id = RACE_SLOT if slot == "race" else TEST_SLOT
+    b_fn, b_title = ((actor_delete_slot, f"delete slot {slot_id}") if writer == "delete"
                      else (actor_move_slot, "move slot 1 to gfn 0xff"))
     actors = [_ex.Actor("A", a_title, a_fn), _ex.Actor("B", b_title, b_fn)]
     if signal:
@@ -1063,6 +1098,8 @@ def prefault_race(policy: str = "6.18", writer: str = "delete", caller: str = "u
     check = _populate_never_sees_invalid if caller == "TDX populate" else _enoent_is_true
     tally = OutcomeTally(_label_a, check)
     knobs = []
+    if slot != "race" or gpa_offset or size != RACE_NPAGES * PAGE_SIZE:
+        knobs.append(f"slot {slot_id}, offset {gpa_offset:#x}, size {size:#x}")
     if not reload_frees_obsolete_roots:
         knobs.append("old kvm_mmu_reload")
     if not slot_zap_all:

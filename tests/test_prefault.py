@@ -61,8 +61,12 @@ def test_bad_ranges_are_einval_and_leave_the_range_alone(gpa, size, flags):
     assert vcpu.root is None                     # it never got as far as the MMU
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, U64), st.integers(0, U64), st.integers(0, U64))
+PAGES = st.integers(0, (1 << 52) - 1).map(lambda n: n << 12)
+VALUES = st.integers(0, U64) | PAGES
+
+
+@settings(max_examples=80, deadline=None)
+@given(VALUES, VALUES, st.integers(0, U64) | st.just(0))
 def test_einval_exactly_when_the_kernel_checks_say_so(gpa, size, flags):
     kvm, vcpu, _ = vm()
     bad = bool(flags or gpa % 4096 or size % 4096 or (gpa + size) % (1 << 64) <= gpa)
@@ -157,6 +161,7 @@ def test_a_second_prefault_is_spurious_and_changes_nothing():
 def test_enoent_without_a_slot():
     kvm, vcpu, gpa = vm()
     assert prefault(vcpu, 0x1000, 0x1000).ret == -ENOENT
+    assert prefault(vcpu, U64 - 0x1FFF, 0x1000).ret == -ENOENT     # beyond any gpa
 
 
 def test_eintr_with_no_progress_and_0_with_some():
@@ -314,3 +319,125 @@ def test_bad_python_input():
         selftest_race(3)
     with pytest.raises(ValueError, match="guest_phys_bits must be in"):
         selftest_gpa(64)
+
+
+# -- the console (pure function behind the widget) --------------------------
+
+from kvmmu.viz import prefault as V          # noqa: E402
+from kvmmu.exercises import prefault as EX   # noqa: E402
+
+
+def test_console_steps_into_the_deadlock_and_refuses_blocked_steps():
+    sched = ""
+    for a in "AABBBBB":
+        v = V.prefault_console(policy="6.17", schedule=sched, action=a)
+        assert v.ok, v.message
+        sched = v.schedule
+    assert sched == "AABBBBB"
+    assert v.field("SRCU readers") == "readers A (B waits)"
+    assert "KVM_MEMSLOT_INVALID" in v.field("memslots")
+    refused = V.prefault_console(policy="6.17", schedule=sched, action="B")
+    assert not refused.ok and "blocked" in refused.message and refused.schedule == sched
+    v = V.prefault_console(policy="6.17", schedule=sched, action="finish")
+    assert v.field("verdict") == "DEADLOCK: nothing can run"
+    after = V.prefault_console(policy="6.17", schedule=v.schedule, action="A")
+    assert not after.ok and "deadlock" in after.message
+
+
+def test_console_6_18_returns_eagain_with_the_range_unchanged():
+    v = V.prefault_console(policy="6.18", schedule="AABBBBB", action="finish")
+    assert v.field("A (prefault)") == \
+        f"returned -EAGAIN; gpa={selftest_gpa():#x} size=0x200000"
+    assert v.field("verdict") == "both finished; every check holds"
+    assert "<table" in v.html() and "returned -EAGAIN" in v._repr_html_()
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(offset_text="zz"), "offset 'zz' is not a number"),
+    (dict(offset_text=""), "offset is empty"),
+    (dict(size_text="-1"), "size must be in"),
+    (dict(offset_text=str(1 << 70)), "offset must be in"),
+    (dict(policy="4.0"), "policy must be one of"),
+    (dict(policy=None), "policy must be one of"),
+    (dict(zap="none"), "zap must be one of"),
+    (dict(action="C"), "action must be one of"),
+    (dict(schedule=5), "schedule and action must be text"),
+    (dict(offset_text=None), "offset must be text"),
+])
+def test_console_never_raises_on_garbage(kwargs, text):
+    v = V.prefault_console(**kwargs)
+    assert not v.ok and text in v.message
+    assert isinstance(repr(v), str) and isinstance(v.html(), str)
+
+
+def test_console_keeps_the_valid_part_of_a_bad_schedule():
+    v = V.prefault_console(policy="6.17", schedule="AXB?BBBBBBBBBB")
+    assert not v.ok and v.schedule == "ABBBBB"
+    v = V.prefault_console(offset_text="0x10", policy="6.18", action="finish")
+    assert v.field("A (prefault)").startswith("returned -EINVAL")      # the ioctl's verdict
+
+
+def test_timeline_rows_follow_srcu_and_the_slot():
+    trace = ex_trace("6.17", "AABBBBBA")
+    rows = V.race_timeline_rows(trace)
+    assert rows[0][1:4] == ("A", "srcu_read_lock(kvm->srcu) = 0", True)
+    assert rows[-1][4] is True and rows[-1][5] == "INVALID"      # B waits, slot INVALID
+    assert [r[5] for r in rows[:2]] == ["valid", "valid"]
+
+
+def ex_trace(policy, schedule):
+    from kvmmu import explorer as ex
+    return ex.run_schedule(prefault_race(policy, "delete", "one call", slot_zap_all=False),
+                           schedule)
+
+
+def test_figures_build(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = V.race_timeline([ex_trace("6.17", "AABBBBBA")], ["6.17"])
+    assert len(fig.axes) == 1
+    plt.close(fig)
+    data = V.selftest_map_rows()
+    assert data["cases"] == [(1, 0, 512, 0, "0", 1), (2, 512, 2, 1, "-ENOENT", 2),
+                             (3, 513, 1, 1, "-ENOENT", 1)]
+    assert data["mappings"] == [(0, 512, "2M"), (512, 1, "4K")]
+    plt.close(V.selftest_map_figure())
+
+
+# -- the seeded problems ----------------------------------------------------
+
+def test_problems_are_reproducible_and_start_with_the_seed():
+    for seed in (0, 7, 123):
+        a, b = EX.problem(seed), EX.problem(seed)
+        assert a == b and a.question.startswith(f"Problem {seed}.")
+    assert len({EX.problem(s).question for s in range(30)}) > 25
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**9))
+def test_the_worked_solution_agrees_with_the_model(seed):
+    p = EX.problem(seed)
+    if p.kind == "hang":
+        assert p.solution().startswith("The call never returns")
+        return
+    rng = EX.random.Random(seed)
+    policy = rng.choice(["6.17", "6.18", "6.18"])
+    situation = rng.choice(list(EX.SITUATIONS))
+    offset, size, flags = EX._pick_range(rng)
+    _, v1, base = EX._vm(policy, situation)
+    _, v2, _ = EX._vm(policy, situation)
+    res = prefault(v1, base + offset, size, flags)
+    ret, gpa, left, lines = EX.explain(v2, base + offset, size, flags)
+    assert (ret, gpa, left) == (res.ret, res.gpa, res.size)
+    assert v1.root == v2.root or v1.root.mappings == v2.root.mappings
+    assert lines and all(isinstance(x, str) for x in lines)
+    assert p.solution().splitlines()[0] == \
+        f"ret = {EX.errno_name(res.ret)}, gpa = {res.gpa:#x}, size = {res.size:#x}."
+
+
+def test_problem_rejects_bad_seeds():
+    with pytest.raises(ValueError, match="seed must be in"):
+        EX.problem(-1)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        EX.problem("7")
