@@ -540,8 +540,9 @@ def kvm_invalidate_memslot(kvm: Kvm, old: KvmMemorySlot, invalid_slot: KvmMemory
     kvm_replace_memslot(kvm, old, invalid_slot)     # inactive set: readers cannot see it
     yield from kvm_swap_active_memslots(kvm, old.as_id)
     # No reader can still be using the old slot: zap what it mapped.
-    yield from kvm.sync.step("mmu_lock(write): zap slot (fast zap: roots obsolete)",
-                             lambda: kvm_arch_flush_shadow_memslot(kvm, old))
+    label = ("mmu_lock(write): fast zap, every root obsolete" if kvm.slot_zap_all
+             else "mmu_lock(write): zap the slot's SPTEs")
+    yield from kvm.sync.step(label, lambda: kvm_arch_flush_shadow_memslot(kvm, old))
     yield from kvm.slots_arch_lock.lock()       # released by kvm_swap_active_memslots()
 
 

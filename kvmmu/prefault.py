@@ -529,6 +529,9 @@ class PrefaultResult:
     def __str__(self) -> str:
         return f"ret={errno_name(self.ret)} gpa={self.gpa:#x} size={self.size:#x}"
 
+    def __repr__(self) -> str:
+        return f"PrefaultResult({self})"
+
 
 def prefault(vcpu: KvmVcpu, gpa: int, size: int, flags: int = 0) -> PrefaultResult:
     """Call KVM_PRE_FAULT_MEMORY once with no other thread running.
@@ -1000,6 +1003,9 @@ class PrefaultCalls:
     def label(self) -> str:
         seq = ", ".join(errno_name(r) for r in self.rets)
         return f"calls return {seq}; left {self.size:#x}"
+
+    def __repr__(self) -> str:
+        return f"PrefaultCalls({self.label()})"
 
 
 class OutcomeTally:

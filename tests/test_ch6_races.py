@@ -58,7 +58,7 @@ def test_6_18_leaves_a_stale_root_window_with_the_fast_zap():
     assert res.invariant == "deadlock"
     trace = res.counterexample
     labels = [s.label for s in trace.steps]
-    zap = labels.index("mmu_lock(write): zap slot (fast zap: roots obsolete)")
+    zap = labels.index("mmu_lock(write): fast zap, every root obsolete")
     reload_ = labels.index("kvm_mmu_reload -> 0")
     assert reload_ < zap                          # the root was loaded, then made obsolete
     assert labels[-1].startswith("synchronize_srcu(kvm->srcu) begins: waits for A")

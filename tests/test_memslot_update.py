@@ -54,7 +54,7 @@ def test_delete_is_two_swaps_with_invalid_in_between():
     assert set_memory_region(kvm, 10, 0x100000, 0, HVA) == 0
     labels = [lab for lab, _, _ in log]
     assert labels == ["publish memslots, gen g|IN_PROGRESS", "generation = g + nr_as_ids",
-                      "mmu_lock(write): zap slot (fast zap: roots obsolete)",
+                      "mmu_lock(write): fast zap, every root obsolete",
                       "publish memslots, gen g|IN_PROGRESS", "generation = g + nr_as_ids"]
     # Appendix A 17: g -> g|IP -> g+n (slot INVALID) -> zap -> (g+n)|IP -> g+2n (slot gone)
     assert [(g, f) for _, g, f in log] == [
