@@ -17,21 +17,13 @@ __version__ = "0.1.0"
 #: the chapter and the module say so.
 KERNEL_VERSION = "6.17"
 
-_SUBMODULES = {
-    "bits", "checks", "errno", "levels", "source", "spte", "explorer",
-    "tdp_mmu", "host_mm", "notifier", "memslots", "host_level",
-    "guest_memfd", "walker", "pfncache", "prefault", "xref", "viz",
-    "exercises",
-}
-
-
 def __getattr__(name):
     # PEP 562 lazy submodules: keeps `import kvmmu` fast and free of
     # matplotlib/ipywidgets, while `kvmmu.spte.FROZEN_SPTE` still works.
-    if name in _SUBMODULES:
-        return import_module(f"{__name__}.{name}")
+    if not name.startswith("_"):
+        try:
+            return import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'kvmmu' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | _SUBMODULES)

@@ -52,6 +52,28 @@ def spte_decoder(page, shot: Path):
     _shoot(page, ".kvmmu-spte-widget", shot)
 
 
+def host_mapping_explorer(page, shot: Path):
+    """Chapter 2: misalign the slot's host address by one page; 2M becomes 4K."""
+    from kvmmu.viz.host_level import host_mapping_view
+
+    level = "document.querySelector('.kvmmu-hostlevel-widget .kvmmu-hostlevel-level')"
+    assert _widget(page, ".kvmmu-hostlevel-widget .kvmmu-hostlevel-level").inner_text() == "2M"
+    assert host_mapping_view(userspace_addr="0x7f0000001000").level == "4K"
+    addr = _widget(page, ".kvmmu-hostlevel-widget .kvmmu-hostlevel-userspace-addr input")
+    addr.fill("0x7f0000001000")
+    addr.press("Enter")
+    page.wait_for_function(f"() => {level} && {level}.innerText === '4K'", timeout=15000)
+    assert "disallow" in _widget(page, ".kvmmu-hostlevel-widget .kvmmu-hostlevel-out").inner_text()
+    addr.fill("banana")
+    addr.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('.kvmmu-hostlevel-widget .kvmmu-hostlevel-out')"
+        ".innerText.includes('error')", timeout=15000)
+    _assert_no_traceback_near(page, ".kvmmu-hostlevel-widget")
+    _shoot(page, ".kvmmu-hostlevel-widget", shot)
+
+
 INTERACTIONS = {
+    "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
     "book/ch01_spte_format.ipynb": spte_decoder,
 }

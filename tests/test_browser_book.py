@@ -19,7 +19,7 @@ from conftest import CHROMIUM_ARGS, chromium_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from toc import toc_notebooks  # noqa: E402
+from toc import chapter_notebooks  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.book]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -53,7 +53,7 @@ def browser():
 
 
 def _chapter_pages():
-    return [nb[: -len(".ipynb")] + ".html" for nb in toc_notebooks()]
+    return [nb[: -len(".ipynb")] + ".html" for nb in chapter_notebooks()]
 
 
 def test_there_are_chapter_pages_to_check():

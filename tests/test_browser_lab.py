@@ -25,7 +25,7 @@ from lab_interactions import INTERACTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from toc import toc_notebooks  # noqa: E402
+from toc import chapter_notebooks  # noqa: E402
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "test-artifacts"
@@ -43,7 +43,12 @@ def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "book", work / "book")
     port, token = _free_port(), secrets.token_hex(16)
+    # Render every cell (no windowing), so a widget far down is in the DOM.
+    settings = work / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(work / "config"),
+               JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
                JUPYTER_RUNTIME_DIR=str(work / "runtime"), PYTHONHASHSEED="0")
     jupyter = Path(sys.executable).with_name("jupyter")
     proc = subprocess.Popen(
@@ -83,29 +88,32 @@ def browser():
         browser.close()
 
 
-def run_all_cells(page):
-    """Run the open notebook top to bottom and wait until the kernel is idle."""
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.sessionContext "
-                           "&& window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=60000)
-    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-                           ".connectionStatus === 'connected'", timeout=60000)
+_PANEL = ("(() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+          " return w && w.context && w.context.path === PATH ? w : null; })()")
+
+
+def run_all_cells(page, path: str):
+    """Run the notebook at ``path`` top to bottom and wait until its kernel is idle."""
+    panel = _PANEL.replace("PATH", repr(path))
+    page.wait_for_function(f"() => {{ const w = {panel};"
+                           " return !!(w && w.sessionContext?.session?.kernel"
+                           "?.connectionStatus === 'connected'); }", timeout=90000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    # A notebook is done when no cell is queued or running ([*]) and the kernel is idle.
+    # Done when no cell is queued or running ([*]) and the kernel is idle.
     page.wait_for_function(
-        "() => { const w = window.jupyterapp.shell.currentWidget;"
-        " const busy = Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+        f"() => {{ const w = {panel}; if (!w) return false;"
+        " const busy = Array.from(w.node.querySelectorAll('.jp-InputPrompt'))"
         "   .some(p => p.textContent.includes('*'));"
-        " return !busy && w.sessionContext.session.kernel.status === 'idle'; }",
+        " return !busy && w.sessionContext?.session?.kernel?.status === 'idle'; }",
         timeout=240000, polling=500)
 
 
 def _chapters():
-    return [nb for nb in toc_notebooks() if nb in INTERACTIONS] or ["(none)"]
+    return [nb for nb in chapter_notebooks() if nb in INTERACTIONS] or ["(none)"]
 
 
 def test_every_chapter_has_a_browser_interaction():
-    missing = sorted(set(toc_notebooks()) - set(INTERACTIONS))
+    missing = sorted(set(chapter_notebooks()) - set(INTERACTIONS))
     assert not missing, f"chapters whose main widget no browser test operates: {missing}"
 
 
@@ -119,7 +127,7 @@ def test_chapter_widget_in_jupyterlab(lab, browser, notebook):
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{base}/lab/tree/{notebook}?token={token}", wait_until="domcontentloaded")
-    run_all_cells(page)
+    run_all_cells(page, notebook)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"lab-{Path(notebook).stem}.png"
     INTERACTIONS[notebook](page, shot)

@@ -28,7 +28,7 @@ def test_nbval_is_strict(pytestconfig):
 def test_every_toc_notebook_is_validated(pytestconfig, collected_notebooks):
     args = [Path(a.split("::")[0]).resolve() for a in pytestconfig.args]
     book = (ROOT / "book").resolve()
-    covers_book = any(a == ROOT or a == book or book in a.parents or a in book.parents for a in args)
+    covers_book = any(a in (ROOT, book) for a in args)
     if not covers_book:
         pytest.skip("this run does not include book/; `make test` runs every chapter")
     not_validated = sorted(set(toc_notebooks()) - collected_notebooks)

@@ -38,3 +38,13 @@ def book_notebooks() -> list[str]:
             continue
         found.append(p.relative_to(ROOT).as_posix())
     return found
+
+
+def chapter_notebooks() -> list[str]:
+    """The chapters proper (the "Chapters" part of the TOC), without appendices."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = []
+    for part in toc.get("parts", []):
+        if part.get("caption") == "Chapters":
+            files.extend(_files({"chapters": part.get("chapters", [])}))
+    return [f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
