@@ -42,13 +42,13 @@ state is one explorer step.
   model records the message in the file's ``warnings`` and carries on, so a
   scenario can show it.
 """
-from dataclasses import dataclass, field
-
 from .checks import check_int
-from .explorer import Op, step
+from .explorer import Op, Violation, step
 
 #: ``enum pagetype`` value the RFC adds for guest_memfd folios (page-flags.h).
 PGTY_guestmem = 0xF8
+
+_PGTY_NAMES = {PGTY_guestmem: "PGTY_guestmem"}
 
 #: Holder names used by the guest_memfd model.  "filemap" holds
 #: ``folio_nr_pages`` references while the folio is in the page cache; "pte"
@@ -61,24 +61,92 @@ class KernelWarn(RuntimeError):
     """Raised where the kernel would WARN because the caller broke a rule."""
 
 
-@dataclass(eq=False, repr=False)
+class Oops(Violation):
+    """The modelled kernel crashed on this CPU (a NULL dereference): the operation ends here.
+
+    It is an explorer ``Violation`` named "no oops", so a run under the
+    explorer ends with that verdict; on one CPU it propagates to the caller.
+    Whatever the dead operation held (locks, references) stays held.
+    """
+
+    def __init__(self, message: str):
+        super().__init__("no oops")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: A folio's state fields and their defaults (struct folio, as far as the model needs it).
+_FIELDS = {
+    "index": 0,            # folio->index: first page offset in the file
+    "order": 0,
+    "refcount": 0,         # folio->_refcount
+    "mapcount": 0,         # host page tables mapping it (folio_mapcount)
+    "locked_by": None,     # PG_locked, with the locker's name
+    "page_type": None,     # PGTY_guestmem or None
+    "in_cache": False,     # folio->mapping != NULL: still in its file's page cache
+    "freed": False,        # returned to the page allocator
+    "holders": {},         # the model's reference ledger: holder -> count
+}
+
+
 class Folio:
     """One folio of a guest_memfd file, with the model's reference ledger.
 
     Models: include/linux/mm_types.h: struct folio
+
+    A ``Folio`` is a *handle*: ``fid`` names it and its fields live in the
+    owning file's ``folio_state`` (a plain dict of the world), so that the
+    explorer, which saves and restores a world's attributes, restores folios
+    too while actors keep their handles.  A folio made without an owner (for
+    unit tests of the mm helpers) keeps its fields to itself.
+    ``mapping`` is the owning file while the folio is in its page cache, else
+    None; ``owner`` stays the file after truncation (the model's back-pointer).
     """
 
-    fid: int                      # the model's name for the folio ("pfn")
-    index: int                    # folio->index: first page offset in the file
-    order: int = 0
-    refcount: int = 0             # folio->_refcount
-    mapcount: int = 0             # host page tables mapping it (folio_mapcount)
-    locked_by: str | None = None  # PG_locked, with the locker's name
-    page_type: int | None = None  # PGTY_guestmem or None
-    mapping: object | None = None  # the GmemFile, or None after truncation
-    freed: bool = False           # returned to the page allocator
-    holders: dict = field(default_factory=dict)
-    owner: object | None = None   # model only: the file it was allocated in (kept after truncation)
+    __slots__ = ("fid", "owner", "_own")
+
+    def __init__(self, fid: int, owner=None, **fields):
+        check_int("fid", fid, 0)
+        unknown = set(fields) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"Folio has no field {sorted(unknown)[0]!r}; fields: {', '.join(_FIELDS)}")
+        state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in _FIELDS.items()}
+        state.update(fields)
+        self.fid = fid
+        self.owner = owner
+        if owner is None:
+            self._own = state
+        else:
+            self._own = None
+            owner.folio_state[fid] = state
+
+    def _st(self) -> dict:
+        return self._own if self.owner is None else self.owner.folio_state[self.fid]
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        # A handle is a reference: copying a world's containers (or a step's
+        # result) must not copy the file it points into.
+        if self.owner is not None:
+            return self
+        twin = Folio(self.fid)
+        twin._own = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._own.items()}
+        return twin
+
+    @property
+    def mapping(self):
+        """folio->mapping: the file while in its page cache, else None."""
+        return self.owner if self._st()["in_cache"] else None
+
+    @mapping.setter
+    def mapping(self, value):
+        if value is not None and value is not self.owner:
+            raise ValueError("a folio's mapping can only be its own file or None")
+        self._st()["in_cache"] = value is not None
 
     def __repr__(self) -> str:
         return f"folio {self.fid}"
@@ -106,8 +174,25 @@ class Folio:
                 f"type={ty}{lock}, {where} [{ledger}]")
 
 
+def _field(name):
+    def get(self):
+        return self._st()[name]
+
+    def put(self, value):
+        self._st()[name] = value
+    return property(get, put, doc=f"folio field {name!r}")
+
+
+for _name in _FIELDS:
+    setattr(Folio, _name, _field(_name))
+del _name
+
+
 def _ledger(folio: Folio, holder: str, delta: int) -> None:
-    folio.holders[holder] = folio.holders.get(holder, 0) + delta
+    """Move ``holder``'s entry by ``delta``; the ledger stays sorted and without zeros."""
+    held = dict(folio.holders)
+    held[holder] = held.get(holder, 0) + delta
+    folio.holders = {k: v for k, v in sorted(held.items()) if v}
 
 
 def folio_nr_pages(folio: Folio) -> int:
@@ -296,23 +381,26 @@ def __folio_put(folio: Folio):
 
     Models: mm/swap.c: __folio_put()
     """
-    if folio.page_type is not None:
-        yield from free_typed_folio(folio)
+    ptype = yield from step("__folio_put: page type",
+                            lambda: _PGTY_NAMES.get(folio.page_type, "none"))
+    if ptype != "none":
+        yield from free_typed_folio(folio, ptype)
         return
     yield from step(f"free folio {folio.fid} to the page allocator",
                     lambda: setattr(folio, "freed", True))
 
 
-def free_typed_folio(folio: Folio):
+def free_typed_folio(folio: Folio, ptype: str):
     """Dispatch a typed folio's final put; the RFC sends guestmem folios to KVM.
 
     Models: mm/swap.c: free_typed_folio()
 
-    The direct call from core mm into KVM is what Sean Christopherson objected
-    to in review: mm/swap.c cannot call a function of a module (CONFIG_KVM=m).
+    ``ptype`` is the page type ``__folio_put`` read (by name).  The direct
+    call from core mm into KVM is what Sean Christopherson objected to in
+    review: mm/swap.c cannot call a function of a module (CONFIG_KVM=m).
     """
-    if folio.page_type == PGTY_guestmem:
+    if ptype == "PGTY_guestmem":
         from .guest_memfd import kvm_gmem_handle_folio_put
         yield from kvm_gmem_handle_folio_put(folio)
         return
-    raise KernelWarn(f"free_typed_folio: unknown page type {folio.page_type:#x}")
+    raise KernelWarn(f"free_typed_folio: unknown page type {ptype}")

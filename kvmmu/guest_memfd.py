@@ -64,7 +64,7 @@ from functools import partial
 from .checks import check_bool, check_choice, check_int
 from .errno import EAGAIN, EFAULT, ENOENT, errno_name
 from .explorer import Actor, Invariant, Scenario, World, explore, step, wait_until
-from .folio import (FILEMAP, PTE, Folio, KernelWarn, WouldBlock, __folio_clear_guestmem,
+from .folio import (FILEMAP, PTE, Folio, __folio_put, _ledger, _put_return, KernelWarn, Oops, WouldBlock, __folio_clear_guestmem,
                     __folio_set_guestmem, folio_mapped, folio_nr_pages, folio_put, folio_put_refs, folio_ref_add,
                     folio_ref_count, folio_ref_sub_return, folio_test_guestmem,
                     folio_test_locked, folio_try_get, run_op)
@@ -174,6 +174,7 @@ class GmemFile(World):
         self.order = order
         self.invalidate_lock = self.rwlock("invalidate_lock")
         self.mappable_offsets = {i: state for i in range(size)}
+        self.folio_state: dict[int, dict] = {}   # fid -> the folio's fields (see kvmmu.folio.Folio)
         self.page_cache: dict[int, Folio] = {}
         self.folios: list[Folio] = []
         self.guest_mapped: dict[int, bool] = {i: False for i in range(size)}
@@ -196,8 +197,7 @@ class GmemFile(World):
 
     def _alloc_folio(self, index: int, extra: str | None) -> Folio:
         first = index - index % self.nr_pages
-        folio = Folio(fid=len(self.folios), index=first, order=self.order, mapping=self,
-                      owner=self)
+        folio = Folio(len(self.folios), owner=self, index=first, order=self.order, in_cache=True)
         folio_ref_add(folio, self.nr_pages, FILEMAP)
         if extra is not None:
             folio_ref_add(folio, 1, extra)
@@ -253,10 +253,8 @@ class GmemFile(World):
             out[f"folio{folio.fid}"] = folio.short()
         out["guest"] = ",".join(str(i) for i in range(self.size) if self.guest_mapped[i]) or "-"
         out["callbacks"] = str(self.callbacks)
-        if self.warnings:
-            out["WARN"] = " | ".join(self.warnings)
-        if self.oops:
-            out["oops"] = " | ".join(self.oops)
+        out["WARN"] = " | ".join(self.warnings) or "-"
+        out["oops"] = " | ".join(self.oops) or "-"
         if self.bad_transitions:
             out["bad transitions"] = " | ".join(self.bad_transitions)
         return out
@@ -356,7 +354,7 @@ def filemap_lock_folio(file: GmemFile, index: int, who: str):
         if folio is None:
             return None
         yield from folio_lock(folio, who)
-        if folio.mapping is file:
+        if (yield from step("folio->mapping == mapping", lambda: folio.mapping is file)):
             return folio
         yield from folio_unlock(folio, who)
         yield from folio_put(folio, who)
@@ -475,17 +473,18 @@ def kvm_gmem_handle_folio_put(folio: Folio):
 
     mm's ``free_typed_folio`` calls it on the CPU that dropped the last
     reference.  It first reads ``folio->mapping->host``: for a folio that
-    truncation removed from the page cache ``mapping`` is NULL, and the model
-    records the NULL dereference as an oops (the kernel would crash there)
-    and stops.
+    truncation removed from the page cache ``mapping`` is NULL: the model
+    records the NULL dereference and raises :class:`kvmmu.folio.Oops`, which
+    ends the operation on this CPU (the kernel would crash there) with the
+    locks and references it held still held.
     """
     inode = yield from step("callback: inode = folio->mapping->host",
                             lambda: "NULL->host" if folio.mapping is None else "inode")
     if inode != "inode":
-        yield from step("OOPS: NULL pointer dereference", lambda: folio.owner.oops.append(
-            f"NULL dereference in kvm_gmem_handle_folio_put({folio!r}): folio->mapping "
-            "is NULL after truncation"))
-        return
+        message = (f"NULL dereference in kvm_gmem_handle_folio_put({folio!r}): "
+                   "folio->mapping is NULL after truncation")
+        yield from step("OOPS: NULL pointer dereference", lambda: folio.owner.oops.append(message))
+        raise Oops(message)
     file = folio.owner
     yield from file.invalidate_lock.write_lock()
     yield from __kvm_gmem_restore_pending_folio(folio)
@@ -540,7 +539,8 @@ def gmem_set_mappable(file: GmemFile, start: int, end: int, who: str = "kvm"):
     r = 0
     for i in range(start, end):
         folio = None
-        if file.mappable_offsets[i] == KVM_GMEM_NONE_MAPPABLE:
+        state = yield from step(f"xa_load({i})", lambda: file.state(i))
+        if state == "NONE":
             folio = yield from filemap_lock_folio(file, i, who)
             if folio is None:
                 yield from step("WARN_ON_ONCE(IS_ERR(folio))",
@@ -644,8 +644,8 @@ def kvm_gmem_fault(file: GmemFile, index: int, who: str = "host"):
 
     def map_pte():
         folio.mapcount += 1
-        folio.holders[who] -= 1          # the fault's reference now belongs to the PTE
-        folio.holders[PTE] = folio.holders.get(PTE, 0) + 1
+        _ledger(folio, who, -1)          # the fault's reference now belongs to the PTE
+        _ledger(folio, PTE, 1)
     yield from step("map the folio in the host page table", map_pte)
     yield from folio_unlock(folio, who)
     yield from file.invalidate_lock.read_unlock()
@@ -661,15 +661,14 @@ def host_unmap(file: GmemFile, index: int, who: str = "host"):
     already 0.  Raises :class:`KernelWarn` if nothing maps offset ``index``.
     """
     file.check_index(index)
-    folio = file.folio_at(index)
-    if folio is None or not folio_mapped(folio):
-        raise KernelWarn(f"host unmap: nothing maps offset {index} in the host")
 
     def unmap():
-        if folio.mapcount <= 0:
-            raise KernelWarn(f"host unmap: {folio!r} is no longer mapped")
+        folio = file.folio_at(index)
+        if folio is None or not folio_mapped(folio):
+            raise KernelWarn(f"host unmap: nothing maps offset {index} in the host")
         folio.mapcount -= 1
-    yield from step("zap the host PTE (folio_remove_rmap_pte)", unmap)
+        return folio
+    folio = yield from step("zap the host PTE (folio_remove_rmap_pte)", unmap)
     return (yield from folio_put(folio, PTE))
 
 
@@ -703,8 +702,7 @@ def put_user_page(file: GmemFile, who: str = "host"):
 
     Raises :class:`KernelWarn` if ``who`` holds no GUP reference.
     """
-    folio = _held_folio(file, f"gup:{who}")
-    return (yield from folio_put(folio, f"gup:{who}"))
+    return (yield from _put_held(file, (f"gup:{who}",), "put_user_page"))
 
 
 def host_lookup_get(file: GmemFile, index: int, who: str = "host"):
@@ -728,8 +726,7 @@ def host_lookup_get(file: GmemFile, index: int, who: str = "host"):
 
 def host_lookup_put(file: GmemFile, who: str = "host"):
     """Drop the transient lookup reference of ``who``; may be the final put."""
-    folio = _held_folio(file, f"lookup:{who}")
-    return (yield from folio_put(folio, f"lookup:{who}"))
+    return (yield from _put_held(file, (f"lookup:{who}",), "folio_put (lookup)"))
 
 
 def speculative_get(file: GmemFile, index: int, who: str = "spec", *, writes: bool = False):
@@ -754,11 +751,7 @@ def speculative_get(file: GmemFile, index: int, who: str = "spec", *, writes: bo
 
 def speculative_put(file: GmemFile, who: str = "spec"):
     """Drop the speculative reference of ``who``; may be the final put (and run the callback)."""
-    for holder in (f"spec:{who}", f"specw:{who}"):
-        folio = _held_folio(file, holder, required=False)
-        if folio is not None:
-            return (yield from folio_put(folio, holder))
-    raise KernelWarn(f"speculative put: {who} holds no speculative reference")
+    return (yield from _put_held(file, (f"spec:{who}", f"specw:{who}"), "folio_put (speculative)"))
 
 
 def guest_fault(file: GmemFile, index: int, who: str = "vcpu"):
@@ -816,8 +809,8 @@ def kvm_gmem_punch_hole(file: GmemFile, start: int, end: int, who: str = "vmm", 
     the page cache, unlocks it and puts the lookup.  ``fix_pending=True`` is
     the model's version of the fix direction from review: a folio with a
     callback pending is first restored (its parked references given back),
-    and once it has left the page cache its offsets are stored GUEST, since
-    nothing of the host's remains in the file there.  (The kernel's final form of the fix is not known to this book.)
+    and once it has left the page cache its NONE offsets are stored GUEST,
+    since nothing of the host's remains in the file there.  (The kernel's final form of the fix is not known to this book.)
     """
     _check_range(file, start, end)
     holder = f"truncate:{who}"
@@ -843,9 +836,11 @@ def kvm_gmem_punch_hole(file: GmemFile, start: int, end: int, who: str = "vmm", 
             yield from folio_put(folio, PTE)
         yield from filemap_remove_folio(file, folio)
         if pending:
-            for i in range(folio.index, folio.index + folio_nr_pages(folio)):
-                yield from step(f"xa_store({i}, GUEST)", lambda i=i: file.xa_store(
-                    i, KVM_GMEM_GUEST_MAPPABLE, "kvm_gmem_punch_hole"))
+            def store_guest():
+                for i in range(folio.index, folio.index + folio_nr_pages(folio)):
+                    if file.mappable_offsets[i] == KVM_GMEM_NONE_MAPPABLE:
+                        file.xa_store(i, KVM_GMEM_GUEST_MAPPABLE, "kvm_gmem_punch_hole")
+            yield from step("xa_store(NONE offsets, GUEST)", store_guest)
         yield from folio_unlock(folio, holder)
         yield from folio_put(folio, holder)
     yield from step("kvm_gmem_invalidate_end")
@@ -864,14 +859,26 @@ def _check_range(file: GmemFile, start: int, end: int) -> None:
     check_int("end", end, start + 1, file.size)
 
 
-def _held_folio(file: GmemFile, holder: str, required: bool = True) -> Folio | None:
-    for folio in file.folios:
-        if folio.holders.get(holder, 0) > 0:
-            return folio
-    if required:
-        kind, who = holder.split(":", 1)
+def _put_held(file: GmemFile, holders: tuple, what: str):
+    """Drop one reference that one of ``holders`` holds (on whichever folio it is), in one step.
+
+    Finding the folio and the decrement are one step, as the kernel's caller
+    simply has the folio in hand; raises :class:`KernelWarn` (before changing
+    anything) if none of ``holders`` holds a reference.  On reaching zero the
+    final put runs on this CPU.  Returns the new count.
+    """
+    def put():
+        for folio in file.folios:
+            for holder in holders:
+                if folio.holders.get(holder, 0) > 0:
+                    return folio, _put_return(folio, 1, holder)
+        kind, who = holders[0].split(":", 1)
+        kind = {"gup": "GUP", "spec": "speculative"}.get(kind, kind)
         raise KernelWarn(f"{who} holds no {kind} reference to put")
-    return None
+    folio, count = yield from step(f"{what}: refcount", put)
+    if count == 0:
+        yield from __folio_put(folio)
+    return count
 
 
 # --------------------------------------------------------------------------
@@ -975,15 +982,23 @@ def apply_action(file: GmemFile, action: str, index: int = 0, **variant) -> tupl
 
     Raises :class:`KernelWarn` for an action that is illegal in this state
     (a put with no reference, unmapping what is not mapped) and
-    :class:`WouldBlock` for one that could never finish on one CPU.
-    ``variant`` goes to the conversion (``alternative``, ``put_after_unlock``)
+    :class:`WouldBlock` for one that could never finish on one CPU.  An
+    action whose CPU crashes (:class:`kvmmu.folio.Oops`) returns ``"oops"``
+    and says so; the file keeps what the dead CPU held.  ``variant`` goes to the conversion (``alternative``, ``put_after_unlock``)
     and, as ``fix_pending``, to the punch hole.
     """
     check_choice("action", action, ACTIONS)
     file.check_index(index)
     folio = file.folio_at(index)
     callbacks, oops, freed = file.callbacks, len(file.oops), sum(f.freed for f in file.folios)
-    run = lambda gen: run_op(gen, world=file)  # noqa: E731
+    crashed = []
+
+    def run(gen):
+        try:
+            return run_op(gen, world=file)
+        except Oops as exc:      # this CPU died; what it held stays held
+            crashed.append(str(exc))
+            return "oops"
     if action == "host map":
         ret = run(kvm_gmem_fault(file, index, "host"))
         msg = f"kvm_gmem_fault -> {vm_fault_name(ret)}" + (
@@ -1031,7 +1046,10 @@ def apply_action(file: GmemFile, action: str, index: int = 0, **variant) -> tupl
     else:
         fix = bool(variant.get("fix_pending", False))
         ret = run(kvm_gmem_punch_hole(file, index, index + 1, "vmm", fix_pending=fix))
-        msg = f"fallocate(PUNCH_HOLE) -> {errno_name(ret)}: folio removed from the page cache"
+        msg = "fallocate(PUNCH_HOLE) -> 0: folio removed from the page cache"
+    if crashed:
+        return "oops", ("the final put ran kvm_gmem_handle_folio_put on this CPU, which "
+                        f"crashed: OOPS: {crashed[0]} (whatever it held stays held)")
     if file.callbacks > callbacks:
         msg += f"; the final put ran kvm_gmem_handle_folio_put: state {file.state(index)}"
     if len(file.oops) > oops:
