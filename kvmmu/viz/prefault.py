@@ -274,17 +274,20 @@ _PHASE_COLOUR = {"valid": "#a8dadc", "INVALID": "#f4a261", "gone": "#dddddd"}
 def race_timeline(traces, titles=None):
     """Draw explorer traces of a prefault (A) racing a memslot update (B); return the Figure.
 
-    One panel per trace.  Lane A shades its SRCU read section, lane B the time
-    it waits in synchronize_srcu, the bottom lane the slot's state.  Each step
-    is a numbered box in its actor's lane; a deadlock is marked at the end.
+    One panel per trace, on a common step axis.  Lane A shades its SRCU read
+    section, lane B the time it waits in synchronize_srcu, the bottom lane
+    the slot's state.  Each step is a numbered box in its actor's lane; after
+    a deadlock, the two lanes show a hatched "waits forever".
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     traces = list(traces)
     titles = list(titles) if titles is not None else [t.scenario for t in traces]
     fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.5 * len(traces)), squeeze=False)
     lanes = {"A": 2, "B": 1, "slot": 0}
+    width = max(len(t.steps) for t in traces) + 4
     for ax, trace, title in zip(axes[:, 0], traces, titles):
         rows = race_timeline_rows(trace)
         for n, actor, _label, a_in, b_wait, phase in rows:
@@ -303,13 +306,19 @@ def race_timeline(traces, titles=None):
             ax.text(x + 0.5, y, str(n), ha="center", va="center", fontsize=7)
         end = len(rows)
         if trace.deadlock:
-            ax.text(end + 0.2, 1.5, "deadlock:\nnothing can run", color="#b00",
+            for lane in ("A", "B"):
+                ax.add_patch(plt.Rectangle((end, lanes[lane] - 0.3), 2.5, 0.6, facecolor="none",
+                                           edgecolor="#b00", hatch="///", lw=1))
+                ax.text(end + 1.25, lanes[lane] + 0.38, "waits forever", ha="center",
+                        fontsize=7, color="#b00")
+            ax.text(end + 2.8, 1.5, "deadlock:\nnothing can run", color="#b00",
                     fontsize=9, va="center", fontweight="bold")
         elif not trace.unfinished:
-            ax.text(end + 0.2, 1.5, "both\nfinished", color="#060", fontsize=9, va="center")
-        ax.set_xlim(0, end + 3)
-        ax.set_ylim(-0.6, 2.6)
+            ax.text(end + 0.3, 1.5, "both\nfinished", color="#060", fontsize=9, va="center")
+        ax.set_xlim(0, width + 2)
+        ax.set_ylim(-0.6, 2.75)
         ax.set_yticks([0, 1, 2], ["slot", "B: update", "A: prefault"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=10)
     handles = [Patch(color="#e9f5db", label="A inside kvm->srcu"),
@@ -343,33 +352,45 @@ def selftest_map_rows(policy: str = "6.18") -> dict:
 
 
 def selftest_map_figure(policy: str = "6.18"):
-    """Draw slot 10, the mappings the three cases leave, and each case's range; return the Figure."""
+    """Draw slot 10, the leaves the three cases leave, and each case's range; return the Figure.
+
+    Left: the whole slot.  Right: pages 505 to 515, where cases 2 and 3 and
+    the slot's end are.
+    """
     import matplotlib.pyplot as plt
 
     data = selftest_map_rows(policy)
-    fig, ax = plt.subplots(figsize=(11, 3.2))
-    ax.broken_barh([(0, P.TEST_NPAGES)], (4.6, 0.6), color="#a8dadc")
-    ax.text(P.TEST_NPAGES / 2, 4.9, "slot 10: 513 pages", ha="center", va="center", fontsize=9)
-    for first, pages, name in data["mappings"]:
-        ax.broken_barh([(first, pages)], (3.7, 0.6), facecolor="#457b9d", edgecolor="white")
-        ax.text(first + pages / 2, 4.0, f"{name} mapping", ha="center", va="center",
-                fontsize=8, color="white" if pages > 20 else "black")
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(12, 3.4),
+                                      gridspec_kw={"width_ratios": [1.3, 1]})
+    for ax, lo, hi in ((whole, -5, P.TEST_NPAGES + 8), (zoom, 505, 516)):
+        ax.broken_barh([(0, P.TEST_NPAGES)], (4.6, 0.6), color="#a8dadc")
+        for first, pages, name in data["mappings"]:
+            ax.broken_barh([(first, pages)], (3.7, 0.6), facecolor="#457b9d", edgecolor="white")
+        for n, first, asked, left, ret, calls in data["cases"]:
+            y = 3.0 - n
+            done = asked - left
+            if done:
+                ax.broken_barh([(first, done)], (y, 0.6), color="#2a9d8f")
+            if left:
+                ax.broken_barh([(first + done, left)], (y, 0.6), facecolor="white",
+                               edgecolor="#e76f51", hatch="///")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(-0.3, 5.9)
+        ax.axvline(P.TEST_NPAGES, color="#999", lw=0.8, ls=":")
+        ax.set_xlabel("page within slot 10 (4 KiB pages)")
+    whole.set_yticks([4.9, 4.0, 2.3, 1.3, 0.3],
+                     ["slot 10", "leaves", "case 1", "case 2", "case 3"])
+    zoom.set_yticks([])
+    whole.text(P.TEST_NPAGES / 2, 4.9, "513 pages", ha="center", va="center", fontsize=9)
+    whole.text(256, 4.0, "one 2M leaf", ha="center", va="center", fontsize=8, color="white")
+    zoom.text(508.5, 4.0, "2M leaf (pages 0-511)", ha="center", va="center", fontsize=8,
+              color="white")
+    zoom.text(512.5, 4.42, "4K leaf", ha="center", va="bottom", fontsize=8)
+    zoom.text(P.TEST_NPAGES + 0.1, 5.35, "end of slot 10", fontsize=8, color="#555")
     for n, first, asked, left, ret, calls in data["cases"]:
-        y = 3.0 - n
-        done = asked - left
-        if done:
-            ax.broken_barh([(first, max(done, 2))], (y, 0.6), color="#2a9d8f")
-        if left:
-            ax.broken_barh([(first + done, max(left, 2))], (y, 0.6), facecolor="white",
-                           edgecolor="#e76f51", hatch="///")
-        ax.text(P.TEST_NPAGES + 14, y + 0.3,
-                f"case {n}: {asked} page(s) asked, {left} left, ret {ret}, {calls} call(s)",
-                va="center", fontsize=8)
-    ax.set_xlim(-5, P.TEST_NPAGES + 200)
-    ax.set_ylim(-0.3, 5.5)
-    ax.set_yticks([])
-    ax.set_xlabel("page number within slot 10 (4 KiB pages)")
-    ax.axvline(512, color="#999", lw=0.8, ls=":")
-    ax.set_title("pre_fault_memory_test's three cases, alone (hatched: what is left)", fontsize=10)
+        zoom.text(505.2, 3.68 - n, f"case {n}: {asked} asked, {left} left, ret {ret}, "
+                  f"{calls} call(s)", fontsize=8)
+    whole.set_title("pre_fault_memory_test's three cases, alone", fontsize=10)
+    zoom.set_title("zoom: the end of the slot (hatched: what is left)", fontsize=10)
     fig.tight_layout()
     return fig
