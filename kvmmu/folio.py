@@ -1,9 +1,9 @@
 """The mm side of guest_memfd's final-put callback: folios, references, truncation.
 
-Models: include/linux/mm_types.h: struct folio
 Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem
-Models: include/linux/page_ref.h: folio_ref_count(), folio_ref_add(), folio_ref_sub_return(), folio_try_get()
-Models: mm/swap.c: free_typed_folio()
+
+The functions below carry their own ``Models:`` lines (mm_types.h, mm.h,
+page_ref.h, page-flags.h, pagemap.h, mm/swap.c).
 
 Reference version: Linux 6.17 for the folio calls; ``PGTY_guestmem`` and the
 ``case PGTY_guestmem:`` in ``free_typed_folio`` come from Fuad Tabba's RFC

@@ -1,10 +1,15 @@
 """guest_memfd's in-place conversion and its final-put callback (an RFC, not merged).
 
-Models: virt/kvm/guest_memfd.c: enum folio_mappability, gmem_set_mappable(), gmem_clear_mappable(), gmem_is_mappable(), gmem_is_guest_mappable()
-Models: virt/kvm/guest_memfd.c: __gmem_register_callback(), kvm_slot_gmem_register_callback(), __kvm_gmem_restore_pending_folio(), kvm_gmem_handle_folio_put()
-Models: virt/kvm/guest_memfd.c: kvm_gmem_fault(), kvm_gmem_get_folio(), kvm_gmem_punch_hole()
+Models: virt/kvm/guest_memfd.c: enum folio_mappability, KVM_GMEM_ALL_MAPPABLE, KVM_GMEM_GUEST_MAPPABLE, KVM_GMEM_NONE_MAPPABLE
+Models: include/linux/mm_types.h: VM_FAULT_SIGBUS, VM_FAULT_LOCKED
 Models: mm/truncate.c: truncate_inode_pages_range()
-Models: mm/filemap.c: filemap_lock_folio(), filemap_remove_folio()
+
+The functions below carry their own ``Models:`` lines: the RFC's
+``gmem_set_mappable``, ``gmem_clear_mappable``, ``__gmem_register_callback``,
+``kvm_slot_gmem_register_callback``, ``__kvm_gmem_restore_pending_folio``,
+``kvm_gmem_handle_folio_put`` and ``kvm_gmem_fault`` (virt/kvm/guest_memfd.c),
+and the 6.17 page-cache and truncation code they meet (mm/filemap.c,
+``kvm_gmem_punch_hole``).
 
 **What this models, and what the kernel does.**  The conversion protocol here
 is Fuad Tabba's RFC "[RFC PATCH v5 06/15] KVM: guest_memfd: Handle final
@@ -151,7 +156,7 @@ def _real_holder(holder: str) -> bool:
 class GmemFile(World):
     """A guest_memfd file: page cache, per-offset states, invalidate lock.
 
-    Models: virt/kvm/guest_memfd.c: struct kvm_gmem_inode_private (mappable_offsets)
+    Models: virt/kvm/guest_memfd.c: kvm_gmem_private()
 
     ``size`` pages, folios of ``order`` (``size`` must be a multiple of the
     folio size).  ``state`` is every offset's initial state (a name or a
@@ -695,14 +700,17 @@ def get_user_pages(file: GmemFile, index: int, who: str = "host"):
     return -EFAULT
 
 
-def put_user_page(file: GmemFile, who: str = "host"):
-    """Drop one GUP reference of ``who``; may be the final put.
+def put_page(file: GmemFile, who: str = "host"):
+    """Drop one GUP reference of ``who`` (the I/O that held it is done); may be the final put.
 
-    Models: mm/gup.c: put_user_page()
+    Models: include/linux/mm.h: put_page()
+
+    A ``get_user_pages()`` reference is dropped with ``put_page()``; the
+    model finds the folio ``who`` holds it on.
 
     Raises :class:`KernelWarn` if ``who`` holds no GUP reference.
     """
-    return (yield from _put_held(file, (f"gup:{who}",), "put_user_page"))
+    return (yield from _put_held(file, (f"gup:{who}",), "put_page"))
 
 
 def host_lookup_get(file: GmemFile, index: int, who: str = "host"):
@@ -732,8 +740,7 @@ def host_lookup_put(file: GmemFile, who: str = "host"):
 def speculative_get(file: GmemFile, index: int, who: str = "spec", *, writes: bool = False):
     """A speculative reference: found by pfn, not through guest_memfd; no state check.
 
-    Models: include/linux/page_ref.h: folio_try_get()
-
+    A Python composition around ``folio_try_get()``.
     pfn walkers (compaction, page_idle, GUP-fast before its recheck) take
     such references and drop them again without touching the data.
     ``writes=True`` is the reviewer's "what if it writes to the page"
@@ -1016,8 +1023,8 @@ def apply_action(file: GmemFile, action: str, index: int = 0, **variant) -> tupl
             ": the host holds a GUP reference" if mapped else
             ": faulted the page in (a host mapping), then took a GUP reference")
     elif action == "put ref":
-        ret = run(put_user_page(file, "host"))
-        msg = f"put_user_page -> refcount {ret}"
+        ret = run(put_page(file, "host"))
+        msg = f"put_page -> refcount {ret}"
     elif action == "spec get":
         ret = run(speculative_get(file, index, "spec"))
         msg = f"speculative folio_try_get -> {ret}" + ("" if ret else " (count 0 or no folio)")
@@ -1092,7 +1099,7 @@ def _invariants(names=None):
 
 def host_unpin(f: GmemFile):
     """Actor: the host VMM's I/O completes and drops its GUP reference."""
-    return (yield from put_user_page(f, "host"))
+    return (yield from put_page(f, "host"))
 
 
 def host_refault_then_release(f: GmemFile):
@@ -1100,7 +1107,7 @@ def host_refault_then_release(f: GmemFile):
     ret = yield from kvm_gmem_fault(f, 0, "host")
     if ret == VM_FAULT_LOCKED:
         yield from host_unmap(f, 0, "host")
-    yield from put_user_page(f, "host")
+    yield from put_page(f, "host")
     return vm_fault_name(ret)
 
 
