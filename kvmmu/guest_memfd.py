@@ -41,8 +41,10 @@ gives the references back and stores GUEST.  Sharing again
 **Actors.**  Every operation that touches shared state is a generator of
 explorer steps (:mod:`kvmmu.explorer`): one step per shared access or lock
 operation.  An explorer actor runs it with ``yield from``; plain code runs
-it on one CPU with :func:`run_op`, and the ``do_*`` wrappers at the end run
-one operation and describe what it did.
+it on one CPU with :func:`run_op`; :func:`apply_action` runs one console
+action and describes what it did, :func:`replay` builds a file from a list
+of actions, and the ``scenario_*`` functions at the end are the chapter's
+races.
 
 **Variants** (keyword arguments, default = the RFC as posted):
 ``alternative=True`` is Ackerley Tng's suggestion (always let the callback
