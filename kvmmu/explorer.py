@@ -63,10 +63,26 @@ Where the model simplifies
 
 Exhaustive search and why its state hashing is sound
 -----------------------------------------------------
-Python generators cannot be copied, so ``explore`` *replays*: to expand a
-state it re-runs that state's schedule from a fresh world (or keeps the run
-it already has when the schedule extends it).  Equal states are expanded
-once.  Two states are *equal* when their keys are equal, and the key is:
+Python generators cannot be copied, so a state cannot simply be saved and
+resumed twice.  ``explore`` has two ways to get back to a state; both explore
+exactly the same states (the tests check it):
+
+- ``method="snapshot"`` (default): the world is restored in place from the
+  saved state of its primitives and attributes, and only the actor about to
+  step needs a generator in the right state: a suspended generator from a
+  pool (keyed by actor state), or a fresh one *rebuilt* by calling the actor
+  again and sending it, one by one, the values it received on the way.  A
+  rebuilt actor must come back with exactly the recorded state key.  If it
+  does not, it reads or writes shared state between two steps (outside a
+  primitive, ``step()`` or ``wait_until()``), and the search starts over
+  with the replay method (``result.note`` says so).
+- ``method="replay"``: re-run the state's schedule from a fresh world (the
+  run already in hand is extended when the schedule continues it).  Each
+  replay checks that the rebuilt world has the key it had the first time, so
+  a scenario that is not deterministic is reported, not explored wrongly.
+
+Equal states are expanded once.  Two states are *equal* when their keys are
+equal, and the key is:
 
 - the world: the state of every primitive in registration order (a value,
   the holder of a lock, the readers of an SRCU domain with the synchronizers
@@ -82,7 +98,10 @@ once.  Two states are *equal* when their keys are equal, and the key is:
   ``yield from``.  CPython 3.11 shows it to ``gc.get_referents(generator)``
   (checked at import by ``_probe_frames``; if that check fails the explorer
   falls back to keying each actor by the full history of values it received,
-  which is sound but merges fewer states);
+  which is sound but merges fewer states).  The frames of the primitives'
+  own methods (``Word.read`` ...) hold only the primitive and the arguments,
+  which the pending operation's key below already has, so only their
+  position is kept;
 - the operation each actor has yielded and waits to perform.
 
 *Frozen* means converted into a canonical hashable value: ints and strings
@@ -97,12 +116,13 @@ does is a function of the world, the operation yielded and the actor's frames
 (actors must be deterministic and keep no state outside their frames and the
 world: no globals, no unseeded randomness).  The key contains all three, so
 two states with equal keys have the same successors under every schedule,
-produce the same invariant verdicts, and pruning the second is sound.  Each
-replay checks that the world it rebuilt has the key it had the first time,
-so a scenario that is not deterministic is reported instead of explored
-wrongly.  With a preemption bound the key also holds the last actor to run,
-and a state seen again with fewer preemptions used (or at a smaller depth)
-is expanded again.
+produce the same invariant verdicts, and pruning the second is sound.  With
+a preemption bound the key also holds the last actor to run, and a state
+seen again with fewer preemptions used is expanded again.  ``max_steps``
+cuts runs, not the verdict: a state first reached late (depth-first) is not
+expanded again when reached earlier, so a search that reports no runaway has
+expanded every reachable state and a reported runaway is a real run of that
+length.
 
 Order and counts.  ``order="bfs"`` (default) expands states by depth, so the
 first counterexample found is a *shortest* one (fewest steps); ``"dfs"``
@@ -113,8 +133,10 @@ states in which every actor had finished.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import html
+import operator
 import random
 import time
 import types
@@ -166,7 +188,12 @@ class Op:
 
     def key(self):
         """The hashable identity of this pending step (part of the state key)."""
-        return ("op", "" if self.prim is None else self.prim.name, self.kind, _freeze(self.args))
+        name = "" if self.prim is None else self.prim.name
+        args = self.args
+        for a in args:
+            if type(a) is not int and type(a) is not str:
+                return (name, self.kind, None, _freeze(args))
+        return (name, self.kind, args)       # plain ints and strings: already a key
 
     def what(self) -> str:
         """What the step will do, before it runs: ``write_lock(mmu_lock)``."""
@@ -224,6 +251,9 @@ class Word(_Primitive):
 
     def _state(self):
         return self.value
+
+    def _load(self, st):
+        self.value = st
 
     def _show(self):
         return self.world.describe(self.name, self.value)
@@ -324,6 +354,9 @@ class SpinLock(_Primitive):
     def _state(self):
         return self.holder
 
+    def _load(self, st):
+        self.holder = st
+
     def _show(self):
         return "free" if self.holder is None else f"held by {self.holder}"
 
@@ -403,6 +436,9 @@ class RWLock(_Primitive):
 
     def _state(self):
         return (self.writer, self.readers)
+
+    def _load(self, st):
+        self.writer, self.readers = st
 
     def _show(self):
         if self.writer is not None:
@@ -496,6 +532,9 @@ class SRCU(_Primitive):
 
     def _state(self):
         return self.readers
+
+    def _load(self, st):
+        self.readers = st
 
     def _show(self):
         if not self.readers:
@@ -627,7 +666,7 @@ class RCU(SRCU):
 # The world, free-form steps
 # --------------------------------------------------------------------------
 
-_WORLD_INTERNALS = frozenset({"_prims", "_prim_names"})
+_WORLD_INTERNALS = frozenset({"_prims", "_prim_names", "_refs", "_fast"})
 
 
 class World:
@@ -693,12 +732,56 @@ class World:
     def snapshot_extra(self):
         """Shared state outside the primitives: a dict name -> value, or any value.
 
-        The default returns every plain attribute of the world.  Whatever it
-        returns is frozen into the state key, so it must cover all shared
-        state the actors can change.
+        The default returns every plain attribute of the world (attributes
+        that only hold primitives, such as a list of Words, are left out: they
+        are references, not state).  An override is frozen into the state key
+        instead of the attributes, so it must cover all shared state the
+        actors can change.
         """
         return {k: v for k, v in vars(self).items()
                 if k not in _WORLD_INTERNALS and not _only_primitives(v)}
+
+    def __setattr__(self, name, value):
+        # Binding any attribute after _seal() ends the no-extras fast path.
+        object.__setattr__(self, name, value)
+        if name not in _WORLD_INTERNALS:
+            object.__setattr__(self, "_fast", False)
+
+    def _extras(self) -> dict:
+        d = vars(self)
+        refs = d.get("_refs") or {}
+        if d.get("_fast"):
+            # Sealed without plain attributes and nothing bound since: only the
+            # lists of primitives could have changed (in place).
+            for v, items in refs.values():
+                if not _same_refs(v, items):
+                    break
+            else:
+                return {}
+        out = {}
+        for k, v in vars(self).items():
+            if k in _WORLD_INTERNALS or isinstance(v, _Primitive):
+                continue
+            r = refs.get(k)
+            if r is not None and r[0] is v and _same_refs(v, r[1]):
+                continue            # still the same list of primitives: not state
+            out[k] = v
+        return out
+
+    def _seal(self):
+        """Note the attributes that only hold primitives (lists of Words...).
+
+        The explorer calls this on a fresh world; while such an attribute still
+        holds exactly the same primitives it is left out of keys and saves.
+        """
+        refs = {}
+        for k, v in vars(self).items():
+            if (k not in _WORLD_INTERNALS and not isinstance(v, _Primitive)
+                    and isinstance(v, (list, tuple, dict)) and _only_primitives(v)):
+                refs[k] = (v, _ref_items(v))
+        self._refs = refs
+        self._fast = False
+        self._fast = not self._extras()
 
     def snapshot(self) -> dict:
         """The shared state as readable text: name -> value."""
@@ -712,7 +795,66 @@ class World:
         return out
 
     def _key(self):
-        return (tuple([p._state() for p in self._prims]), _freeze(self.snapshot_extra()))
+        # The default snapshot_extra is frozen straight from the attributes
+        # (a list of primitives freezes to their names: constant, harmless).
+        if type(self).snapshot_extra is World.snapshot_extra:
+            extra = _freeze(self._extras())
+        else:
+            extra = _freeze(self.snapshot_extra())
+        return (tuple([p._state() for p in self._prims]), extra)
+
+    def _save(self):
+        """Everything needed to put this world back as it is now (for explore)."""
+        extras = self._extras()
+        if extras:
+            extras = copy.deepcopy(extras, self._copy_memo())
+        return (tuple([p._state() for p in self._prims]), extras or None)
+
+    def _load(self, saved):
+        """Put the world back to a state ``_save()`` returned, keeping object identities."""
+        states, extras = saved
+        for p, st in zip(self._prims, states):
+            p._load(st)
+        current = self._extras()
+        if extras is None:
+            extras = {}
+        else:
+            extras = copy.deepcopy(extras, self._copy_memo())
+        for k in current:
+            if k not in extras:
+                delattr(self, k)
+        for k, v in extras.items():
+            cur = current.get(k)
+            # Refill containers in place, so references actors hold stay valid.
+            if type(cur) is dict and type(v) is dict:
+                cur.clear()
+                cur.update(v)
+            elif type(cur) is list and type(v) is list:
+                cur[:] = v
+            elif type(cur) is set and type(v) is set:
+                cur.clear()
+                cur.update(v)
+            else:
+                setattr(self, k, v)
+
+    def _copy_memo(self) -> dict:
+        # deepcopy must not copy the world or its primitives: map them to themselves.
+        memo = {id(self): self}
+        for p in self._prims:
+            memo[id(p)] = p
+        return memo
+
+
+def _ref_items(v) -> tuple:
+    return tuple(v.items()) if isinstance(v, dict) else tuple(v)
+
+
+def _same_refs(v, items) -> bool:
+    if type(v) is dict:
+        now = tuple(v.items())
+        return len(now) == len(items) and all(
+            k == k2 and x is y for (k, x), (k2, y) in zip(now, items))
+    return len(v) == len(items) and all(map(operator.is_, v, items))
 
 
 def _only_primitives(v) -> bool:
@@ -940,7 +1082,7 @@ def _freezer_for(t):
     if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
         return _freeze_builtin
     if t is types.GeneratorType:
-        return _guarded(_gen_key)
+        return _gen_key
     if t is partial:
         return lambda x: ("partial", _freeze(x.func), _freeze(x.args), _freeze(x.keywords))
     if t is type or issubclass(t, type):
@@ -949,6 +1091,12 @@ def _freezer_for(t):
         return lambda x: ("module", x.__name__)
     if t in _ITER_TYPES:
         name = t.__name__
+        if name in ("range_iterator", "list_iterator", "tuple_iterator"):
+            # __reduce__ is (iter, (sequence,), position): the common loops, fast.
+            def it(x):
+                r = x.__reduce__()
+                return ("iter", name, _freeze(r[1][0]) if r[1] else None, r[2] if len(r) > 2 else 0)
+            return _guarded(it)
         return _guarded(lambda x: ("iter", name, _freeze(x.__reduce__())))
     if issubclass(t, World):
         return lambda x: ("world",)
@@ -989,7 +1137,12 @@ def _gen_key(gen):
     code = gen.gi_code
     if fr is None:
         return ("gen", code.co_qualname, "finished")
-    names = tuple(fr.f_locals)       # the bound locals (refreshes the frame's locals dict)
+    if code in _TRANSPARENT:
+        # A primitive's method: its locals are the primitive and the arguments,
+        # which the pending Op's key holds; only the position is left.
+        return ("call", code.co_qualname, fr.f_lasti)
+    names = tuple(sorted(fr.f_locals))   # the bound locals (this refreshes the frame's
+    #                                      locals dict, whose order depends on history: sort)
     refs = gc.get_referents(gen)     # code, name, qualname, [frame, locals dict], func, code,
     i = 1                            # then locals, cells and the value stack
     while refs[i] is not code:
@@ -1023,6 +1176,14 @@ def _probe_frames() -> bool:
         return False
 
 
+#: Code of the primitives' generator methods (see _gen_key).
+_TRANSPARENT = frozenset(
+    f.__code__ for f in (
+        Word.read, Word.write, Word.xchg, Word.try_cmpxchg, SpinLock.lock, SpinLock.unlock,
+        Mutex.lock, Mutex.unlock, RWLock.read_lock, RWLock.read_unlock, RWLock.write_lock,
+        RWLock.write_unlock, SRCU.read_lock, SRCU.read_unlock, SRCU.synchronize,
+        RCU.read_lock, RCU.read_unlock, RCU.synchronize, step, wait_until))
+
 _FRAMES_OK = _probe_frames()
 
 
@@ -1044,6 +1205,7 @@ class _Run:
         if not isinstance(w, World):
             raise TypeError(f"scenario {sc.name!r}: world() must return a kvmmu.explorer.World, "
                             f"got {type(w).__name__}")
+        w._seal()
         self.sc = sc
         self.world = w
         self.letters = sc.letters
@@ -1125,14 +1287,7 @@ class _Run:
             if not inv.fn(w):
                 return inv.name
         if all(self.done):
-            fc = self.sc.final_check
-            if fc is not None:
-                r = fc(w, self.results_dict())
-                if isinstance(r, str):
-                    return r or "final check"
-                if not r:
-                    return "final check"
-            return None
+            return _final_verdict(self.sc, w, self.results_dict())
         if not self.runnable():
             return "deadlock"
         return None
@@ -1503,8 +1658,12 @@ class Result:
         self.complete_runs = 0
         self.exhaustive = False
         self.stopped_at_max_states = False
+        self.method = "snapshot"
+        self.note = ""
         self.replays = 0
         self.replayed_steps = 0
+        self.rebuilds = 0
+        self.pool_hits = 0
         self.seconds = 0.0
         self.visited: tuple = ()
 
@@ -1538,6 +1697,8 @@ class Result:
                "stopped at max_states: NOT a proof" if self.stopped_at_max_states else
                "stopped at the first violation")
         lines.append(f"  {counts}; {how}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -1550,9 +1711,313 @@ class Result:
         return body
 
 
+class _Diverged(Exception):
+    """An actor rebuilt from its own history did not come back to the same state."""
+
+
+def _immutable(v) -> bool:
+    t = type(v)
+    if t is int or t is str or t is bool or v is None or t is float or t is bytes:
+        return True
+    return t is tuple and all(_immutable(x) for x in v)
+
+
+def _as_op(y, sc, i):
+    # What an actor yielded, as an Op: a bare yield or a string is a no-op step.
+    if type(y) is Op:
+        return y
+    if y is None or isinstance(y, str):
+        return Op(None, _NOOP_KIND, (y or "(yield)", None), _noop)
+    a = sc.actors[i]
+    raise TypeError(
+        f"actor {a.letter} ({a.title}) yielded {type(y).__name__} {y!r}; actors yield from the "
+        "primitives' methods, step() or wait_until() (a bare yield or a string is a no-op step)")
+
+
+def _detached(op):
+    # A wait_until predicate is evaluated while its actor is suspended, so its
+    # closure cells cannot change meanwhile: a copy with fresh cells holding the
+    # same values behaves the same, and stays valid after the generator moves on.
+    if op is None or op.kind != "wait":
+        return op
+    fn = op.args[1]
+    if type(fn) is not types.FunctionType or not fn.__closure__:
+        return op
+    cells = []
+    for c in fn.__closure__:
+        try:
+            cells.append(types.CellType(c.cell_contents))
+        except ValueError:
+            cells.append(types.CellType())
+    copy_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                                 tuple(cells))
+    copy_fn.__kwdefaults__ = fn.__kwdefaults__
+    return Op(None, "wait", (op.args[0], copy_fn), _noop, _wait_enabled)
+
+
+class _ReplayEngine:
+    """Reach a state by re-running its schedule from a fresh world."""
+
+    method = "replay"
+
+    def __init__(self, sc, res):
+        self.sc, self.res = sc, res
+        self.live = None
+        self.live_sched = None
+
+    def start(self):
+        self.live = _Run(self.sc)
+        self.live_sched = ""
+        if self.live.failure is not None:
+            return self.live.failure
+        return None
+
+    def initial(self):
+        live = self.live
+        n = len(live.ops)
+        return live.world._key(), tuple(live.actor_key(i) for i in range(n)), None
+
+    def _restore(self, sched, wkey):
+        live = self.live
+        if self.live_sched is not None and sched.startswith(self.live_sched):
+            start = len(self.live_sched)
+        else:
+            live = self.live = _Run(self.sc)
+            start = 0
+            self.res.replays += 1
+        index = self.sc._index
+        for ch in sched[start:]:
+            live.step(index[ch])
+        self.res.replayed_steps += len(sched) - start
+        self.live_sched = sched
+        if live.world._key() != wkey:
+            raise RuntimeError(
+                f"scenario {self.sc.name!r} is not deterministic: replaying schedule "
+                f"{sched!r} gave a different world than the first time (do the actors or "
+                "the world use unseeded randomness, globals or set order?)")
+
+    def runnable(self, node):
+        if self.live_sched != node[0]:
+            self._restore(node[0], node[1])
+        return self.live.runnable()
+
+    def child(self, node, i):
+        sched, wkey, akeys = node[0], node[1], node[2]
+        if self.live_sched != sched:
+            self._restore(sched, wkey)
+        live = self.live
+        try:
+            live.step(i)
+        except Violation as bad:
+            self.live_sched = None
+            return bad.name
+        self.live_sched = sched + self.sc.letters[i]
+        ak = akeys[:i] + (live.actor_key(i),) + akeys[i + 1:]
+        return live.world._key(), ak
+
+    def verdict(self):
+        return self.live.verdict(), all(self.live.done)
+
+    def payload(self):
+        return None
+
+
+class _SnapshotEngine:
+    """Reach a state by restoring its saved world and rebuilding one actor alone.
+
+    A node carries the saved world, each actor's pending Op and the values
+    each actor has received.  A transition needs the world (restored in place
+    from the saved primitive states and attributes) and the stepping actor's
+    generator in the node's state: taken from a pool of suspended generators
+    keyed by actor state, or rebuilt by calling the actor afresh and sending
+    it its history.  A rebuilt actor must come back with exactly the state key
+    recorded; if not (it touched shared state between steps), the search
+    starts over with the replay engine.
+    """
+
+    method = "snapshot"
+    POOL_MAX = 50_000
+
+    def __init__(self, sc, res):
+        self.sc, self.res = sc, res
+        self.letters = sc.letters
+        self.pool: dict = {}
+        self.pooled = 0
+        self.world = None
+        self.world_at = None        # the payload whose state the world holds, untouched
+
+    def start(self):
+        sc = self.sc
+        w = self.world = sc.world()
+        if not isinstance(w, World):
+            raise TypeError(f"scenario {sc.name!r}: world() must return a kvmmu.explorer.World, "
+                            f"got {type(w).__name__}")
+        w._seal()
+        n = len(sc.actors)
+        gens, ops, results = [], [], [None] * n
+        for a in sc.actors:
+            g = a.fn(w)
+            if not isinstance(g, types.GeneratorType):
+                raise TypeError(
+                    f"scenario {sc.name!r}: actor {a.letter} ({a.title}) must be a generator "
+                    f"function (one that yields), but calling it returned {type(g).__name__}")
+            gens.append(g)
+        for i, g in enumerate(gens):
+            try:
+                ops.append(_as_op(next(g), sc, i))
+            except StopIteration as stop:
+                ops.append(None)
+                results[i] = stop.value
+            except AssertionError as e:
+                return f"assertion failed in {self.letters[i]}: {str(e) or 'assert'}"
+        self._gens0 = gens
+        self._ops0 = ops
+        self._results0 = tuple(results)
+        return None
+
+    def _actor_key(self, g, op, result, hist):
+        if op is None:
+            return ("done", _freeze(result))
+        if not _FRAMES_OK:
+            return ("hist", tuple(map(_freeze, hist)), op.key())
+        return (_gen_key(g), op.key())
+
+    def _runnable(self, ops):
+        w, letters = self.world, self.letters
+        return tuple(j for j, op in enumerate(ops) if op is not None and (
+            op.enabled is None or op.enabled(op.prim, op.args, letters[j], w)))
+
+    def initial(self):
+        n = len(self.sc.actors)
+        hists = ((),) * n
+        akeys = tuple(self._actor_key(g, op, r, ()) for g, op, r
+                      in zip(self._gens0, self._ops0, self._results0))
+        for g, op, ak in zip(self._gens0, self._ops0, akeys):
+            if op is not None:
+                self._pool_put(ak, g, op)
+        ops = tuple(_detached(op) for op in self._ops0)
+        wk = self.world._key()
+        self._next = (ops, hists, self._results0)
+        self._set_verdict(ops, self._results0)
+        return wk, akeys, self.payload()
+
+    def _pool_put(self, ak, g, op):
+        if self.pooled < self.POOL_MAX:
+            self.pool.setdefault(ak, []).append((g, op))
+            self.pooled += 1
+
+    def _obtain(self, i, ak, hist):
+        lst = self.pool.get(ak)
+        if lst:
+            pair = lst.pop()
+            if not lst:
+                del self.pool[ak]
+            self.pooled -= 1
+            self.res.pool_hits += 1
+            return pair
+        self.res.rebuilds += 1
+        self.world_at = None
+        a = self.sc.actors[i]
+        try:
+            g = a.fn(self.world)
+            y = next(g)
+            for r in hist:
+                y = g.send(r if _immutable(r) else copy.deepcopy(r))
+            op = _as_op(y, self.sc, i)
+            same = self._actor_key(g, op, None, hist) == ak
+        except Exception as e:       # includes StopIteration: it ended early
+            raise _Diverged(f"actor {a.letter} ({a.title}) raised {type(e).__name__} when "
+                            "rebuilt from its own history") from e
+        if not same:
+            raise _Diverged(
+                f"actor {a.letter} ({a.title}) does not come back to the same state when "
+                "rebuilt from the values it received: does it read or write shared state "
+                "between two steps (outside step(), wait_until() or a primitive's method)?")
+        return g, op
+
+    def runnable(self, node):
+        return list(node[5][4])
+
+    def child(self, node, i):
+        saved, ops, hists, results, _ = node[5]
+        akeys = node[2]
+        g, op = self._obtain(i, akeys[i], hists[i])
+        w = self.world
+        if self.world_at is not node[5]:
+            w._load(saved)
+        self.world_at = None
+        cpu = self.letters[i]
+        try:
+            result = op.run(op.prim, op.args, cpu, w)
+        except Violation as bad:
+            return bad.name
+        kept = result if _immutable(result) else copy.deepcopy(result)
+        hist = hists[i] + (kept,)
+        new_result = None
+        try:
+            new_op = _as_op(g.send(result), self.sc, i)
+        except StopIteration as stop:
+            new_op = None
+            new_result = stop.value
+        except AssertionError as e:
+            return f"assertion failed in {cpu}: {str(e) or 'assert'}"
+        except Exception as e:
+            e.add_note(f"kvmmu.explorer: raised by actor {cpu} ({self.sc.actors[i].title}) of "
+                       f"scenario {self.sc.name!r} after schedule {node[0] + cpu!r}")
+            raise
+        ak = self._actor_key(g, new_op, new_result, hist)
+        if new_op is not None:
+            self._pool_put(ak, g, new_op)
+        new_ops = ops[:i] + (_detached(new_op),) + ops[i + 1:]
+        new_results = results if new_op is not None else \
+            results[:i] + (new_result,) + results[i + 1:]
+        self._next = (new_ops, hists[:i] + (hist,) + hists[i + 1:], new_results)
+        self._verdict = None
+        return w._key(), akeys[:i] + (ak,) + akeys[i + 1:]
+
+    def _set_verdict(self, ops, results):
+        sc, w = self.sc, self.world
+        done = [op is None for op in ops]
+        self._runnable_next = self._runnable(ops)
+        v = None
+        for inv in sc.invariants:
+            if not inv.fn(w):
+                v = inv.name
+                break
+        else:
+            if all(done):
+                v = _final_verdict(sc, w, {self.letters[j]: results[j] for j in range(len(ops))})
+            elif not self._runnable_next:
+                v = "deadlock"
+        self._verdict = (v, all(done))
+
+    def verdict(self):
+        if self._verdict is None:
+            self._set_verdict(self._next[0], self._next[2])
+        return self._verdict
+
+    def payload(self):
+        ops, hists, results = self._next
+        if self._verdict is None:
+            self._set_verdict(ops, results)
+        p = (self.world._save(), ops, hists, results, self._runnable_next)
+        self.world_at = p
+        return p
+
+
+def _final_verdict(sc, world, results):
+    fc = sc.final_check
+    if fc is None:
+        return None
+    r = fc(world, results)
+    if isinstance(r, str):
+        return r or "final check"
+    return None if r else "final check"
+
+
 def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: int = 1000,
             stop_at_first: bool = True, order: str = "bfs", max_states: int = 1_000_000,
-            record_states: bool = False) -> Result:
+            record_states: bool = False, method: str = "snapshot") -> Result:
     """Check ``scenario`` over every interleaving (see the module docstring).
 
     ``preemption_bound``: at most this many switches away from an actor that
@@ -1562,7 +2027,10 @@ def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: 
     ``order``: ``"bfs"`` (the counterexample is a shortest one) or
     ``"dfs"``.  ``max_states``: give up (``result.exhaustive`` False) beyond
     this many states.  ``record_states``: keep the state keys in
-    ``result.visited`` (discovery order).
+    ``result.visited`` (discovery order).  ``method``: how a state is reached
+    again, ``"snapshot"`` (restore the world, rebuild one actor; falls back
+    to replay if an actor touches shared state between steps) or
+    ``"replay"`` (re-run the schedule); both explore the same states.
     """
     if not isinstance(scenario, Scenario):
         raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
@@ -1573,11 +2041,26 @@ def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: 
     check_choice("order", order, ("bfs", "dfs"))
     check_int("max_states", max_states, 1)
     check_bool("record_states", record_states)
+    check_choice("method", method, ("snapshot", "replay"))
+    args = (scenario, preemption_bound, max_steps, stop_at_first, order, max_states,
+            record_states)
+    if method == "snapshot":
+        try:
+            return _explore(_SnapshotEngine, *args)
+        except _Diverged as why:
+            res = _explore(_ReplayEngine, *args)
+            res.note = f"explored by replay: {why}"
+            return res
+    return _explore(_ReplayEngine, *args)
 
+
+def _explore(engine_class, scenario, preemption_bound, max_steps, stop_at_first, order,
+             max_states, record_states) -> Result:
     started = time.perf_counter()
     res = Result(scenario, order, preemption_bound, max_steps)
+    engine = engine_class(scenario, res)
+    res.method = engine.method
     letters = scenario.letters
-    n = len(letters)
     bounded = preemption_bound is not None
     bfs = order == "bfs"
     found: dict[str, str] = {}           # violation name -> shortest schedule found
@@ -1592,17 +2075,14 @@ def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: 
 
     EXPAND, FINISHED, BAD = 0, 1, 2
     seen: dict = {}      # state key -> EXPAND, FINISHED or BAD (a violation)
-    best: dict = {}      # search key -> (preemptions used, depth) it was queued with
+    best: dict = {}      # search key -> preemptions used when it was queued
     frontier: deque = deque()
-    live = _Run(scenario)
-    live_sched: str | None = ""      # the schedule `live` has run (None: unusable)
     stop = False
 
-    def classify(run, k, sched):
+    def classify(k, sched):
         # Status of a state seen for the first time; records its violation.
         nonlocal stop
-        v = run.verdict()
-        finished = all(run.done)
+        v, finished = engine.verdict()
         res.complete_runs += finished
         seen[k] = BAD if v is not None else FINISHED if finished else EXPAND
         if v is not None:
@@ -1613,89 +2093,63 @@ def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: 
             stop = True
         return seen[k]
 
-    def restore(sched, wkey):
-        # Bring `live` to the end of `sched`: extend it when possible, else replay.
-        nonlocal live, live_sched
-        if live_sched is not None and sched.startswith(live_sched):
-            start = len(live_sched)
-        else:
-            live = _Run(scenario)
-            start = 0
-            res.replays += 1
-        index = scenario._index
-        for ch in sched[start:]:
-            live.step(index[ch])
-        res.replayed_steps += len(sched) - start
-        live_sched = sched
-        if live.world._key() != wkey:
-            raise RuntimeError(
-                f"scenario {scenario.name!r} is not deterministic: replaying schedule "
-                f"{sched!r} gave a different world than the first time (do the actors or "
-                "the world use unseeded randomness, globals or set order?)")
-
-    if live.failure is not None:     # an actor's assert fired before its first step
-        record(live.failure, "")
+    failure = engine.start()
+    if failure is not None:          # an actor's assert fired before its first step
+        record(failure, "")
         stop = stop_at_first
     else:
-        akeys0 = tuple(live.actor_key(i) for i in range(n))
-        wkey0 = live.world._key()
-        k0 = (wkey0, akeys0)
-        if classify(live, k0, "") == EXPAND:
-            best[(k0, None) if bounded else k0] = (0, 0)
-            frontier.append(("", wkey0, akeys0, None, 0))
+        wk0, ak0, payload0 = engine.initial()
+        k0 = (wk0, ak0)
+        if classify(k0, "") == EXPAND:
+            best[(k0, None) if bounded else k0] = 0
+            frontier.append(("", wk0, ak0, None, 0, payload0))
 
     while frontier and not stop:
-        sched, wkey, akeys, last, pre = frontier.popleft() if bfs else frontier.pop()
-        if live_sched != sched:
-            restore(sched, wkey)
-        runnable = live.runnable()
-        depth = len(sched)
-        if depth >= max_steps:
+        node = frontier.popleft() if bfs else frontier.pop()
+        sched, _, _, last, pre, _ = node
+        runnable = engine.runnable(node)
+        if len(sched) >= max_steps:
             record("runaway", sched)
             stop = stop_at_first
             continue
         children = []
-        # DFS evaluates the children last-letter-first, so the first letter is
-        # both on top of the stack and the run `live` holds: no replay for it.
+        # DFS takes the children last-letter-first so that the first letter ends
+        # on top of the stack (the replay engine then still holds its run).
         for i in (runnable if bfs else reversed(runnable)):
             cost = pre
             if bounded and last is not None and i != last and last in runnable:
                 cost += 1            # a preemption: `last` could have gone on
                 if cost > preemption_bound:
                     continue
-            if live_sched != sched:
-                restore(sched, wkey)
             child = sched + letters[i]
             res.transitions += 1
-            try:
-                live.step(i)
-            except Violation as bad:
-                live_sched = None
-                record(bad.name, child)
+            out = engine.child(node, i)
+            if type(out) is str:     # the step itself failed: misuse or an assert
+                record(out, child)
                 stop = stop_at_first
                 if stop:
                     break
                 continue
-            live_sched = child
-            ak = akeys[:i] + (live.actor_key(i),) + akeys[i + 1:]
-            wk = live.world._key()
+            wk, ak = out
             k = (wk, ak)
             status = seen.get(k)
             if status is None:
-                status = classify(live, k, child)
+                status = classify(k, child)
                 if stop:
                     break
             if status != EXPAND:
                 continue
+            # Seen before: expand again only with fewer preemptions used (BFS
+            # reaches every state first at its smallest depth; in DFS a later,
+            # shorter path adds nothing to the verdict: see the docstring).
             sk = (k, i) if bounded else k
             prev = best.get(sk)
-            if prev is not None and prev[0] <= cost and prev[1] <= depth + 1:
+            if prev is not None and prev <= cost:
                 continue
-            best[sk] = (cost, depth + 1)
-            children.append((child, wk, ak, i, cost))
+            best[sk] = cost
+            children.append((child, wk, ak, i, cost, engine.payload()))
         frontier.extend(children)
     res.exhaustive = not stop
-
     res.states = len(seen)
     res.seconds = time.perf_counter() - started
     if record_states:
