@@ -191,18 +191,24 @@ def as_actor(gen):
     Each ``STEP`` becomes one ``kvmmu.explorer.step``; each ``LOCK`` becomes
     the explorer lock's own blocking operation.
     """
+    result = None
+    started = False
+    while True:
+        # The op is not kept in a local while the explorer holds it: every
+        # local is frozen into the explorer's state key.
+        try:
+            result = yield from _explorer_op(gen.send(result) if started else next(gen))
+        except StopIteration as stop:
+            return stop.value
+        started = True
+
+
+def _explorer_op(op):
     from .explorer import step
 
-    try:
-        op = next(gen)
-        while True:
-            if op[0] == STEP:
-                result = yield from step(op[1], op[2])
-            else:
-                result = yield from getattr(op[1], op[2])()
-            op = gen.send(result)
-    except StopIteration as stop:
-        return stop.value
+    if op[0] == STEP:
+        return (yield from step(op[1], op[2]))
+    return (yield from getattr(op[1], op[2])())
 
 
 # --------------------------------------------------------------------------

@@ -24,7 +24,10 @@ notifier to clear ``valid`` before the page can go away.  The contract:
 Every function that takes a lock or touches shared state is written once, as
 a step generator (``*_ops``, see :mod:`kvmmu.guest_memory` for the protocol);
 the plain function runs it on one CPU.  The race chapters hand the same
-generators to the explorer.
+generators to the explorer.  Every read or write of a cache's fields happens
+inside a step, so a step is the only place another CPU's work can be seen;
+what a critical section computes from those fields is one step.  Memslots
+are read outside steps: no race in this chapter changes them.
 
 **RFC behaviour (not in 6.17).**  Patrick Roy's series ("[RFC PATCH v2 10/10]
 kvm: x86: support walking guest page tables in gmem", 2024-09-10) relies on
@@ -69,8 +72,16 @@ class GfnToPfnCache:
         self.valid = False
 
     def state(self) -> tuple:
-        """Hashable summary of the cache (for the explorer's world snapshot)."""
-        return (self.gpa, self.uhva, self.generation, self.pfn, self.khva, self.active, self.valid)
+        """Hashable summary of the cache (for the explorer's world key)."""
+        slot = None if self.memslot is None else self.memslot.id
+        return (self.gpa, self.uhva, self.generation, self.pfn, self.khva, self.active,
+                self.valid, slot)
+
+    def load_state(self, st: tuple) -> None:
+        """Put the cache back to a :meth:`state` (the explorer restores worlds)."""
+        (self.gpa, self.uhva, self.generation, self.pfn, self.khva, self.active,
+         self.valid, slot) = st
+        self.memslot = None if slot is None else self.kvm.memslots.id_to_memslot(slot)
 
     def __repr__(self):
         pfn = "ERR_FAULT" if self.pfn == KVM_PFN_ERR_FAULT else f"{self.pfn:#x}"
@@ -183,49 +194,49 @@ def __kvm_gpc_refresh_ops(gpc: GfnToPfnCache, gpa: int):
     Models: virt/kvm/pfncache.c: __kvm_gpc_refresh()
     """
     kvm = gpc.kvm
-    yield (LOCK, gpc.lock, "write_lock")
-    active = yield (STEP, f"{gpc.name}: active?", lambda: gpc.active)
-    if not active:
-        yield (LOCK, gpc.lock, "write_unlock")
-        return -EINVAL
-    # (the kernel also remembers the old pfn to gpc_unmap() it: nothing to
-    # undo in the model)
-    old_uhva = gpc.uhva & ~(PAGE_SIZE - 1) if not kvm_is_error_hva(gpc.uhva) else gpc.uhva
     page_offset = gpa & (PAGE_SIZE - 1)
+    yield (LOCK, gpc.lock, "write_lock")
 
     def resolve():
-        # gpa -> memslot -> uhva, redone only when the gpa or generation moved
+        # Under the write lock: bail out if inactive; redo gpa -> memslot ->
+        # uhva only when the gpa or the memslot generation moved; keep the
+        # mapping if it is still valid and the hva did not change.
+        if not gpc.active:
+            return "inactive"
+        old_uhva = gpc.uhva if kvm_is_error_hva(gpc.uhva) else gpc.uhva & ~(PAGE_SIZE - 1)
+        hva_change = False
         if gpc.gpa != gpa or gpc.generation != kvm.generation or kvm_is_error_hva(gpc.uhva):
             gfn = gpa >> PAGE_SHIFT
             gpc.gpa = gpa
             gpc.generation = kvm.generation
             gpc.memslot = kvm.gfn_to_memslot(gfn)
-            hva, _ = kvm.gfn_to_hva_memslot_prot(gpc.memslot, gfn)
-            gpc.uhva = hva
-            if kvm_is_error_hva(hva):
-                return None
-            return hva != old_uhva
-        gpc.uhva = old_uhva
-        return False
-    hva_change = yield (STEP, f"{gpc.name}: gpa -> memslot -> uhva", resolve)
-    if hva_change is None:
-        ret = -EFAULT
-    else:
+            gpc.uhva, _ = kvm.gfn_to_hva_memslot_prot(gpc.memslot, gfn)
+            if kvm_is_error_hva(gpc.uhva):
+                return "no hva"
+            hva_change = gpc.uhva != old_uhva
+        else:
+            gpc.uhva = old_uhva
         gpc.uhva += page_offset
         if not gpc.valid or hva_change:
-            ret = yield from hva_to_pfn_retry_ops(gpc)
-        else:
-            def keep():
-                gpc.khva = (gpc.pfn << PAGE_SHIFT) | page_offset
-            yield (STEP, f"{gpc.name}: still valid, update khva", keep)
-            yield (LOCK, gpc.lock, "write_unlock")
-            return 0
+            return "lookup"
+        # the pfn is still good; only the offset in the page may have moved
+        gpc.khva = (gpc.pfn << PAGE_SHIFT) | page_offset
+        return "keep"
+    what = yield (STEP, f"{gpc.name}: gpa -> memslot -> uhva", resolve)
+    if what == "inactive":
+        yield (LOCK, gpc.lock, "write_unlock")
+        return -EINVAL
+    if what == "keep":
+        yield (LOCK, gpc.lock, "write_unlock")
+        return 0
+    ret = -EFAULT if what == "no hva" else (yield from hva_to_pfn_retry_ops(gpc))
     if ret:
         def fail():
             gpc.valid = False
             gpc.pfn = KVM_PFN_ERR_FAULT
             gpc.khva = None
         yield (STEP, f"{gpc.name}: refresh failed, pfn = ERR_FAULT", fail)
+    # (the kernel also gpc_unmap()s the old pfn here: nothing to undo in the model)
     yield (LOCK, gpc.lock, "write_unlock")
     return ret
 
@@ -245,8 +256,9 @@ def kvm_gpc_activate_ops(gpc: GfnToPfnCache, gpa: int, length: int):
     if not kvm_gpc_is_valid_len(gpa, KVM_HVA_ERR_BAD, length):
         return -EINVAL
     yield (LOCK, gpc.refresh_lock, "lock")
-    if not gpc.active:
-        if gpc.valid:
+    active, valid = yield (STEP, f"{gpc.name}: active? valid?", lambda: (gpc.active, gpc.valid))
+    if not active:
+        if valid:
             yield (LOCK, gpc.refresh_lock, "unlock")
             return -EIO                       # KVM_BUG_ON
         # on the list first: a notifier must be able to find the cache
@@ -272,10 +284,11 @@ def kvm_gpc_refresh_ops(gpc: GfnToPfnCache, length: int):
     """
     check_int("length", length, 1, PAGE_SIZE)
     yield (LOCK, gpc.refresh_lock, "lock")
-    if not kvm_gpc_is_valid_len(gpc.gpa, gpc.uhva, length) or gpc.gpa == INVALID_GPA:
+    gpa, uhva = yield (STEP, f"{gpc.name}: read gpa", lambda: (gpc.gpa, gpc.uhva))
+    if not kvm_gpc_is_valid_len(gpa, uhva, length) or gpa == INVALID_GPA:
         yield (LOCK, gpc.refresh_lock, "unlock")
         return -EINVAL
-    ret = yield from __kvm_gpc_refresh_ops(gpc, gpc.gpa)
+    ret = yield from __kvm_gpc_refresh_ops(gpc, gpa)
     yield (LOCK, gpc.refresh_lock, "unlock")
     return ret
 
@@ -305,7 +318,8 @@ def kvm_gpc_deactivate_ops(gpc: GfnToPfnCache):
     """
     kvm = gpc.kvm
     yield (LOCK, gpc.refresh_lock, "lock")
-    if gpc.active:
+    active = yield (STEP, f"{gpc.name}: active?", lambda: gpc.active)
+    if active:
         yield (LOCK, gpc.lock, "write_lock")
 
         def deactivate():
@@ -325,7 +339,8 @@ def _invalidate_matching_ops(kvm: GuestMemory, what: str, matches):
     # read lock, then the same test again under the write lock before
     # clearing valid (the cache may have changed in between).
     yield (LOCK, kvm.gpc_lock, "lock")
-    for gpc in list(kvm.gpc_list):
+    caches = yield (STEP, f"invalidate {what}: read kvm->gpc_list", lambda: tuple(kvm.gpc_list))
+    for gpc in caches:
         yield (LOCK, gpc.lock, "read_lock")
         hit = yield (STEP, f"invalidate {what}: {gpc.name} in range?", lambda g=gpc: matches(g))
         yield (LOCK, gpc.lock, "read_unlock")
@@ -361,6 +376,18 @@ def gfn_to_pfn_cache_invalidate_gfn_range_ops(kvm: GuestMemory, start_gfn: int, 
         return (gpc.valid and not is_error_pfn(gpc.pfn) and gpc.gpa != INVALID_GPA
                 and start_gfn <= gfn < end_gfn and kvm.kvm_mem_is_private(gfn))
     yield from _invalidate_matching_ops(kvm, f"gfn [{start_gfn:#x}, {end_gfn:#x})", matches)
+
+
+def khva_read_u64(gpc: GfnToPfnCache) -> int:
+    """Dereference the cache's kernel address (the caller checked the cache)."""
+    khva = gpc.khva if gpc.khva is not None else 0
+    return gpc.kvm.khva_read_u64(khva >> PAGE_SHIFT, khva & (PAGE_SIZE - 1))
+
+
+def khva_try_cmpxchg_u64(gpc: GfnToPfnCache, old: int, new: int) -> tuple[int, int]:
+    """Compare-exchange through the cache's kernel address: ``(0, old)`` or ``(1, current)``."""
+    khva = gpc.khva if gpc.khva is not None else 0
+    return gpc.kvm.khva_try_cmpxchg_u64(khva >> PAGE_SHIFT, khva & (PAGE_SIZE - 1), old, new)
 
 
 def kvm_gpc_mark_dirty_in_slot(gpc: GfnToPfnCache) -> None:
@@ -412,9 +439,7 @@ def gpc_read_u64_ops(gpc: GfnToPfnCache):
         if ret:
             return ret, 0
         yield (LOCK, gpc.lock, "read_lock")
-    khva = gpc.khva
-    value = yield (STEP, f"{gpc.name}: read *khva",
-                   lambda: gpc.kvm.khva_read_u64(khva >> PAGE_SHIFT, khva & (PAGE_SIZE - 1)))
+    value = yield (STEP, f"{gpc.name}: read *khva", lambda: khva_read_u64(gpc))
     yield (LOCK, gpc.lock, "read_unlock")
     return 0, value
 

@@ -51,6 +51,7 @@ Three walkers share the pure helpers (``PT_INDEX``, ``is_rsvd_bits_set``,
   ``ad_log`` (every A/D write attempt), plus ``retries``.
 """
 from dataclasses import dataclass
+from functools import partial
 
 from .checks import check_bool, check_int, check_u64
 from .errno import EFAULT
@@ -334,6 +335,13 @@ class Vcpu:
         mmu = KvmMmu(root, self.cr0_wp, self.cr4_smep, self.cr4_smap,
                      self.cr4_pke and self.efer_lma, self.efer_nx, self.maxphyaddr, self.gbpages)
         object.__setattr__(self, "mmu", mmu)
+
+    def __deepcopy__(self, memo):
+        # immutable (frozen, and mmu is derived from the fields): share it
+        return self
+
+    def __copy__(self):
+        return self
 
     @property
     def root_level(self) -> int:
@@ -796,6 +804,7 @@ def _check_gpte(walker, mmu, level, pte, pt_access):
 
 def _read_gpte_hva_ops(walker, mem, level, table_gfn, index):
     # 6.17: memslot -> hva (remember whether the slot is writable) -> __get_user.
+    # (Memslots are read outside the step: no race here changes them.)
     slot = mem.gfn_to_memslot(table_gfn)
     if not kvm_is_visible_memslot(slot):
         return -EFAULT, 0
@@ -821,17 +830,19 @@ def walk_addr_generic_ops(walker: GuestWalker, vcpu: Vcpu, mem: GuestMemory, add
     check_access(access)
     check_gva(vcpu, addr)
     update_ad = update_ad or update_accessed_dirty_bits_ops
-    return (yield from _walk_ops(walker, vcpu, mem, addr, access, _read_gpte_hva_ops, update_ad,
-                                 None))
+    return _walk_ops(walker, vcpu, mem, addr, access, _read_gpte_hva_ops, update_ad, None, None)
 
 
-def _walk_ops(walker, vcpu, mem, addr, access, read_gpte, update_ad, on_exit):
+def _walk_ops(walker, vcpu, mem, addr, access, read_gpte, update_ad, on_entry, on_exit):
     # The body of walk_addr_generic as a generator, parameterised by how a
-    # level is read and how A/D bits are written (6.17 or the RFC).
+    # level is read and how A/D bits are written (6.17 or the RFC), what
+    # happens once on entry and before every exit or restart.
     mmu = vcpu.mmu
     write_fault = access & PFERR_WRITE_MASK
     walker.retries = 0
     walker.ad_log.clear()
+    if on_entry:
+        yield on_entry
     while True:                                          # retry_walk:
         level = mmu.root_level
         pte = vcpu.cr3
@@ -951,9 +962,9 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
     the value is left over from whatever used that stack before.  With
     ``as_posted=False`` the branch sets it to false.
 
-    Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(walk_addr_generic)()
+    Part of the RFC's FNAME(walk_addr_generic)().
     """
-    from .pfncache import kvm_gpc_activate_ops, kvm_gpc_check, kvm_gpc_refresh_ops
+    from .pfncache import kvm_gpc_activate_ops, kvm_gpc_check, kvm_gpc_refresh_ops, khva_read_u64
 
     slot = mem.gfn_to_memslot(table_gfn)
     if not kvm_is_visible_memslot(slot):
@@ -979,9 +990,8 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
         if ret:
             return ret, 0
         yield (LOCK, cache.lock, "read_lock")
-    khva = cache.khva
     pte = yield (STEP, f"L{level}: read gpte at gpa {gpa:#x} via pfn cache",
-                 lambda: mem.khva_read_u64(khva >> PAGE_SHIFT, khva & (PAGE_SIZE - 1)))
+                 lambda: khva_read_u64(cache))
     yield (LOCK, cache.lock, "read_unlock")
     walker.pte_writable[level - 1] = True
     return 0, pte
@@ -1004,7 +1014,7 @@ def update_accessed_dirty_bits_gpc_ops(vcpu, mmu, walker, mem, addr, write_fault
 
     Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(update_accessed_dirty_bits)()
     """
-    from .pfncache import kvm_gpc_check, kvm_gpc_mark_dirty_in_slot
+    from .pfncache import khva_try_cmpxchg_u64, kvm_gpc_check, kvm_gpc_mark_dirty_in_slot
 
     for level in range(walker.max_level, walker.level - 1, -1):
         orig_pte, pte = _ad_target(walker, level, write_fault)
@@ -1022,11 +1032,9 @@ def update_accessed_dirty_bits_gpc_ops(vcpu, mmu, walker, mem, addr, write_fault
                 yield (LOCK, cache.lock, "read_unlock")
                 walker.ad_log.append((level, orig_pte, pte, "cache invalidated: restart"))
                 return 1
-        khva = cache.khva if cache.khva is not None else 0
         swapped, cur = yield (
             STEP, f"L{level}: cmpxchg gpte {orig_pte:#x} -> {pte:#x} via pfn cache",
-            lambda: mem.khva_try_cmpxchg_u64(khva >> PAGE_SHIFT, khva & (PAGE_SIZE - 1),
-                                             orig_pte, pte))
+            lambda: khva_try_cmpxchg_u64(cache, orig_pte, pte))
         success = swapped == 0
         if as_posted:
             ret = 1 if success else 0          # __try_cmpxchg(): true on success
@@ -1046,12 +1054,14 @@ def update_accessed_dirty_bits_gpc_ops(vcpu, mmu, walker, mem, addr, write_fault
 def walk_deactivate_gpcs_ops(walker):
     """Step generator: deactivate every level's pfn cache that is active.
 
-    Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(walk_deactivate_gpcs)()
+    The RFC's ``FNAME(walk_deactivate_gpcs)`` (no 6.17 counterpart).
     """
     from .pfncache import kvm_gpc_deactivate_ops
 
-    for cache in walker.ptep_caches:
-        if cache.active:
+    active = yield (STEP, "which ptep_caches are active?",
+                    lambda: tuple(c.active for c in walker.ptep_caches))
+    for cache, is_active in zip(walker.ptep_caches, active):
+        if is_active:
             yield from kvm_gpc_deactivate_ops(cache)
 
 
@@ -1075,17 +1085,18 @@ def walk_addr_generic_gpc_ops(walker: GuestWalker, vcpu: Vcpu, mem: GuestMemory,
     check_bool("as_posted", as_posted)
     if walker.ptep_caches is None:
         walker.ptep_caches = [GfnToPfnCache(f"ptep_caches[{i}]") for i in range(PT_MAX_FULL_LEVELS)]
-    for cache in walker.ptep_caches:
-        kvm_gpc_init(cache, mem)
 
-    def read(w, m, level, gfn, index):
-        return _read_gpte_gpc_ops(w, m, level, gfn, index, as_posted=as_posted)
-
+    def init_caches():
+        for cache in walker.ptep_caches:
+            kvm_gpc_init(cache, mem)
+    # (in the kernel the caches live in the walker, invisible to others until
+    # activated; one step in the model all the same)
+    on_entry = (STEP, "kvm_gpc_init(ptep_caches[0..4])", init_caches)
+    read = partial(_read_gpte_gpc_ops, as_posted=as_posted)
     if update_ad is None:
-        def update_ad(*args):
-            return update_accessed_dirty_bits_gpc_ops(*args, as_posted=as_posted)
-    return (yield from _walk_ops(walker, vcpu, mem, addr, access, read, update_ad,
-                                 walk_deactivate_gpcs_ops))
+        update_ad = partial(update_accessed_dirty_bits_gpc_ops, as_posted=as_posted)
+    return _walk_ops(walker, vcpu, mem, addr, access, read, update_ad, on_entry,
+                     walk_deactivate_gpcs_ops)
 
 
 def walk_addr_generic_gpc(walker: GuestWalker, vcpu: Vcpu, mem: GuestMemory, addr: int,
@@ -1530,21 +1541,10 @@ def _race_world_class():
     from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
     from .pfncache import GfnToPfnCache
 
-    # The walk record and the pfn caches are shared objects of the world.
-    # Registering them as explorer primitives puts their state in the world
-    # key once and lets actor frames that hold them freeze them by name
-    # (the explorer would otherwise copy them into every frame's key).
-    class _SharedWalker(GuestWalker, _Primitive):
-        def __init__(self, world, name):
-            GuestWalker.__init__(self)
-            _Primitive.__init__(self, world, name)
-
-        def _state(self):
-            return self.state()
-
-        def _show(self):
-            return repr(self)
-
+    # The pfn caches are shared objects that actor frames hold (the walker's
+    # ptep_caches, the invalidator's list walk).  Registered as explorer
+    # primitives, their state is in the world key once, frames freeze them by
+    # name, and a restored world keeps their identity.
     class _SharedGpc(GfnToPfnCache, _Primitive):
         def __init__(self, world, name, lock, refresh_lock):
             GfnToPfnCache.__init__(self, name, lock=lock, refresh_lock=refresh_lock)
@@ -1552,6 +1552,9 @@ def _race_world_class():
 
         def _state(self):
             return self.state()
+
+        def _load(self, st):
+            self.load_state(st)
 
         def _show(self):
             return repr(self)
@@ -1575,8 +1578,8 @@ def _race_world_class():
                 self._register(_SharedGpc(self, f"gpc{i + 1}", self.rwlock(f"gpc{i + 1}->lock"),
                                           self.mutex(f"gpc{i + 1}->refresh_lock")))
                 for i in range(PT_MAX_FULL_LEVELS)]
-            self.walker = self._register(_SharedWalker(self, "walker"))
-            self.walker.ptep_caches = self.ptep_caches
+            for cache in self.ptep_caches:
+                cache.kvm = self
             if private_tables:
                 self.set_memory_attributes(leaf_table, leaf_table + 1, True)
             upper = PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | PT_ACCESSED_MASK
@@ -1680,28 +1683,33 @@ def kvm_walk_actor(variant: str, access: int = PFERR_WRITE_MASK):
     if variant not in variants:
         raise ValueError(f"variant must be one of {', '.join(variants)}; got {variant!r}")
 
-    def actor(w):
-        walker = w.walker
+    def walk(walker, w):
         if variant == "6.17":
-            gen = walk_addr_generic_ops(walker, w.vcpu, w, RACE_GVA, access)
-        elif variant == "blind":
-            gen = walk_addr_generic_ops(walker, w.vcpu, w, RACE_GVA, access,
-                                        update_ad=update_accessed_dirty_bits_blind_ops)
-        elif variant == "rfc":
-            gen = walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=True)
-        elif variant == "rfc-fixed":
-            gen = walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=False)
-        else:
-            def nocheck(*args):
-                return update_accessed_dirty_bits_gpc_ops(*args, as_posted=False, check_gpc=False)
-            gen = walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=False,
-                                            update_ad=nocheck)
-        ret = yield from as_actor(gen)
+            return walk_addr_generic_ops(walker, w.vcpu, w, RACE_GVA, access)
+        if variant == "blind":
+            return walk_addr_generic_ops(walker, w.vcpu, w, RACE_GVA, access,
+                                         update_ad=update_accessed_dirty_bits_blind_ops)
+        if variant == "rfc":
+            return walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=True)
+        if variant == "rfc-fixed":
+            return walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=False)
+        return walk_addr_generic_gpc_ops(walker, w.vcpu, w, RACE_GVA, access, as_posted=False,
+                                         update_ad=_nocheck_update)
+
+    def actor(w):
+        walker = GuestWalker()
+        walker.ptep_caches = w.ptep_caches
+        # (the step generator is not kept in a local: the explorer would
+        # freeze it twice into every state key)
+        ret = yield from as_actor(walk(walker, w))
         if ret:
             return WalkResult(1, walker.gfn, walker.ptes[walker.level - 1])
         return WalkResult(0, walker.fault.error_code, 0)
     actor.__name__ = f"kvm_walk_{variant.replace('-', '_').replace('.', '_')}"
     return actor
+
+
+_nocheck_update = partial(update_accessed_dirty_bits_gpc_ops, as_posted=False, check_gpc=False)
 
 
 def guest_unmap_actor(w):

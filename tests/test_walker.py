@@ -447,3 +447,57 @@ def test_ops_walker_rejects_bad_input_before_any_step():
     with pytest.raises(ValueError):
         run_ops(walk_addr_generic_ops(GuestWalker(), pt.vcpu(), mem, 1 << 47, 0))
     assert EFAULT == 14
+
+
+# ---------------------------------------------------------------------------
+# The widget's pure function and the exercise generator.
+# ---------------------------------------------------------------------------
+def test_walk_view_never_raises():
+    from kvmmu.viz.walker import walk_view
+
+    garbage = [dict(gva_text=""), dict(gva_text=None), dict(gva_text="0x8000_0000_0000"),
+               dict(gva_text="-1"), dict(gva_text="1" * 40), dict(gva_text="0xzz"),
+               dict(access="exec"), dict(access=None), dict(privilege="root"),
+               dict(access="fetch", privilege="implicit supervisor"),
+               dict(level_flags={2: "P Q"}), dict(level_flags={7: "P"}), dict(level_flags=[1]),
+               dict(level_flags={1: 5}), dict(level_flags="P"), dict(pkru_text="zz"),
+               dict(pkru_text="0x1_0000_0000"), dict(pkey=99), dict(pkey=True), dict(pkey="1"),
+               dict(cr0_wp="yes"), dict(cr4_la57=None), dict(tables_in_rom=1),
+               dict(level_flags={5: "P"}), dict(gva_text=object())]
+    for kwargs in garbage:
+        view = walk_view(**kwargs)
+        assert not view.ok and view.error, kwargs
+        assert "error" in view.html() and view.text().startswith("error: ")
+
+
+def test_walk_view_extremes():
+    from kvmmu.viz.walker import walk_view
+
+    v = walk_view("0xffffffffffffffff", "fetch", "user", cr4_la57=True)
+    assert v.ok and v.trace.ok and len(v.trace.rows) == 5
+    v = walk_view("0", "write", "supervisor", level_flags={4: "", 3: "P W U A D PS NX RSVD"})
+    assert v.ok and not v.trace.ok and v.trace.error_code == PFERR_WRITE_MASK
+    v = walk_view("0x7fff12345678", "write", "user", level_flags={4: "P W U PS"})
+    assert v.trace.error_code == 0xF                       # PS is reserved in a PML4E
+    v = walk_view("0x7fff12345678", "read", "implicit supervisor", cr4_smap=True, eflags_ac=True)
+    assert not v.trace.ok and "implicit" in v.trace.reason
+    v = walk_view("0x7fff12345678", "write", "user", tables_in_rom=True)
+    assert v.trace.ok and v.before == v.after
+    v = walk_view("0x7fff12345678", "write", "user")
+    assert v.after[1] == v.before[1] | A | D and "<b>" in v.html()
+
+
+def test_exercises_are_seeded_and_solved_by_the_walker():
+    from kvmmu.exercises.walker import problem
+
+    for seed in range(25):
+        a, b = problem(seed), problem(seed)
+        assert a.question == b.question and a.solution() == b.solution()
+        assert a.question.startswith(f"Seed {seed}:")
+        assert a.solution().count("=>") == 4
+        assert problem(seed, "ad").solution().count("=>") == 3
+    assert problem(1).question != problem(2).question
+    with pytest.raises(ValueError, match="kind"):
+        problem(1, "bogus")
+    with pytest.raises(ValueError, match="seed"):
+        problem(-1)
