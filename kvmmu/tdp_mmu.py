@@ -48,6 +48,7 @@ per vCPU caching gfn -> (pfn, the leaf SPTE it came from).
 - Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`
   (the explorer reports an exception in an actor as a violation).
 """
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -474,7 +475,10 @@ class TdpMmuWorld(World):
         self.root_pfn = self.ept.new_table(root_level, 0, None)
         #: kvm->stat.pages[]: present leaf SPTEs per level, as KVM counts them.
         self.page_stats = {level: 0 for level in range(PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL + 1)}
-        #: Every present leaf whose removal handle_changed_spte processed: (gfn, level, old SPTE).
+        #: The model's ledger of leaf lifetimes, as (gfn, level, pfn): every leaf
+        #: that appeared (``installed``) and every leaf whose removal
+        #: handle_changed_spte processed (``processed``).
+        self.installed: list[tuple[int, int, int]] = []
         self.processed: list[tuple[int, int, int]] = []
         self.spin_on_frozen_child = spin_on_frozen_child
         #: The gfn ranges [start, end) of the TDP MMU walks in progress (tdp_walk_begin).
@@ -585,6 +589,7 @@ class TdpMmuWorld(World):
         spte, _ = make_spte(level, ACC_ALL, pfn, cfg=self.cfg)
         self.ept.put(sptep, spte)
         self.page_stats[level] += 1
+        self.installed.append((gfn_round_for_level(gfn, level), level, pfn))
         return spte
 
     def fill_tlb(self, vcpu: int, gfn: int) -> TlbEntry | None:
@@ -610,19 +615,27 @@ class TdpMmuWorld(World):
         gfns = sorted({gfn for tlb in self.tlb for gfn in tlb})
         return [gfn for gfn in gfns if len(set(self.translations(gfn).values())) > 1]
 
-    def reachable_leaves(self) -> dict[int, int]:
-        """Count the present leaf SPTEs reachable from the root, per level."""
-        counts = {level: 0 for level in self.page_stats}
+    def live_leaves(self) -> list[tuple[int, int, int]]:
+        """Return the present leaves reachable from the root as (gfn, level, pfn), sorted."""
+        out = []
 
         def visit(sp):
-            for value in self.ept.tables[sp.spt].values():
+            pages = KVM_PAGES_PER_HPAGE(sp.level)
+            for index, value in sorted(self.ept.tables[sp.spt].items()):
                 if not is_shadow_present_pte(value):
                     continue
                 if is_last_spte(value, sp.level):
-                    counts[sp.level] += 1
+                    out.append((sp.gfn + index * pages, sp.level, spte_to_pfn(value)))
                 else:
                     visit(self.sps[spte_to_pfn(value)])
         visit(self.root)
+        return sorted(out)
+
+    def reachable_leaves(self) -> dict[int, int]:
+        """Count the present leaf SPTEs reachable from the root, per level."""
+        counts = {level: 0 for level in self.page_stats}
+        for _, level, _ in self.live_leaves():
+            counts[level] += 1
         return counts
 
     def removed_tables_not_frozen(self) -> list[Sptep]:
@@ -636,7 +649,8 @@ class TdpMmuWorld(World):
         return out
 
     def snapshot_extra(self):
-        return (tuple(sorted(self.page_stats.items())), tuple(self.processed), self.walks)
+        return (tuple(sorted(self.page_stats.items())), tuple(self.installed),
+                tuple(self.processed), self.walks)
 
     def describe_spte(self, value: int, level: int = PG_LEVEL_4K) -> str:
         """Name an SPTE value for people (see :func:`spte_name`)."""
@@ -877,8 +891,9 @@ def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: handle_changed_spte()
 
-    The model's own record: every removal of a present leaf is appended to
-    ``kvm.processed``, so a test can check each old leaf is processed once.
+    The model's own ledger: a leaf that appears is appended to
+    ``kvm.installed`` and a leaf whose removal is processed to
+    ``kvm.processed``, so a check can see that each leaf is processed once.
     """
     was_present = is_shadow_present_pte(old_spte)
     is_present = is_shadow_present_pte(new_spte)
@@ -905,8 +920,10 @@ def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int
         return
     if is_leaf != was_leaf:
         kvm_update_page_stats(kvm, level, 1 if is_leaf else -1)
-    if was_leaf and not is_leaf:
-        kvm.processed.append((gfn, level, old_spte))
+        if is_leaf:
+            kvm.installed.append((gfn, level, spte_to_pfn(new_spte)))
+        else:
+            kvm.processed.append((gfn, level, spte_to_pfn(old_spte)))
     if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
         if is_present and not is_leaf and pfn_changed:
             raise KernelWarn(f"handle_changed_spte: table pointer changed {old_spte:#x} -> "
@@ -1230,10 +1247,14 @@ def tdp_mmu_split_huge_page(kvm: TdpMmuWorld, it: TdpIter, pt: int, shared: bool
     with ``huge_spte``): it is private until linked.  The translation does
     not change, so no TLB flush is needed.
     """
+    huge_spte = it.old_spte
     ret = yield from tdp_mmu_link_sp(kvm, it, pt, shared)
     if ret:
         return ret
     kvm_update_page_stats(kvm, it.level - 1, SPTE_ENT_PER_PAGE)
+    pages = KVM_PAGES_PER_HPAGE(it.level - 1)
+    kvm.installed += [(it.gfn + i * pages, it.level - 1, spte_to_pfn(huge_spte) + i * pages)
+                      for i in range(SPTE_ENT_PER_PAGE)]
     return 0
 
 
@@ -1450,13 +1471,23 @@ def no_stale_translation(kvm: TdpMmuWorld) -> bool:
 def bookkeeping_ok(kvm: TdpMmuWorld, results=None) -> bool | str:
     """The final check: stats match the live tables, removed tables are frozen, nothing twice.
 
-    - ``page_stats`` equals the present leaves reachable from the root (a
-      leaf processed twice, or never, breaks it);
-    - every entry of a removed table is FROZEN_SPTE (kernel-facts R3.3:
-      nobody can install into it any more);
-    - no old leaf value was processed twice;
+    - each leaf that ever appeared is either still reachable from the root
+      or was processed exactly once (kernel-facts R3.3);
+    - ``page_stats`` equals the present leaves reachable from the root;
+    - every entry of a removed table is FROZEN_SPTE (nobody can install
+      into it any more);
     - mmu_lock is free.
     """
+    live = kvm.live_leaves()
+    ledger = Counter(kvm.processed) + Counter(live)
+    if Counter(kvm.installed) != ledger:
+        extra = sorted((Counter(kvm.processed) - (Counter(kvm.installed) - Counter(live))).elements())
+        lost = sorted((Counter(kvm.installed) - ledger).elements())
+        if extra:
+            return "a leaf was processed twice: " + ", ".join(
+                f"gfn {g:#x} pfn {p:#x}" for g, _, p in extra)
+        return "a leaf was never processed and is unreachable: " + ", ".join(
+            f"gfn {g:#x} pfn {p:#x}" for g, _, p in lost)
     reach = kvm.reachable_leaves()
     if kvm.page_stats != reach:
         return f"page stats {kvm.page_stats} but the tables hold {reach} leaves"
@@ -1465,8 +1496,6 @@ def bookkeeping_ok(kvm: TdpMmuWorld, results=None) -> bool | str:
         sptep = left[0]
         return (f"removed table entry {kvm.ept.where(sptep)} is "
                 f"{kvm.ept.name_of(sptep, kvm.get(sptep))}, not FROZEN_SPTE")
-    if len(set(kvm.processed)) != len(kvm.processed):
-        return "a leaf SPTE was processed twice"
     if kvm.mmu_lock.writer is not None or kvm.mmu_lock.readers:
         return f"mmu_lock still held: {kvm.mmu_lock._show()}"
     return True
@@ -1529,20 +1558,26 @@ def zap_vs_fault(freeze: bool = True, actors: int = 2, new_pfn: int = NEW_PFN) -
         description="While vCPU 0 may still use the old translation, nobody may install a new one.")
 
 
-def removers_collide(spin: bool = True) -> Scenario:
+def removers_collide(spin: bool = True, fault: bool = False) -> Scenario:
     """Kernel-facts R3.3: an atomic zap of a leaf against the removal of its table.
 
     A zaps the 4K SPTE of RACE_GFN (freeze, flush, non-present); B zaps the
     2M-level entry that points to its table, so handle_removed_pt() freezes
     all 512 children, meeting A's frozen child.  With ``spin=False`` B
     takes a FROZEN_SPTE it finds as its own instead of waiting (unsafe).
+    With ``fault``, C is vCPU 1 touching RACE_GFN and faulting it in (to
+    NEW_PFN): a walker that may still be inside the table being removed.
     """
     check_bool("spin", spin)
+    check_bool("fault", fault)
+    cast = [actor("A", "zap the 4K leaf", zap_spte_shared, RACE_GFN, PG_LEVEL_4K, True),
+            actor("B", "zap its table", zap_spte_shared, RACE_GFN, 2, True)]
+    if fault:
+        cast.append(actor("C", "vCPU 1 touches gfn", vcpu_run, 1, RACE_GFN, NEW_PFN))
     return Scenario(
-        f"two removers collide ({'spin' if spin else 'no spin'})",
-        partial(race_world, 2, spin_on_frozen_child=spin, watch_table=True),
-        [actor("A", "zap the 4K leaf", zap_spte_shared, RACE_GFN, PG_LEVEL_4K, True),
-         actor("B", "zap its table", zap_spte_shared, RACE_GFN, 2, True)],
+        f"two removers collide ({'spin' if spin else 'no spin'}"
+        f"{', and a fault' if fault else ''})",
+        partial(race_world, 2, spin_on_frozen_child=spin, watch_table=True), cast,
         invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
         final_check=bookkeeping_ok,
         description="Every old value of a child is processed exactly once; the table ends frozen.")
