@@ -73,7 +73,33 @@ def host_mapping_explorer(page, shot: Path):
     _shoot(page, ".kvmmu-hostlevel-widget", shot)
 
 
+def folio_console(page, shot: Path):
+    """Chapter 4: map the page in the host, then convert to private: -EAGAIN, still ALL."""
+    from kvmmu.viz.guest_memfd import folio_console as view
+
+    out = ".kvmmu-folio-widget .kvmmu-folio-out"
+    expected = view(view((), "host map").state, "convert to private")
+    state_line = next(v for k, v in expected.fields if k == "state")
+    _widget(page, ".kvmmu-folio-widget .kvmmu-folio-host-map").click()
+    page.wait_for_function(
+        f"() => document.querySelector('{out}').innerText.includes('mapcount')"
+        f" && /mapcount\\s*1/.test(document.querySelector('{out}').innerText)", timeout=15000)
+    _widget(page, ".kvmmu-folio-widget .kvmmu-folio-convert-to-private").click()
+    page.wait_for_function(
+        f"m => document.querySelector('{out}').innerText.includes(m)",
+        arg=expected.message, timeout=15000)
+    assert state_line in _widget(page, out).inner_text()
+    # An illegal action is refused with a message, not an exception.
+    _widget(page, ".kvmmu-folio-widget .kvmmu-folio-reset").click()
+    _widget(page, ".kvmmu-folio-widget .kvmmu-folio-put-ref").click()
+    page.wait_for_function(f"() => /refused/.test(document.querySelector('{out}').innerText)",
+                           timeout=15000)
+    _assert_no_traceback_near(page, ".kvmmu-folio-widget")
+    _shoot(page, ".kvmmu-folio-widget", shot)
+
+
 INTERACTIONS = {
+    "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
     "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
     "book/ch01_spte_format.ipynb": spte_decoder,
 }

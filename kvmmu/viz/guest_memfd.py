@@ -264,9 +264,13 @@ def folio_console_widget(start=(), fix_pending: bool = False):
     buttons = []
     for action in G.ACTIONS:
         b = W.Button(description=action, layout=layout)
+        b.add_class("kvmmu-folio-action")
+        b.add_class("kvmmu-folio-" + action.replace(" ", "-"))
         b.on_click(press(action))
         buttons.append(b)
     reset = W.Button(description="reset", button_style="warning", layout=layout)
+    reset.add_class("kvmmu-folio-reset")
+    out.add_class("kvmmu-folio-out")
 
     def do_reset(_b):
         holder["state"] = ()
@@ -276,4 +280,6 @@ def folio_console_widget(start=(), fix_pending: bool = False):
     reset.on_click(do_reset)
     grid = W.GridBox(buttons + [reset], layout=W.Layout(
         grid_template_columns="repeat(4, 160px)", grid_gap="4px"))
-    return W.VBox([grid, out, log])
+    box = W.VBox([grid, out, log])
+    box.add_class("kvmmu-folio-widget")  # the browser tests find the console by these classes
+    return box
