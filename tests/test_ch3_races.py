@@ -1,0 +1,195 @@
+"""Chapter 3's checks: the zap/fault race found and fixed, R3.2/R3.3, the player, the exercises."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kvmmu import tdp_mmu as T
+from kvmmu.exercises import tdp_mmu as E
+from kvmmu.explorer import explore, run_schedule
+from kvmmu.viz import tdp_mmu as V
+
+SPTE = V.SPTE_KEY
+#: The shortest schedule that breaks the unsafe zap: A walks (lock + 7 reads)
+#: and clears the SPTE (cmpxchg, step 9); B's access faults, B walks and
+#: installs the new pfn before A's flush.
+BREAK = "A" * 9 + "B" * 10
+
+
+# ---------------------------------------------------------------------------
+# The race of seed 001, found and fixed
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("actors", [2, 3])
+def test_unsafe_zap_breaks_the_invariant(actors):
+    r = explore(T.zap_vs_fault(False, actors))
+    assert r.violated and r.invariant == T.NO_STALE_TRANSLATION
+    assert r.schedule == BREAK
+    last = r.counterexample.steps[-1]
+    assert last.actor == "B" and last.label == "cmpxchg L1[0x100] non-present -> leaf 0x5678: ok"
+    assert last.state[SPTE] == "leaf 0x5678" and last.state["vCPU 0 TLB"] == "0x100->0x1234"
+
+
+@pytest.mark.parametrize("actors", [2, 3])
+def test_freezing_zap_holds_over_every_interleaving(actors):
+    r = explore(T.zap_vs_fault(True, actors))
+    assert not r.violated and r.exhaustive
+    assert r.states > 50 and r.complete_runs >= 3
+
+
+def test_the_break_schedule_on_the_fixed_zap_retries_instead():
+    # Same schedule with the freeze: B's fault walks into FROZEN_SPTE and
+    # gives up (RET_PF_RETRY); its second access faults again.
+    trace = run_schedule(T.zap_vs_fault(True), BREAK, complete=True)
+    assert trace.violation is None
+    assert trace.results["B"] == "RET_PF_RETRY, then EPT violation"
+    assert [s.state[SPTE] for s in trace.steps][8] == "FROZEN_SPTE"
+
+
+def test_same_pfn_needs_no_freeze():
+    # Matlack (6.13): when the new mapping has the same pfn, the
+    # translation never changes, so the unfrozen zap is safe.
+    for actors in (2, 3):
+        r = explore(T.zap_vs_fault(False, actors, new_pfn=T.OLD_PFN))
+        assert not r.violated and r.exhaustive
+
+
+def test_removers_collide_each_value_once():
+    r = explore(T.removers_collide(True))
+    assert not r.violated and r.exhaustive
+    r = explore(T.removers_collide(False))
+    assert r.violated and r.invariant == ("removed table entry L1[0x100] is non-present, "
+                                          "not FROZEN_SPTE")
+
+
+def test_without_the_spin_a_fault_leaves_a_leaf_in_a_removed_table():
+    sc = T.removers_collide(False, fault=True)
+    trace = run_schedule(sc, "AAAAAAAAAABBBBBBCCCCCCCCBBBBBAABBCCCC")
+    assert trace.violation == "a leaf was never processed and is unreachable: gfn 0x100 pfn 0x5678"
+    # With the spin, B waits for A's write and takes the entry back to FROZEN_SPTE
+    # before C looks at it: C's walk sees FROZEN_SPTE and retries.
+    trace = run_schedule(T.removers_collide(True, fault=True),
+                         "AAAAAAAAAABBBBBBCCCCCCCCBBBBBAABBCCC", complete=True)
+    assert trace.violation is None
+    assert [s.label for s in trace.steps[31:34]] == [
+        "L1[0x100] is not FROZEN_SPTE (spin)",
+        "B xchg L1[0x100] = FROZEN_SPTE, old non-present"[2:],
+        "read L1[0x100] = FROZEN_SPTE"]
+    assert trace.results["C"] == "RET_PF_RETRY, then EPT violation"
+
+
+def test_fault_into_a_removed_table():
+    r = explore(T.fault_into_removed_table())
+    assert not r.violated and r.exhaustive and r.complete_runs == 4
+
+
+# ---------------------------------------------------------------------------
+# The race player (pure view)
+# ---------------------------------------------------------------------------
+def test_player_shows_the_break_and_the_fix():
+    v = V.race_view(False, BREAK)
+    assert v.ok and not v.holds and v.violation == T.NO_STALE_TRANSLATION
+    assert v.value(SPTE) == "leaf 0x5678" and v.value("vCPU 0 TLB") == "0x100->0x1234"
+    v = V.race_view(True, BREAK)
+    assert v.ok and v.holds and v.value(SPTE) == "FROZEN_SPTE"
+    v = V.race_view(False, BREAK, position=9)
+    assert v.holds and v.value(SPTE) == "non-present"
+    assert "BROKEN" in V.race_view(False, BREAK).html()
+
+
+def test_player_refuses_illegal_steps_with_a_message():
+    v = V.race_view(True, "AAAAAAAAAAAAA")       # A has 12 steps
+    assert not v.ok and v.schedule == "A" * 12 and "already finished" in v.message
+    v = V.race_view(True, "C")
+    assert not v.ok and "not an actor letter" in v.message and v.schedule == ""
+    v = V.race_view(False, BREAK + "AAA")
+    assert not v.ok and v.schedule == BREAK and "the rest was not run" in v.message
+    assert V.race_view(True, " a a b ").schedule == "AAB"
+
+
+@settings(max_examples=80, deadline=None)
+@given(fix=st.one_of(st.booleans(), st.none(), st.integers(), st.text(max_size=3)),
+       schedule=st.one_of(st.text(alphabet="ABCabc xyz\n", max_size=40), st.none(),
+                          st.integers(), st.lists(st.text(max_size=2), max_size=3)),
+       position=st.one_of(st.none(), st.integers(-5, 60), st.floats(allow_nan=True),
+                          st.text(max_size=3), st.booleans()),
+       actors=st.one_of(st.sampled_from([2, 3]), st.integers(-2, 5), st.none(), st.text(max_size=2)))
+def test_player_never_raises(fix, schedule, position, actors):
+    v = V.race_view(fix, schedule, position, actors)
+    assert isinstance(v, V.RaceView)
+    assert isinstance(v.html(), str) and isinstance(repr(v), str)
+    assert 0 <= v.position <= len(v.steps)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.booleans(), st.sampled_from([2, 3]))
+def test_player_agrees_with_the_explorer_at_every_moment(seed, fix, actors):
+    from kvmmu.explorer import run_random
+    trace = run_random(T.zap_vs_fault(fix, actors), seed)
+    snaps = trace.snapshots()
+    for position in range(len(snaps)):
+        v = V.race_view(fix, trace.schedule, position, actors)
+        assert v.schedule == trace.schedule
+        assert dict(v.state) == snaps[position]["state"]
+        broken = trace.violation_step is not None and position > trace.violation_step
+        assert v.holds == (not broken)
+
+
+def test_race_rows_follow_the_trace():
+    trace = explore(T.zap_vs_fault(False)).counterexample
+    rows = V.race_rows(trace)
+    assert len(rows) == 19
+    assert rows[8][:4] == (9, "A", "cmpxchg", "non-present")
+    assert rows[9][2] == "EPT viol."
+    assert rows[-1][3:] == ("leaf 0x5678", "0x100->0x1234", "-", True)
+    assert [r[6] for r in rows].count(True) == 1
+
+
+def test_race_figure_and_player_build():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = V.race_figure(explore(T.zap_vs_fault(False)).counterexample)
+    assert len(fig.axes) == 1
+    plt.close(fig)
+    box = V.race_player(fix=False)
+    toggle, buttons, controls, out = box.children
+    for _ in range(9):
+        buttons.children[0].click()
+    for _ in range(10):
+        buttons.children[1].click()
+    assert "BROKEN" in out.value
+    controls.children[0].click()                   # undo
+    assert "BROKEN" not in out.value
+    toggle.value = True
+    assert "fix on" in out.value
+
+
+# ---------------------------------------------------------------------------
+# Exercises
+# ---------------------------------------------------------------------------
+def test_breaking_schedule_checker():
+    ok, why = E.breaks_unsafe_zap(BREAK)
+    assert ok and "step 19" in why
+    ok, why = E.breaks_unsafe_zap("A" * 11 + "B" * 11)     # zap first, then the fault
+    assert not ok and "holds" in why
+    ok, why = E.breaks_unsafe_zap("AZ")
+    assert not ok and "cannot run" in why
+    with pytest.raises(TypeError, match="schedule"):
+        E.breaks_unsafe_zap(None)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123, 2**40])
+def test_problems_are_seeded_and_answered_by_the_model(seed):
+    p, q = E.problem(seed), E.problem(seed)
+    assert p == q and p.question.startswith(f"Seed {seed}:")
+    sched = p.question.split("After the schedule '")[1].split("'")[0]
+    fix = "fix ON" in p.question
+    actors = 3 if "C is vCPU 0" in p.question else 2
+    trace = run_schedule(T.zap_vs_fault(fix, actors), sched)
+    state = trace.steps[-1].state
+    assert p.solution().startswith(f"SPTE: {state[SPTE]}; vCPU 0 TLB: {state['vCPU 0 TLB']}; ")
+    assert ("STALE" in p.solution()) == (trace.violation is not None)
+
+
+def test_problem_rejects_a_bad_seed():
+    with pytest.raises(TypeError, match="seed"):
+        E.problem("7")
+    assert E.run_length("AAAB") == "A3 B1" and E.run_length("") == "(empty)"
