@@ -235,6 +235,11 @@ class _Primitive:
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}: {self._show()}>"
 
+    def _load(self, st):
+        # A primitive that cannot be put back: explore() replays instead.
+        raise _Diverged(f"{type(self).__name__} {self.name!r} has no _load(), so worlds "
+                        "holding it cannot be restored")
+
 
 class Word(_Primitive):
     """A shared 64-bit slot (an SPTE, a counter, a pointer).
@@ -662,6 +667,9 @@ class RCU(SRCU):
         return (yield from SRCU.synchronize(self))
 
 
+_BUILTIN_PRIMITIVES = frozenset({Word, SpinLock, Mutex, RWLock, SRCU, RCU})
+
+
 # --------------------------------------------------------------------------
 # The world, free-form steps
 # --------------------------------------------------------------------------
@@ -807,8 +815,20 @@ class World:
         """Everything needed to put this world back as it is now (for explore)."""
         extras = self._extras()
         if extras:
-            extras = copy.deepcopy(extras, self._copy_memo())
+            extras = {k: self._copy_value(v) for k, v in extras.items()}
         return (tuple([p._state() for p in self._prims]), extras or None)
+
+    def _copy_value(self, v):
+        # Immutable values are shared; flat containers of immutable values are
+        # copied shallowly; anything else deeply (the world and its primitives
+        # excepted: they are never copied).
+        if _immutable(v):
+            return v
+        t = type(v)
+        if (t is dict and all(_immutable(k) and _immutable(x) for k, x in v.items())) or \
+                ((t is list or t is set) and all(_immutable(x) for x in v)):
+            return t(v)
+        return copy.deepcopy(v, self._copy_memo())
 
     def _load(self, saved):
         """Put the world back to a state ``_save()`` returned, keeping object identities."""
@@ -819,7 +839,7 @@ class World:
         if extras is None:
             extras = {}
         else:
-            extras = copy.deepcopy(extras, self._copy_memo())
+            extras = {k: self._copy_value(v) for k, v in extras.items()}
         for k in current:
             if k not in extras:
                 delattr(self, k)
@@ -837,12 +857,87 @@ class World:
             else:
                 setattr(self, k, v)
 
+    def _nested_ids(self) -> set:
+        """Ids of the mutable objects a ``_load`` replaces by copies.
+
+        Those are everything below the plain attributes (an attribute holding
+        a dict, list or set is refilled in place and keeps its identity, its
+        contents do not) and whatever custom primitives hold.  An actor that
+        keeps one of these across a step would, after a restore, work on a
+        copy the world no longer holds: the snapshot engine checks for it.
+        """
+        todo = []
+        for v in self._extras().values():
+            if type(v) in (dict, list, set):
+                todo.extend(v.items() if type(v) is dict else v)
+            else:
+                todo.append(v)
+        for p in self._prims:
+            if type(p) not in _BUILTIN_PRIMITIVES:
+                todo.extend(_children(p))
+        ids, kept = set(), set()
+        memo = None
+        while todo:
+            x = todo.pop()
+            if _immutable_scalar(x) or x is self or isinstance(x, (_Primitive, type)):
+                continue
+            if id(x) in ids or id(x) in kept:
+                continue
+            if getattr(type(x), "__deepcopy__", None) is not None:
+                # A handle whose deepcopy is itself (and everything only it
+                # reaches) survives a restore unchanged.
+                memo = memo if memo is not None else self._copy_memo()
+                if copy.deepcopy(x, memo) is x:
+                    kept.add(id(x))
+                    continue
+            if not _value_like(x):
+                ids.add(id(x))
+            todo.extend(_children(x))
+        return ids
+
     def _copy_memo(self) -> dict:
         # deepcopy must not copy the world or its primitives: map them to themselves.
         memo = {id(self): self}
         for p in self._prims:
             memo[id(p)] = p
         return memo
+
+
+def _immutable_scalar(x) -> bool:
+    t = type(x)
+    return t is int or t is str or t is bool or x is None or t is float or t is bytes \
+        or t is range or isinstance(x, (types.FunctionType, types.BuiltinFunctionType,
+                                        types.ModuleType, Enum))
+
+
+def _value_like(x) -> bool:
+    # Objects that cannot change: sharing one with the world is harmless.
+    if isinstance(x, (tuple, frozenset, Enum)):
+        return True
+    params = getattr(type(x), "__dataclass_params__", None)
+    return params is not None and params.frozen
+
+
+def _children(x) -> list:
+    """The objects ``x`` refers to as data (for the alias check)."""
+    t = type(x)
+    if t is dict:
+        out = []
+        for k, v in x.items():
+            out.append(k)
+            out.append(v)
+        return out
+    if t in (list, tuple, set, frozenset):
+        return list(x)
+    out = []
+    d = getattr(x, "__dict__", None)
+    if d is not None:
+        out.extend(d.values())
+    for klass in t.__mro__:
+        for slot in getattr(klass, "__slots__", ()):
+            if slot not in ("__dict__", "__weakref__") and slot != "world" and hasattr(x, slot):
+                out.append(getattr(x, slot))
+    return out
 
 
 def _ref_items(v) -> tuple:
@@ -1006,11 +1101,16 @@ def _freeze(x):
     return f(x)
 
 
+_COLLECT: list | None = None   # when a list: mutable objects met while freezing (alias check)
+
+
 def _guarded(inner):
     def f(x):
         i = id(x)
         if i in _ACTIVE:
             return ("cycle",)
+        if _COLLECT is not None:
+            _COLLECT.append(x)
         _ACTIVE.add(i)
         try:
             return inner(x)
@@ -1875,7 +1975,29 @@ class _SnapshotEngine:
         self._results0 = tuple(results)
         return None
 
-    def _actor_key(self, g, op, result, hist):
+    def _actor_key(self, g, op, result, hist, i=None):
+        # With ``i``: also check that the actor keeps no reference to an object
+        # a restore would replace (see World._nested_ids).
+        global _COLLECT
+        if i is None:
+            return self._plain_key(g, op, result, hist)
+        _COLLECT = met = []
+        try:
+            key = self._plain_key(g, op, result, hist)
+        finally:
+            _COLLECT = None
+        if met:
+            nested = self.world._nested_ids()
+            for obj in met:
+                if id(obj) in nested:
+                    a = self.sc.actors[i]
+                    raise _Diverged(
+                        f"actor {a.letter} ({a.title}) keeps a {type(obj).__name__} that lives "
+                        "inside the world across a step, which a restore would replace")
+        return key
+
+    @staticmethod
+    def _plain_key(g, op, result, hist):
         if op is None:
             return ("done", _freeze(result))
         if not _FRAMES_OK:
@@ -1890,8 +2012,8 @@ class _SnapshotEngine:
     def initial(self):
         n = len(self.sc.actors)
         hists = ((),) * n
-        akeys = tuple(self._actor_key(g, op, r, ()) for g, op, r
-                      in zip(self._gens0, self._ops0, self._results0))
+        akeys = tuple(self._actor_key(g, op, r, (), i) for i, (g, op, r)
+                      in enumerate(zip(self._gens0, self._ops0, self._results0)))
         for g, op, ak in zip(self._gens0, self._ops0, akeys):
             if op is not None:
                 self._pool_put(ak, g, op)
@@ -1924,7 +2046,7 @@ class _SnapshotEngine:
             for r in hist:
                 y = g.send(r if _immutable(r) else copy.deepcopy(r))
             op = _as_op(y, self.sc, i)
-            same = self._actor_key(g, op, None, hist) == ak
+            same = self._actor_key(g, op, None, hist, i) == ak
         except Exception as e:       # includes StopIteration: it ended early
             raise _Diverged(f"actor {a.letter} ({a.title}) raised {type(e).__name__} when "
                             "rebuilt from its own history") from e
@@ -1965,7 +2087,7 @@ class _SnapshotEngine:
             e.add_note(f"kvmmu.explorer: raised by actor {cpu} ({self.sc.actors[i].title}) of "
                        f"scenario {self.sc.name!r} after schedule {node[0] + cpu!r}")
             raise
-        ak = self._actor_key(g, new_op, new_result, hist)
+        ak = self._actor_key(g, new_op, new_result, hist, i)
         if new_op is not None:
             self._pool_put(ak, g, new_op)
         new_ops = ops[:i] + (_detached(new_op),) + ops[i + 1:]
