@@ -98,7 +98,57 @@ def folio_console(page, shot: Path):
     _shoot(page, ".kvmmu-folio-widget", shot)
 
 
+def _prefault_deadlock_run(page, out: str):
+    """Step the prefault once (it enters SRCU), step the deletion until it blocks, finish."""
+    w = ".kvmmu-prefault-widget"
+    _widget(page, f"{w} .kvmmu-prefault-reset").click()
+    _widget(page, f"{w} .kvmmu-prefault-a").click()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('srcu_read_lock')",
+                           timeout=15000)
+    for _ in range(30):
+        _widget(page, f"{w} .kvmmu-prefault-b").click()
+        page.wait_for_timeout(150)
+        if "blocked" in _widget(page, out).inner_text().split("\n")[0]:
+            break
+    _widget(page, f"{w} .kvmmu-prefault-finish").click()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('ran every thread')",
+                           timeout=15000)
+    return _widget(page, out).inner_text()
+
+
+def prefault_console(page, shot: Path):
+    """Chapter 6: the same steps deadlock before the fix and give -EAGAIN after it."""
+    from kvmmu.viz.prefault import prefault_console as view
+
+    out = ".kvmmu-prefault-widget .kvmmu-prefault-out"
+
+    def model(policy):
+        v = view(policy=policy, action="A")
+        while True:
+            nxt = view(policy=policy, schedule=v.schedule, action="B")
+            if not nxt.ok:
+                break
+            v = nxt
+        return view(policy=policy, schedule=v.schedule, action="finish")
+
+    before, after = model("6.17"), model("6.18")
+    assert "DEADLOCK" in before.field("verdict") and "-EAGAIN" in after.field("A (prefault)")
+    assert before.field("verdict") in _prefault_deadlock_run(page, out)
+    _widget(page, ".kvmmu-prefault-widget .kvmmu-prefault-policy select").select_option("6.18")
+    text = _prefault_deadlock_run(page, out)
+    assert after.field("A (prefault)") in text and after.field("verdict") in text
+    size = _widget(page, ".kvmmu-prefault-widget .kvmmu-prefault-size input")
+    size.fill("0x123")
+    size.press("Enter")
+    _widget(page, ".kvmmu-prefault-widget .kvmmu-prefault-finish").click()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('EINVAL')",
+                           timeout=15000)
+    _assert_no_traceback_near(page, ".kvmmu-prefault-widget")
+    _shoot(page, ".kvmmu-prefault-widget", shot)
+
+
 INTERACTIONS = {
+    "book/ch06_prefault_eagain.ipynb": prefault_console,
     "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
     "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
     "book/ch01_spte_format.ipynb": spte_decoder,

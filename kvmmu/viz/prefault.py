@@ -204,6 +204,10 @@ def prefault_console_widget(policy: str = "6.17", offset_text: str = DEFAULT_OFF
                      description="zap", layout=W.Layout(width="320px"))
     holder = {"schedule": ""}
     out = W.HTML()
+    # CSS classes let the browser tests find each control.
+    for control, name in ((off, "offset"), (size, "size"), (pol, "policy"), (zap, "zap"),
+                          (out, "out")):
+        control.add_class(f"kvmmu-prefault-{name}")
 
     def show(action: str):
         view = prefault_console(off.value, size.value, pol.value, holder["schedule"], action,
@@ -218,9 +222,11 @@ def prefault_console_widget(policy: str = "6.17", offset_text: str = DEFAULT_OFF
     for text, action in (("step A: prefault", "A"), ("step B: delete", "B"),
                          ("finish", "finish")):
         b = W.Button(description=text, layout=W.Layout(width="150px"))
+        b.add_class(f"kvmmu-prefault-{action.lower()}")
         b.on_click(on(action))
         buttons.append(b)
     reset = W.Button(description="reset", button_style="warning", layout=W.Layout(width="150px"))
+    reset.add_class("kvmmu-prefault-reset")
 
     def do_reset(_b=None):
         holder["schedule"] = ""
@@ -229,7 +235,9 @@ def prefault_console_widget(policy: str = "6.17", offset_text: str = DEFAULT_OFF
     for control in (off, size, pol, zap):
         control.observe(lambda _change: do_reset(), names="value")
     show("")
-    return W.VBox([W.HBox([off, size]), W.HBox([pol, zap]), W.HBox(buttons + [reset]), out])
+    box = W.VBox([W.HBox([off, size]), W.HBox([pol, zap]), W.HBox(buttons + [reset]), out])
+    box.add_class("kvmmu-prefault-widget")
+    return box
 
 
 # --------------------------------------------------------------------------
