@@ -1623,6 +1623,8 @@ class Trace:
 
 
 def _short(v) -> str:
+    if type(v) is int and not -1024 < v < 1024:
+        return hex(v)
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
 
