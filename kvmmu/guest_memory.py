@@ -165,6 +165,24 @@ class ModelMutex:
         return f"ModelMutex({self.name!r}, held={self.held})"
 
 
+class Hex(int):
+    """An int that prints in hex (step results in explorer tables)."""
+
+    def __repr__(self):
+        return f"{int(self):#x}" if self >= 0 else str(int(self))
+
+    __str__ = __repr__
+
+
+def hexed(result):
+    """Make a step result print in hex: an int, or a ``(ret, value)`` pair's value."""
+    if type(result) is tuple and len(result) == 2:
+        return (result[0], Hex(result[1]))
+    if type(result) is int:
+        return Hex(result)
+    return result
+
+
 def run_ops(gen, trace: list | None = None):
     """Run a step-protocol generator to completion on one CPU; return its result.
 
@@ -246,6 +264,9 @@ class GuestMemory:
         self.mn_active_invalidate_count = 0
         self.gpc_list: list = []
         self.gpc_lock = ModelMutex("kvm->gpc_lock")
+        #: model-only: every cache kvm_gpc_init() saw, by a small id, so a
+        #: step can name a cache by its id instead of returning the object
+        self.gpcs: dict = {}
         # dirty log
         self.dirty: dict[int, bool] = {}
 
@@ -596,7 +617,8 @@ class GuestMemory:
         """
         self._check_range(start, end)
         yield from self.invalidate_range_start_ops(start, end)
-        yield (STEP, f"unmap and free hva [{start:#x}, {end:#x})", lambda: self.host_unmap(start, end))
+        yield (STEP, f"unmap and free hva [{start:#x}, {end:#x})",
+               lambda: [Hex(pfn) for pfn in self.host_unmap(start, end)])
         yield from self.invalidate_range_end_ops(start, end)
 
     def host_punch_hole(self, start: int, end: int) -> None:
@@ -629,6 +651,7 @@ class GuestMemory:
             raise ValueError(f"slot_id {slot_id} is not a guest_memfd slot")
         check_int("start_gfn", start_gfn, slot.base_gfn, slot.end_gfn - 1)
         check_int("end_gfn", end_gfn, start_gfn + 1, slot.end_gfn)
+        del slot      # keep no memslot object across a step (the explorer may restore a copy)
         if hold_count:
             yield (STEP, "gmem: mn_active_invalidate_count++",
                    lambda: self._bump("mn_active_invalidate_count", 1))
@@ -638,7 +661,7 @@ class GuestMemory:
 
         def free():
             for gfn in range(start_gfn, end_gfn):
-                pfn = self.gmem.pop((slot.id, gfn), None)
+                pfn = self.gmem.pop((slot_id, gfn), None)
                 if pfn is not None:
                     self.put_page(pfn)
         yield (STEP, f"gmem: free gfns [{start_gfn:#x}, {end_gfn:#x})", free)

@@ -45,7 +45,7 @@ HVA-based caches (``kvm_gpc_activate_hva``) are not modelled.  The
 from .checks import check_int
 from .errno import EFAULT, EINVAL, EIO
 from .guest_memory import (INVALID_GPA, KVM_HVA_ERR_BAD, KVM_PFN_ERR_FAULT, LOCK, STEP,
-                           GuestMemory, ModelMutex, ModelRWLock, is_error_pfn,
+                           GuestMemory, ModelMutex, ModelRWLock, hexed, is_error_pfn,
                            kvm_is_error_hva, run_ops)
 from .levels import PAGE_SHIFT, PAGE_SIZE
 
@@ -109,6 +109,9 @@ def kvm_gpc_init(gpc: GfnToPfnCache, kvm: GuestMemory) -> None:
         raise TypeError("gpc must be a GfnToPfnCache")
     if not isinstance(kvm, GuestMemory):
         raise TypeError("kvm must be a GuestMemory")
+    if kvm.gpcs.get(getattr(gpc, "uid", None)) is not gpc:
+        gpc.uid = len(kvm.gpcs)
+        kvm.gpcs[gpc.uid] = gpc
     gpc.kvm = kvm
     gpc.pfn = KVM_PFN_ERR_FAULT
     gpc.gpa = INVALID_GPA
@@ -166,7 +169,7 @@ def hva_to_pfn_retry_ops(gpc: GfnToPfnCache):
             # the previous attempt raced with an invalidation: drop it
             stale = new_pfn
             yield (STEP, f"{gpc.name}: release pfn {stale:#x}", lambda: kvm.put_page(stale))
-        new_pfn = yield (STEP, f"{gpc.name}: hva_to_pfn", lambda: _lookup_pfn(gpc))
+        new_pfn = yield (STEP, f"{gpc.name}: hva_to_pfn", lambda: hexed(_lookup_pfn(gpc)))
         if is_error_pfn(new_pfn):
             yield (LOCK, gpc.lock, "write_lock")
             return -EFAULT
@@ -339,8 +342,11 @@ def _invalidate_matching_ops(kvm: GuestMemory, what: str, matches):
     # read lock, then the same test again under the write lock before
     # clearing valid (the cache may have changed in between).
     yield (LOCK, kvm.gpc_lock, "lock")
-    caches = yield (STEP, f"invalidate {what}: read kvm->gpc_list", lambda: tuple(kvm.gpc_list))
-    for gpc in caches:
+    # (the step returns the caches' ids, not the caches: a step's result is
+    # copied into the explorer's history, and a cache must stay one object)
+    uids = yield (STEP, f"invalidate {what}: read kvm->gpc_list",
+                  lambda: tuple(g.uid for g in kvm.gpc_list))
+    for gpc in map(kvm.gpcs.__getitem__, uids):
         yield (LOCK, gpc.lock, "read_lock")
         hit = yield (STEP, f"invalidate {what}: {gpc.name} in range?", lambda g=gpc: matches(g))
         yield (LOCK, gpc.lock, "read_unlock")

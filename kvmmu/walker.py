@@ -55,8 +55,8 @@ from functools import partial
 
 from .checks import check_bool, check_int, check_u64
 from .errno import EFAULT
-from .guest_memory import (LOCK, STEP, GuestMemory, kvm_is_error_hva, kvm_is_visible_memslot,
-                           run_ops)
+from .guest_memory import (KVM_HVA_ERR_BAD, LOCK, STEP, GuestMemory, hexed, kvm_is_error_hva,
+                           kvm_is_visible_memslot, run_ops)
 from .levels import PAGE_SHIFT, PAGE_SIZE
 from .memslots import KVM_MEM_READONLY
 from .spte import (ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, PT64_NX_MASK,
@@ -802,20 +802,34 @@ def _check_gpte(walker, mmu, level, pte, pt_access):
     return None, pte_access
 
 
-def _read_gpte_hva_ops(walker, mem, level, table_gfn, index):
-    # 6.17: memslot -> hva (remember whether the slot is writable) -> __get_user.
-    # (Memslots are read outside the step: no race here changes them.)
+def _table_hva(mem, table_gfn):
+    # memslot -> (hva, writable), or (KVM_HVA_ERR_BAD, False) for no visible slot.
+    # (Memslots are read outside steps: no race here changes them.  No slot
+    # object is kept across a step either: the explorer may restore a copy.)
     slot = mem.gfn_to_memslot(table_gfn)
     if not kvm_is_visible_memslot(slot):
-        return -EFAULT, 0
-    host_addr, writable = mem.gfn_to_hva_memslot_prot(slot, table_gfn)
+        return KVM_HVA_ERR_BAD, False
+    return mem.gfn_to_hva_memslot_prot(slot, table_gfn)
+
+
+def _table_slot_readonly(mem, table_gfn):
+    # None for no visible memslot, else whether the slot is read-only.
+    slot = mem.gfn_to_memslot(table_gfn)
+    if not kvm_is_visible_memslot(slot):
+        return None
+    return bool(slot.flags & KVM_MEM_READONLY)
+
+
+def _read_gpte_hva_ops(walker, mem, level, table_gfn, index):
+    # 6.17: memslot -> hva (remember whether the slot is writable) -> __get_user.
+    host_addr, writable = _table_hva(mem, table_gfn)
     if kvm_is_error_hva(host_addr):
         return -EFAULT, 0
     walker.pte_writable[level - 1] = writable
     ptep_user = host_addr + index * 8
     walker.ptep_user[level - 1] = ptep_user
     return (yield (STEP, f"L{level}: read gpte at gpa {(table_gfn << PAGE_SHIFT) + index * 8:#x}",
-                   lambda: mem.get_user_u64(ptep_user)))
+                   lambda: hexed(mem.get_user_u64(ptep_user))))
 
 
 def walk_addr_generic_ops(walker: GuestWalker, vcpu: Vcpu, mem: GuestMemory, addr: int, access: int,
@@ -916,7 +930,7 @@ def update_accessed_dirty_bits_ops(vcpu, mmu, walker, mem, addr, write_fault):
             continue
         ptep = walker.ptep_user[level - 1]
         ret, cur = yield (STEP, f"L{level}: cmpxchg gpte {orig_pte:#x} -> {pte:#x}",
-                          lambda: mem.try_cmpxchg_user_u64(ptep, orig_pte, pte))
+                          lambda: hexed(mem.try_cmpxchg_user_u64(ptep, orig_pte, pte)))
         walker.ad_log.append((level, orig_pte, pte, _cmpxchg_outcome(ret, cur)))
         if ret:
             return ret
@@ -966,13 +980,13 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
     """
     from .pfncache import kvm_gpc_activate_ops, kvm_gpc_check, kvm_gpc_refresh_ops, khva_read_u64
 
-    slot = mem.gfn_to_memslot(table_gfn)
-    if not kvm_is_visible_memslot(slot):
+    readonly = _table_slot_readonly(mem, table_gfn)
+    if readonly is None:
         return -EFAULT, 0
     gpa = (table_gfn << PAGE_SHIFT) + index * 8
-    if slot.flags & KVM_MEM_READONLY:
+    if readonly:
         ret, pte = yield (STEP, f"L{level}: kvm_vcpu_read_guest({gpa:#x})",
-                          lambda: mem.kvm_vcpu_read_guest(gpa))
+                          lambda: hexed(mem.kvm_vcpu_read_guest(gpa)))
         if not as_posted:
             walker.pte_writable[level - 1] = False
         return ret, pte
@@ -991,7 +1005,7 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
             return ret, 0
         yield (LOCK, cache.lock, "read_lock")
     pte = yield (STEP, f"L{level}: read gpte at gpa {gpa:#x} via pfn cache",
-                 lambda: khva_read_u64(cache))
+                 lambda: hexed(khva_read_u64(cache)))
     yield (LOCK, cache.lock, "read_unlock")
     walker.pte_writable[level - 1] = True
     return 0, pte
@@ -1034,7 +1048,7 @@ def update_accessed_dirty_bits_gpc_ops(vcpu, mmu, walker, mem, addr, write_fault
                 return 1
         swapped, cur = yield (
             STEP, f"L{level}: cmpxchg gpte {orig_pte:#x} -> {pte:#x} via pfn cache",
-            lambda: khva_try_cmpxchg_u64(cache, orig_pte, pte))
+            lambda: hexed(khva_try_cmpxchg_u64(cache, orig_pte, pte)))
         success = swapped == 0
         if as_posted:
             ret = 1 if success else 0          # __try_cmpxchg(): true on success
@@ -1593,10 +1607,15 @@ def _race_world_class():
                 self.entry_gpa[level] = gpa
             self.leaf_gpa = self.entry_gpa[1]
             self.leaf_hva = RACE_HOST + self.leaf_gpa
-            self.vcpu = _race_vcpu()
             self.leaf_history = [path[-1][1]]
             self.kvm_written_gfns = {}
             self.guest_cleared = False
+
+        @property
+        def vcpu(self):
+            # a class-level constant, not world state: immutable, and actors
+            # may keep it (and its mmu) across steps
+            return _race_vcpu()
 
         # ---- ghost state: record every value the leaf entry takes -------------
         def _leaf_pfn(self):
@@ -1645,6 +1664,7 @@ def _race_world_class():
                 "dirty": tuple(sorted(self.dirty)),
                 "uaf": tuple(self.uaf),
                 "gpc_list": tuple(c.name for c in self.gpc_list),
+                "gpcs": tuple((uid, c.name) for uid, c in self.gpcs.items()),
                 "memory": self.state(),
                 "history": tuple(self.leaf_history),
                 "written": tuple(sorted(self.kvm_written_gfns)),
