@@ -1341,7 +1341,7 @@ class _Run:
             return
         except AssertionError as e:
             self.ops[i] = None
-            msg = str(e) or "assert"
+            msg = _first_line(e)
             raise Violation(f"assertion failed in {self.letters[i]}: {msg}") from None
         except Exception as e:
             e.add_note(f"kvmmu.explorer: raised by actor {self.letters[i]} "
@@ -1817,6 +1817,12 @@ class _Diverged(Exception):
     """An actor rebuilt from its own history did not come back to the same state."""
 
 
+def _first_line(e: BaseException) -> str:
+    # An assert's message names the violation: its first line is enough.
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "assert"
+
+
 def _immutable(v) -> bool:
     t = type(v)
     if t is int or t is str or t is bool or v is None or t is float or t is bytes:
@@ -1971,7 +1977,7 @@ class _SnapshotEngine:
                 ops.append(None)
                 results[i] = stop.value
             except AssertionError as e:
-                return f"assertion failed in {self.letters[i]}: {str(e) or 'assert'}"
+                return f"assertion failed in {self.letters[i]}: {_first_line(e)}"
         self._gens0 = gens
         self._ops0 = ops
         self._results0 = tuple(results)
@@ -2084,7 +2090,7 @@ class _SnapshotEngine:
             new_op = None
             new_result = stop.value
         except AssertionError as e:
-            return f"assertion failed in {cpu}: {str(e) or 'assert'}"
+            return f"assertion failed in {cpu}: {_first_line(e)}"
         except Exception as e:
             e.add_note(f"kvmmu.explorer: raised by actor {cpu} ({self.sc.actors[i].title}) of "
                        f"scenario {self.sc.name!r} after schedule {node[0] + cpu!r}")
