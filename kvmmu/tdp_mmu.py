@@ -1,8 +1,9 @@
 """The TDP MMU: a sparse EPT, its iterator, the SPTE write primitives, the fault path.
 
-Models: arch/x86/kvm/mmu/tdp_mmu.c: the TDP MMU (6.17, and tdp_mmu_zap_spte_atomic() of <= 6.12)
-Models: arch/x86/kvm/mmu/tdp_iter.c, tdp_iter.h: struct tdp_iter and the SPTE accessors
-Models: virt/kvm/kvm_main.c, arch/x86/kvm/mmu/mmu.c: the remote TLB flush by gfn range
+Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_map(), tdp_mmu_set_spte_atomic(), tdp_mmu_set_spte(), handle_changed_spte(), handle_removed_pt(), tdp_mmu_zap_spte_atomic()
+Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_start(), tdp_iter_next()
+Models: arch/x86/kvm/mmu/tdp_iter.h: struct tdp_iter, kvm_tdp_mmu_write_spte()
+Models: virt/kvm/kvm_main.c: kvm_flush_remote_tlbs_range()
 
 Reference version: Linux 6.17 (read at v6.17-rc3), except where a docstring
 says otherwise: the atomic zap with its freeze, :func:`tdp_mmu_zap_spte_atomic`,
@@ -765,13 +766,18 @@ def tdp_iter_refresh_sptep(kvm: TdpMmuWorld, it: TdpIter):
     it.old_spte = yield from kvm_tdp_mmu_read_spte(kvm, it.sptep)
 
 
-def tdp_iter_start(kvm: TdpMmuWorld, root: KvmMmuPage, min_level: int, next_last_level_gfn: int):
+def tdp_iter_start(kvm: TdpMmuWorld, root_pt: int, root_level: int, min_level: int,
+                   next_last_level_gfn: int):
     """Return an iterator positioned on the root entry for ``next_last_level_gfn``.
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_start()
+
+    The root is given by its table's pfn and level (the kernel passes its
+    ``struct kvm_mmu_page``): an actor holds no object of the world across
+    a step.
     """
-    it = TdpIter(next_last_level_gfn, root.level, min_level)
-    it.pt_path[root.level - 1] = root.spt
+    it = TdpIter(next_last_level_gfn, root_level, min_level)
+    it.pt_path[root_level - 1] = root_pt
     yield from tdp_iter_restart(kvm, it)
     return it
 
@@ -1143,7 +1149,7 @@ def tdp_mmu_zap_spte_atomic(kvm: TdpMmuWorld, it: TdpIter):
 def tdp_mmu_zap_spte_atomic_nofreeze(kvm: TdpMmuWorld, it: TdpIter):
     """UNSAFE: zap an SPTE under the read lock by making it non-present, then flush.
 
-    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic()
+    Historical: arch/x86/kvm/mmu/tdp_mmu.c: the zap in kvm_tdp_mmu_map() before January 2021
 
     The shape before Ben Gardon's patch "kvm: x86/mmu: Flush TLBs after zap
     in TDP MMU PF handler" (January 2021): between the cmpxchg and the
@@ -1305,7 +1311,7 @@ def kvm_tdp_mmu_map(kvm: TdpMmuWorld, fault: KvmPageFault):
     ret = RET_PF_RETRY
     end = fault.gfn + 1
     tdp_walk_begin(kvm, fault.gfn, end)                # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root, PG_LEVEL_4K, fault.gfn)
+    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, PG_LEVEL_4K, fault.gfn)
     while it.valid and it.gfn < end:
         # Someone owns this SPTE: retry rather than allocate and free a table.
         if is_frozen_spte(it.old_spte):
@@ -1352,12 +1358,15 @@ def kvm_tdp_mmu_page_fault(kvm: TdpMmuWorld, fault: KvmPageFault):
 def zap_spte_shared(kvm: TdpMmuWorld, gfn: int, level: int = PG_LEVEL_4K, freeze: bool = True):
     """Zap the SPTE mapping ``gfn`` at ``level`` under mmu_lock held for read; True if zapped.
 
-    Models: arch/x86/kvm/mmu/tdp_mmu.c: zap_collapsible_spte_range()
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: __tdp_mmu_zap_root()
 
-    The shared-mode zap loop of 6.12 and earlier, reduced to one SPTE: skip
-    an entry that is not present (a FROZEN_SPTE is not present: its owner
-    is zapping it already); on -EBUSY look at the refreshed snapshot and try
-    again.  ``freeze=False`` uses the unsafe pre-2021 zap.
+    The kernel's shared-mode zap loop (as in __tdp_mmu_zap_root() of 6.17),
+    reduced to the SPTE of one gfn at one level, zapping it the <= 6.12 way
+    (:func:`tdp_mmu_zap_spte_atomic`): skip an entry that is not present (a
+    FROZEN_SPTE is not present: its owner is zapping it already); on -EBUSY
+    look at the refreshed snapshot and try again.  ``freeze=False`` uses the
+    unsafe pre-2021 zap.  In the kernel such zaps ran for huge pages in the
+    fault path (2021), NX huge page recovery and collapsible SPTEs.
     """
     check_int("gfn", gfn, 0, GFN_MAX)
     check_int("level", level, PG_LEVEL_4K, kvm.root_level)
@@ -1367,7 +1376,7 @@ def zap_spte_shared(kvm: TdpMmuWorld, gfn: int, level: int = PG_LEVEL_4K, freeze
     end = gfn + 1
     yield from kvm.mmu_lock.read_lock()
     tdp_walk_begin(kvm, gfn, end)                      # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root, level, gfn)
+    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, level, gfn)
     while it.valid and it.gfn < end:
         if it.level == level:
             # A FROZEN_SPTE is not present: its owner is zapping it already.
@@ -1391,7 +1400,7 @@ def tdp_mmu_zap_leafs(kvm: TdpMmuWorld, start: int, end: int, flush: bool):
     SHADOW_NONPRESENT_VALUE is enough; the caller flushes before unlocking.
     """
     tdp_walk_begin(kvm, start, end)                    # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root, PG_LEVEL_4K, start)
+    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, PG_LEVEL_4K, start)
     while it.valid and it.gfn < end:
         if is_shadow_present_pte(it.old_spte) and is_last_spte(it.old_spte, it.level):
             yield from tdp_mmu_iter_set_spte(kvm, it, SHADOW_NONPRESENT_VALUE)

@@ -151,13 +151,8 @@ def test_write_fault_on_readonly_host_mapping_is_fixed_read_only():
 # ---------------------------------------------------------------------------
 # The write primitives
 # ---------------------------------------------------------------------------
-def _iter_at(kvm, gfn, level):
-    return T.run_to_completion(kvm, T.tdp_iter_start(kvm, kvm.root, level, gfn)) if level == 4 \
-        else _descend(kvm, gfn, level)
-
-
 def _descend(kvm, gfn, level):
-    it = T.run_to_completion(kvm, T.tdp_iter_start(kvm, kvm.root, level, gfn))
+    it = T.run_to_completion(kvm, T.tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, level, gfn))
     while it.level > level:
         assert T.run_to_completion(kvm, T.try_step_down(kvm, it))
     return it

@@ -189,7 +189,7 @@ def race_player(fix: bool = False, actors: int = 2, schedule: str = ""):
     import ipywidgets as W
 
     first = race_view(fix, schedule, None, actors)
-    sc = T.zap_vs_fault(first.fix, first.actors)
+    sc = T.zap_vs_fault(first.fix, first.actors)        # for the actors' letters and titles
     holder = {"schedule": first.schedule}
     toggle = W.Checkbox(value=first.fix, description="the fix: freeze before the flush")
     slider = W.IntSlider(value=first.position, min=0, max=max(len(first.steps), 1),
@@ -213,10 +213,11 @@ def race_player(fix: bool = False, actors: int = 2, schedule: str = ""):
             show()
         return click
 
+    names = {"A": "the zap", "B": "vCPU 1", "C": "vCPU 0"}
     buttons = []
     for a in sc.actors:
-        b = W.Button(description=f"step {a.letter}: {a.title}"[:36],
-                     layout=W.Layout(width="260px"))
+        b = W.Button(description=f"step {a.letter} ({names[a.letter]})", tooltip=a.title,
+                     layout=W.Layout(width="160px"))
         b.on_click(stepper(a.letter))
         buttons.append(b)
     undo = W.Button(description="undo", layout=W.Layout(width="80px"))
