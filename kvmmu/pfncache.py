@@ -169,7 +169,7 @@ def hva_to_pfn_retry_ops(gpc: GfnToPfnCache):
             # the previous attempt raced with an invalidation: drop it
             stale = new_pfn
             yield (STEP, f"{gpc.name}: release pfn {stale:#x}", lambda: kvm.put_page(stale))
-        new_pfn = yield (STEP, f"{gpc.name}: hva_to_pfn", lambda: hexed(_lookup_pfn(gpc)))
+        new_pfn = int((yield (STEP, f"{gpc.name}: hva_to_pfn", lambda: hexed(_lookup_pfn(gpc)))))
         if is_error_pfn(new_pfn):
             yield (LOCK, gpc.lock, "write_lock")
             return -EFAULT

@@ -880,6 +880,7 @@ def _walk_ops(walker, vcpu, mem, addr, access, read_gpte, update_ad, on_entry, o
                 walker.table_gfn[level - 1] = table_gfn
                 walker.pte_gpa[level - 1] = (table_gfn << PAGE_SHIFT) + index * 8
                 ret, pte = yield from read_gpte(walker, mem, level, table_gfn, index)
+                pte = int(pte)                  # (steps return printable Hex values)
                 if ret:
                     failed = True
                     break
@@ -1536,6 +1537,7 @@ class WalkRaceWorld:
 
 _RACE_WORLD = None
 _RACE_VCPU = []
+_RACE_MEMSLOTS = {}
 
 
 def _race_vcpu() -> Vcpu:
@@ -1578,6 +1580,7 @@ def _race_world_class():
 
         def __init__(self, private_tables, kvm_can_access_gmem, rom_upper):
             World.__init__(self)
+            self._config = (private_tables, rom_upper)
             flags = KVM_MEM_GUEST_MEMFD if private_tables else 0
             leaf_table = RACE_TABLE_GFNS[3]
             low = RACE_TABLE_GFNS[0]
@@ -1610,6 +1613,26 @@ def _race_world_class():
             self.leaf_history = [path[-1][1]]
             self.kvm_written_gfns = {}
             self.guest_cleared = False
+
+        # Constant configuration lives outside the instance: the explorer
+        # copies and checks every instance attribute at every state.
+        @property
+        def memslots(self):
+            return _RACE_MEMSLOTS[self._config]
+
+        @memslots.setter
+        def memslots(self, value):
+            # set once per configuration by GuestMemory.__init__; no race
+            # changes memslots
+            _RACE_MEMSLOTS.setdefault(self._config, value)
+
+        @property
+        def last_used_slot(self):
+            return None            # no lookup cache: it would be world state
+
+        @last_used_slot.setter
+        def last_used_slot(self, value):
+            pass
 
         @property
         def vcpu(self):
