@@ -36,18 +36,24 @@ per vCPU caching gfn -> (pfn, the leaf SPTE it came from).
   ``kvm_mmu_hugepage_adjust``, and ``fault.pfn`` is given, not faulted in
   from the primary MMU (``kvm_mmu_faultin_pfn``); the staleness check
   (``is_page_fault_stale``) is not modelled.
-- RCU is not modelled: a removed table is marked ``unlinked`` and kept (the
-  kernel frees it with ``call_rcu`` once every walker has left), so a thread
-  still holding a pointer into it keeps reading and writing real memory, as
-  it would in the kernel until the grace period ends.
+- RCU grace periods are not modelled: a removed table is marked
+  ``unlinked`` and kept (the kernel frees it with ``call_rcu`` once every
+  walker has left), so a thread still holding a pointer into it keeps
+  reading and writing real memory, as it would in the kernel until the
+  grace period ends.  A walk's ``rcu_read_lock()`` section is recorded with
+  the gfn range it covers (:func:`tdp_walk_begin`), which
+  :func:`handle_removed_pt` uses to merge steps no other CPU can observe.
+- Page-table pages come from a shared allocator, one step each (the kernel
+  uses a per-vCPU cache filled before taking ``mmu_lock``).
 - ``tdp_mmu_iter_cond_resched`` never yields (no contention, no
   ``need_resched``).  The iterator's ``yielded`` flag stays False.
 - A vCPU's memory access is one step: a TLB hit, or the hardware's EPT walk
   that fills the TLB.  A remote flush kicks every vCPU out of guest mode and
   waits, so it never lands inside a walk.  The TLB caches final
   translations only: paging-structure caches are not modelled.
-- Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`
-  (the explorer reports an exception in an actor as a violation).
+- Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`;
+  actors built with :func:`actor` turn it into a failed assertion, which the
+  explorer reports as a violation.
 """
 from collections import Counter
 from dataclasses import dataclass, field
