@@ -71,11 +71,15 @@ exactly the same states (the tests check it):
   saved state of its primitives and attributes, and only the actor about to
   step needs a generator in the right state: a suspended generator from a
   pool (keyed by actor state), or a fresh one *rebuilt* by calling the actor
-  again and sending it, one by one, the values it received on the way.  A
-  rebuilt actor must come back with exactly the recorded state key.  If it
-  does not, it reads or writes shared state between two steps (outside a
-  primitive, ``step()`` or ``wait_until()``), and the search starts over
-  with the replay method (``result.note`` says so).
+  again and sending it, one by one, the values it received on the way.  The
+  search starts over with the replay method (``result.note`` says why) when
+  this cannot be trusted: a rebuilt actor does not come back with exactly
+  the recorded state key (it reads or writes shared state between two
+  steps, outside a primitive, ``step()`` or ``wait_until()``); an actor keeps
+  across a step an object that lives below the world's attributes (a restore
+  replaces those by copies, so the actor would go on with a stale one;
+  handles whose ``deepcopy`` is themselves and primitives are exempt); or a
+  custom primitive cannot be restored (no ``_load``).
 - ``method="replay"``: re-run the state's schedule from a fresh world (the
   run already in hand is extended when the schedule continues it).  Each
   replay checks that the rebuilt world has the key it had the first time, so
@@ -109,12 +113,13 @@ as themselves, containers element by element (dicts in insertion order, sets
 as frozensets), functions by code and closure contents, plain objects by
 class and attributes, iterators by their pickling state; the world and its
 primitives are replaced by their names, because their contents are already
-in the world part.  Nothing uses ``id()``.
+in the world part.  No key holds an ``id()``.
 
 Argument: a step changes only the world and the stepping actor, and what it
 does is a function of the world, the operation yielded and the actor's frames
 (actors must be deterministic and keep no state outside their frames and the
-world: no globals, no unseeded randomness).  The key contains all three, so
+world: no globals, no unseeded randomness; an object an actor shares with
+the world is in the world's part of the key).  The key contains all three, so
 two states with equal keys have the same successors under every schedule,
 produce the same invariant verdicts, and pruning the second is sound.  With
 a preemption bound the key also holds the last actor to run, and a state
@@ -1348,15 +1353,7 @@ class _Run:
                        f"({self.sc.actors[i].title}) of scenario {self.sc.name!r} "
                        f"after schedule {''.join(self.taken)!r}")
             raise
-        if type(y) is not Op:
-            if y is None or isinstance(y, str):
-                y = Op(None, _NOOP_KIND, (y or "(yield)", None), _noop)
-            else:
-                raise TypeError(
-                    f"actor {self.letters[i]} ({self.sc.actors[i].title}) yielded "
-                    f"{type(y).__name__} {y!r}; actors yield from the primitives' methods, "
-                    "step() or wait_until() (a bare yield or a string is a no-op step)")
-        self.ops[i] = y
+        self.ops[i] = y if type(y) is Op else _as_op(y, self.sc, i)
 
     def enabled(self, i) -> bool:
         op = self.ops[i]
@@ -1481,7 +1478,6 @@ class Trace:
         self.runnable: list[str] = []
         self.blocked: dict = {}
         self.unused = ""
-        self.final_ok: bool | None = None
 
     @property
     def schedule(self) -> str:
@@ -1647,8 +1643,6 @@ def _traced_run(scenario: Scenario, choose, max_steps: int) -> Trace:
         trace.violation_step = at
         trace.blocked = run.blocked_reasons()
         trace.runnable = [] if violation is not None else [letters[i] for i in run.runnable()]
-        if not trace.unfinished and violation is None:
-            trace.final_ok = True
         return trace
 
     if run.failure is not None:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmmu import explorer as E
-from kvmmu.explorer import (RCU, Actor, Invariant, Scenario, World, abba_deadlock, explore,
+from kvmmu.explorer import (Actor, Invariant, Scenario, World, abba_deadlock, explore,
                             lost_update, run_random, run_schedule, srcu_grace_period,
                             state_key, step, wait_until)
 
