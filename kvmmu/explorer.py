@@ -43,6 +43,15 @@ same thing here: the waiter is simply not runnable).  ``SRCU`` and ``RCU``:
 indivisible (a remote TLB flush, a TLB fill); ``wait_until(label, pred)``
 is a wait the model does not want to spin through (``cpu_relax()`` loops).
 
+Writing actors
+--------------
+Touch shared state only in steps (a primitive's method, ``step()``,
+``wait_until()``); keep names or handles, not objects taken from inside the
+world's plain attributes, across steps; do not wrap ``yield``s in
+``try/finally`` or ``with``: the explorer drops suspended generators, and
+Python then runs those handlers.  Actors that break the first two rules are
+still explored correctly, by the slower replay method (see below).
+
 Where the model simplifies
 --------------------------
 - Memory is sequentially consistent: no store buffers, no reordering, no
@@ -740,7 +749,7 @@ class World:
         """Render one shared value for tables (override: hex SPTEs, names)."""
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value) if -1024 < value < 1024 else hex(value)
-        return repr(value)
+        return _text(value)
 
     def snapshot_extra(self):
         """Shared state outside the primitives: a dict name -> value, or any value.
@@ -804,7 +813,7 @@ class World:
             for k, v in extra.items():
                 out[str(k)] = self.describe(str(k), v)
         elif extra is not None:
-            out["extra"] = repr(extra)
+            out["extra"] = _text(extra)
         return out
 
     def _key(self):
@@ -1618,10 +1627,27 @@ class Trace:
         return "".join(out)
 
 
+def _text(v) -> str:
+    """repr(), but sets print sorted: table text must not depend on hash order."""
+    t = type(v)
+    if t is set or t is frozenset:
+        inner = ", ".join(sorted(_text(x) for x in v))
+        if not inner:
+            return f"{t.__name__}()"
+        return "{" + inner + "}" if t is set else "frozenset({" + inner + "})"
+    if t is list:
+        return "[" + ", ".join(_text(x) for x in v) + "]"
+    if t is tuple:
+        return "(" + ", ".join(_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if t is dict:
+        return "{" + ", ".join(f"{_text(k)}: {_text(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
 def _short(v) -> str:
     if type(v) is int and not -1024 < v < 1024:
         return hex(v)
-    text = repr(v)
+    text = _text(v)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

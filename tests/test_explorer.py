@@ -737,3 +737,24 @@ def test_both_engines_visit_the_same_states_in_the_same_order():
             b = explore(sc, stop_at_first=False, order=order, method="replay",
                         record_states=True)
             assert a.visited == b.visited and a.transitions == b.transitions
+
+
+def test_table_text_does_not_depend_on_hash_order():
+    # Set-valued shared state and results print sorted, so a notebook's
+    # output is the same under every PYTHONHASHSEED.
+    import subprocess
+    code = ("from kvmmu.explorer import *\n"
+            "class W(World):\n"
+            "    def __init__(self):\n"
+            "        super().__init__(); self.names = set()\n"
+            "def a(w):\n"
+            "    for n in ('kvm', 'mmu', 'srcu', 'tdp', 'rcu'):\n"
+            "        yield from step('add', lambda n=n: w.names.add(n))\n"
+            "    return set(w.names)\n"
+            "sc = Scenario('s', W, [Actor('A', 'a', a)], invariants=[Invariant('t', lambda w: True)])\n"
+            "print(run_schedule(sc, 'AAAAA').table())\n")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin"}).stdout
+            for seed in (1, 2, 3)}
+    assert len(outs) == 1
+    assert "names={'kvm', 'mmu', 'rcu', 'srcu', 'tdp'}" in outs.pop()
