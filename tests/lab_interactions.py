@@ -147,7 +147,71 @@ def prefault_console(page, shot: Path):
     _shoot(page, ".kvmmu-prefault-widget", shot)
 
 
+def race_player(page, shot: Path):
+    """Chapter 3: play the counterexample with the fix off (broken), then toggle the fix on."""
+    from kvmmu.viz.tdp_mmu import race_view
+
+    schedule = "A" * 9 + "B" * 10
+    unsafe, fixed = race_view(False, schedule), race_view(True, schedule)
+    assert not unsafe.holds and fixed.holds
+    w, out = ".kvmmu-race-widget", ".kvmmu-race-widget .kvmmu-race-out"
+    fix = _widget(page, f"{w} .kvmmu-race-fix input")
+    if fix.is_checked():
+        fix.uncheck()
+    for letter in schedule:
+        _widget(page, f"{w} .kvmmu-race-step-{letter.lower()}").click()
+    page.wait_for_function(
+        f"() => document.querySelector('{out}').innerText.includes('step {len(schedule)} of {len(schedule)}')",
+        timeout=30000)
+    assert "BROKEN" in _widget(page, out).inner_text()
+    fix.check()  # the same schedule with the freezing zap
+    page.wait_for_function(
+        f"() => /fix on/.test(document.querySelector('{out}').innerText)"
+        f" && !/BROKEN/.test(document.querySelector('{out}').innerText)", timeout=15000)
+    # Scrub back to the start: drag the slider's handle to the far left.
+    handle = _widget(page, f"{w} .kvmmu-race-moment .noUi-handle")
+    track = _widget(page, f"{w} .kvmmu-race-moment .noUi-target").bounding_box()
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(track["x"] - 20, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.up()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('step 0 of')",
+                           timeout=15000)
+    _assert_no_traceback_near(page, w)
+    _shoot(page, w, shot)
+
+
+def walk_visualiser(page, shot: Path):
+    """Chapter 5: clear W in the PTE and make the access a write: #PF, error code 0x7."""
+    from kvmmu.viz.walker import DEFAULT_FLAGS, walk_view
+
+    flags = {level: DEFAULT_FLAGS[level] for level in (4, 3, 2)}
+    flags[1] = "P U"
+    expected = walk_view(access="write", level_flags=flags)
+    assert "error code 0x7" in str(expected)
+    w, out = ".kvmmu-walk-widget", ".kvmmu-walk-widget .kvmmu-walk-out"
+    assert "=> gpa" in _widget(page, out).inner_text()
+    _widget(page, f"{w} .kvmmu-walk-l1-w input").uncheck()
+    _widget(page, f"{w} .kvmmu-walk-access button:has-text('write')").click()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('error code 0x7')",
+                           timeout=15000)
+    gva = _widget(page, f"{w} .kvmmu-walk-gva input")
+    gva.fill("0x8000000000000000")
+    gva.press("Enter")
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('not canonical')",
+                           timeout=15000)
+    gva.fill("0x7fff12345678")
+    gva.press("Enter")
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('error code 0x7')",
+                           timeout=15000)
+    _assert_no_traceback_near(page, w)
+    _shoot(page, w, shot)
+
+
 INTERACTIONS = {
+    "book/ch05_guest_page_walk.ipynb": walk_visualiser,
+    "book/ch03_frozen_spte_flush.ipynb": race_player,
     "book/ch06_prefault_eagain.ipynb": prefault_console,
     "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
     "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,

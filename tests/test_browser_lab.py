@@ -47,6 +47,10 @@ def lab(tmp_path_factory):
     settings = work / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    # No "get Jupyter news?" toast over the widgets in the screenshots.
+    news = work / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(work / "config"),
                JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
                JUPYTER_RUNTIME_DIR=str(work / "runtime"), PYTHONHASHSEED="0")

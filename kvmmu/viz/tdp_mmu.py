@@ -218,6 +218,7 @@ def race_player(fix: bool = False, actors: int = 2, schedule: str = ""):
     for a in sc.actors:
         b = W.Button(description=f"step {a.letter} ({names[a.letter]})", tooltip=a.title,
                      layout=W.Layout(width="160px"))
+        b.add_class(f"kvmmu-race-step-{a.letter.lower()}")
         b.on_click(stepper(a.letter))
         buttons.append(b)
     undo = W.Button(description="undo", layout=W.Layout(width="80px"))
@@ -231,11 +232,17 @@ def race_player(fix: bool = False, actors: int = 2, schedule: str = ""):
         holder["schedule"] = ""
         show()
 
+    # CSS classes let the browser tests find each control.
+    for control, name in ((toggle, "fix"), (slider, "moment"), (undo, "undo"), (reset, "reset"),
+                          (out, "out")):
+        control.add_class(f"kvmmu-race-{name}")
     undo.on_click(do_undo)
     reset.on_click(do_reset)
     toggle.observe(lambda _c: show(), names="value")
     slider.observe(lambda c: None if busy["on"] else show(c["new"]), names="value")
-    return W.VBox([toggle, W.HBox(buttons), W.HBox([undo, reset, slider]), out])
+    box = W.VBox([toggle, W.HBox(buttons), W.HBox([undo, reset, slider]), out])
+    box.add_class("kvmmu-race-widget")
+    return box
 
 
 # --------------------------------------------------------------------------

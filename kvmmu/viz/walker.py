@@ -244,6 +244,8 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
         boxes[level] = {f: wd.Checkbox(value=f in chosen, description=f, indent=False,
                                        layout=wd.Layout(width="62px"))
                         for f in FLAG_ORDER}
+        for f, box in boxes[level].items():
+            box.add_class(f"kvmmu-walk-l{level}-{f.lower()}")
         rows.append(wd.HBox([wd.Label(Wk.LEVEL_NAMES[level], layout=wd.Layout(width="60px"))]
                             + list(boxes[level].values())))
     out = wd.HTML()
@@ -260,6 +262,10 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
                          level_flags=flags, tables_in_rom=cpu["tables in ROM"].value)
         out.value = view.html()
 
+    # CSS classes let the browser tests find each control.
+    for control, name in ((gva, "gva"), (access, "access"), (privilege, "mode"), (pkru, "pkru"),
+                          (pkey, "pkey"), (out, "out")):
+        control.add_class(f"kvmmu-walk-{name}")
     controls = [gva, access, privilege, pkru, pkey, *cpu.values()]
     for c in controls:
         c.observe(refresh, names="value")
@@ -267,10 +273,12 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
         for box in boxes[level].values():
             box.observe(refresh, names="value")
     refresh()
-    return wd.VBox([wd.HBox([gva, privilege]), access,
-                    wd.HBox(list(cpu.values())), wd.HBox([pkru, pkey]),
-                    wd.HTML("<b>entry bits on the path</b> (RSVD = bit 51, above MAXPHYADDR 46)"),
-                    *rows, out])
+    box = wd.VBox([wd.HBox([gva, privilege]), access,
+                   wd.HBox(list(cpu.values())), wd.HBox([pkru, pkey]),
+                   wd.HTML("<b>entry bits on the path</b> (RSVD = bit 51, above MAXPHYADDR 46)"),
+                   *rows, out])
+    box.add_class("kvmmu-walk-widget")
+    return box
 
 
 # --------------------------------------------------------------------------
