@@ -1794,7 +1794,7 @@ class Result:
         return self.transitions / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
-        """A deterministic description (no timings)."""
+        """A deterministic description (no timings; the search method is in ``.note``)."""
         scope = "every interleaving"
         if self.preemption_bound is not None:
             p = self.preemption_bound
@@ -1819,8 +1819,6 @@ class Result:
                "stopped at max_states: NOT a proof" if self.stopped_at_max_states else
                "stopped at the first violation")
         lines.append(f"  {counts}; {how}")
-        if self.note:
-            lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
     def __repr__(self):
