@@ -758,3 +758,34 @@ def test_table_text_does_not_depend_on_hash_order():
             for seed in (1, 2, 3)}
     assert len(outs) == 1
     assert "names={'kvm', 'mmu', 'rcu', 'srcu', 'tdp'}" in outs.pop()
+
+
+def test_max_states_stops_the_search_and_says_it_is_not_a_proof():
+    res = explore(lost_update(atomic=True), stop_at_first=False, max_states=5)
+    assert res.stopped_at_max_states and not res.exhaustive and not res.violated
+    assert res.summary().endswith("stopped at max_states: NOT a proof")
+
+
+def test_a_violation_in_the_initial_state():
+    def idle(w):
+        yield from w.x.read()
+    sc = Scenario("bad start", one_actor(idle).world, [Actor("A", "idle", idle)],
+                  invariants=[Invariant("x is 1", lambda w: w.x.value == 1)])
+    res = explore(sc)
+    assert res.violated and res.schedule == "" and res.states == 1 and res.transitions == 0
+    t = res.counterexample
+    assert t.violation_step == -1 and t.steps == [] and t.outcome == "OOPS!!! x is 1"
+    assert t.snapshots()[0]["violation"] == "x is 1"
+
+
+def test_read_section_misuse_is_a_violation():
+    def bad_srcu(w):
+        yield from w.srcu.read_unlock(3)
+
+    def bad_rcu(w):
+        yield from w.rcu.read_unlock()
+    idle = lambda w: (yield from w.x.read())   # noqa: E731
+    t = run_schedule(two_cpus(bad_srcu, idle), "A")
+    assert t.violation == "srcu_read_unlock(kvm->srcu, 3) by A without a matching srcu_read_lock"
+    t = run_schedule(two_cpus(bad_rcu, idle), "A")
+    assert t.violation == "rcu_read_unlock() by A outside a read section"
