@@ -880,8 +880,11 @@ class World:
         keeps one of these across a step would, after a restore, work on a
         copy the world no longer holds: the snapshot engine checks for it.
         """
+        extras = self._extras()
+        if not extras and all(type(p) in _BUILTIN_PRIMITIVES for p in self._prims):
+            return set()
         todo = []
-        for v in self._extras().values():
+        for v in extras.values():
             if type(v) in (dict, list, set):
                 todo.extend(v.items() if type(v) is dict else v)
             else:
@@ -1210,7 +1213,8 @@ def _freezer_for(t):
             def it(x):
                 r = x.__reduce__()
                 return ("iter", name, _freeze(r[1][0]) if r[1] else None, r[2] if len(r) > 2 else 0)
-            return _guarded(it)
+            # A range iterator holds only numbers: nothing to guard or to check for aliases.
+            return it if name == "range_iterator" else _guarded(it)
         return _guarded(lambda x: ("iter", name, _freeze(x.__reduce__())))
     if issubclass(t, World):
         return lambda x: ("world",)
