@@ -7,6 +7,14 @@ deep inside.  These helpers are the one place that wording lives.
 from collections.abc import Iterable
 
 
+class KernelWarn(RuntimeError):
+    """Raised where the kernel would WARN: the caller broke one of its rules.
+
+    The kernel prints a warning and carries on; the model stops, so a broken
+    rule can never pass unnoticed in a test or an exhaustive check.
+    """
+
+
 def _fmt(n: int) -> str:
     return f"{n:#x}" if abs(n) >= 4096 else str(n)
 

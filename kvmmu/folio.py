@@ -42,7 +42,7 @@ state is one explorer step.
   model records the message in the file's ``warnings`` and carries on, so a
   scenario can show it.
 """
-from .checks import check_int
+from .checks import KernelWarn, check_int  # noqa: F401 (KernelWarn re-exported)
 from .explorer import Op, Violation, step
 
 #: ``enum pagetype`` value the RFC adds for guest_memfd folios (page-flags.h).
@@ -57,8 +57,6 @@ FILEMAP = "filemap"
 PTE = "pte"
 
 
-class KernelWarn(RuntimeError):
-    """Raised where the kernel would WARN because the caller broke a rule."""
 
 
 class Oops(Violation):

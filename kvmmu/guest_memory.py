@@ -69,7 +69,7 @@ KVM_PFN_ERR_FAULT = KVM_PFN_ERR_MASK
 #: include/linux/kvm_host.h: KVM_HVA_ERR_BAD is PAGE_OFFSET; the model's value
 #: is only ever compared, never dereferenced.
 KVM_HVA_ERR_BAD = 0xFFFF_8880_0000_0000
-INVALID_GPA = U64_MASK
+from .memslots import INVALID_GPA  # noqa: E402,F401 (one definition, re-exported)
 KVM_USER_MEM_SLOTS = 32764
 
 #: First pfn the model hands out (arbitrary, deterministic).

@@ -27,6 +27,9 @@ KVM_MEMSLOT_INVALID = 1 << 16
 
 KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS = 1 << 63
 
+#: include/linux/kvm_types.h: INVALID_GPA, "no address" (all ones).
+INVALID_GPA = (1 << 64) - 1
+
 #: Bit 31 of a disallow_lpage count: the huge range mixes private and shared.
 KVM_LPAGE_MIXED_FLAG = 1 << 31
 

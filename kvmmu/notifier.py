@@ -46,7 +46,7 @@ from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
 from .memslots import GFN_MAX, KvmMemorySlot, KvmMemslots
 
 #: ``(gpa_t)~0``: the "no range yet" marker of the invalidation range.
-INVALID_GPA = (1 << 64) - 1
+from .memslots import INVALID_GPA  # noqa: E402,F401 (one definition, re-exported)
 
 
 def hva_to_gfn_memslot(hva: int, slot: KvmMemorySlot) -> int:

@@ -66,10 +66,8 @@ KVM_PRE_FAULT_MEMORY = 0xC040AED5          # _IOWR(KVMIO, 0xd5, struct kvm_pre_f
 KVM_CAP_PRE_FAULT_MEMORY = 236
 
 # arch/x86/include/asm/kvm_host.h: page-fault error code bits used here
-PFERR_PRESENT_MASK = BIT_ULL(0)
-PFERR_WRITE_MASK = BIT_ULL(1)
-PFERR_GUEST_FINAL_MASK = BIT_ULL(32)
-PFERR_PRIVATE_ACCESS = BIT_ULL(49)
+from .pferr import (PFERR_GUEST_FINAL_MASK, PFERR_PRESENT_MASK,  # noqa: E402,F401
+                    PFERR_PRIVATE_ACCESS, PFERR_WRITE_MASK)
 
 #: Yan Zhao's patch 1/2 appended this after RET_PF_SPURIOUS; it was not merged,
 #: so the value exists only in this model (and in that patch).

@@ -50,7 +50,7 @@ predefined ``EPT_AD``, ``EPT_NO_AD`` and ``NPT``.
 from dataclasses import dataclass, field, replace
 
 from .bits import BIT_ULL, GENMASK_ULL, U64_MAX, c_int
-from .checks import check_bool, check_int, check_u64
+from .checks import KernelWarn, check_bool, check_int, check_u64  # noqa: F401 (KernelWarn re-exported)
 from .levels import (
     KVM_HPAGE_SIZE, KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
     PAGE_SIZE, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, check_level,
@@ -203,8 +203,6 @@ SPTE_CLASSES = (CLASS_PRESENT_LEAF, CLASS_PRESENT_NONLEAF, CLASS_ACCESS_TRACKED,
                 CLASS_MMIO, CLASS_FROZEN, CLASS_NONPRESENT)
 
 
-class KernelWarn(RuntimeError):
-    """Raised where the kernel would WARN: the state is a KVM bug."""
 
 
 def rsvd_bits(s: int, e: int) -> int:

@@ -77,21 +77,15 @@ PT64_PKEY_SHIFT = 59
 PT64_PKEY_MASK = 0xF
 PT64_BASE_ADDR_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)      # bits 51:12
 
-# ---- error codes (arch/x86/include/asm/kvm_host.h) ------------------------
-PFERR_PRESENT_MASK = 1 << 0
-PFERR_WRITE_MASK = 1 << 1
-PFERR_USER_MASK = 1 << 2
-PFERR_RSVD_MASK = 1 << 3
-PFERR_FETCH_MASK = 1 << 4
-PFERR_PK_MASK = 1 << 5
-PFERR_IMPLICIT_ACCESS = 1 << 48
+# ---- error codes: kvmmu.pferr (arch/x86/include/asm/kvm_host.h) ----------
+from .pferr import (PFERR_FETCH_MASK, PFERR_IMPLICIT_ACCESS, PFERR_NAMES,  # noqa: E402,F401
+                    PFERR_PK_MASK, PFERR_PRESENT_MASK, PFERR_RSVD_MASK, PFERR_USER_MASK,
+                    PFERR_WRITE_MASK)
 PF_VECTOR = 14
 
 #: The access flags a walk may be asked for.
 ACCESS_FLAGS = PFERR_WRITE_MASK | PFERR_USER_MASK | PFERR_FETCH_MASK | PFERR_IMPLICIT_ACCESS
 
-PFERR_NAMES = [(PFERR_PRESENT_MASK, "P"), (PFERR_WRITE_MASK, "W"), (PFERR_USER_MASK, "U"),
-               (PFERR_RSVD_MASK, "RSVD"), (PFERR_FETCH_MASK, "I/D"), (PFERR_PK_MASK, "PK")]
 
 # ---- control-register bits (arch/x86/include/uapi/asm/processor-flags.h) --
 X86_CR0_PE = 1 << 0

@@ -1,0 +1,21 @@
+"""Page-fault error-code bits, shared by the guest walker and the prefault path.
+
+Models: arch/x86/include/asm/kvm_host.h: PFERR_* masks
+
+The low bits are the architectural #PF error code the CPU pushes; bit 32 and
+up are KVM's own, used only inside KVM (a prefault is a read of the final
+gpa, ``PFERR_GUEST_FINAL_MASK``).
+"""
+PFERR_PRESENT_MASK = 1 << 0
+PFERR_WRITE_MASK = 1 << 1
+PFERR_USER_MASK = 1 << 2
+PFERR_RSVD_MASK = 1 << 3
+PFERR_FETCH_MASK = 1 << 4
+PFERR_PK_MASK = 1 << 5
+PFERR_GUEST_FINAL_MASK = 1 << 32
+PFERR_IMPLICIT_ACCESS = 1 << 48
+PFERR_PRIVATE_ACCESS = 1 << 49
+
+#: The architectural bits by their short names, lowest first, for printing.
+PFERR_NAMES = [(PFERR_PRESENT_MASK, "P"), (PFERR_WRITE_MASK, "W"), (PFERR_USER_MASK, "U"),
+               (PFERR_RSVD_MASK, "RSVD"), (PFERR_FETCH_MASK, "I/D"), (PFERR_PK_MASK, "PK")]
