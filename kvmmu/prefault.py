@@ -49,7 +49,7 @@ the stale-root check); the host backing level is one number per VM
 from dataclasses import dataclass, field
 
 from . import explorer as _ex
-from .bits import BIT_ULL, u64
+from .bits import u64
 from .checks import check_int, check_u64
 from .errno import (EAGAIN, EINTR, EINVAL, EIO, ENOENT, EOPNOTSUPP, RET_PF_CONTINUE,
                     RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY,
