@@ -51,9 +51,22 @@ def _model_modules():
         yield importlib.import_module(f"kvmmu.{info.name}")
 
 
+def _split_names(text: str) -> list[str]:
+    """Split "a(), b() (note, with commas)" on the commas outside parentheses."""
+    names, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += ch
+    return names + [current]
+
+
 def _entries_of(owner_name: str, doc: str | None, chapter):
     for match in _MODELS.finditer(doc or ""):
-        for name in match["what"].split(","):
+        for name in _split_names(match["what"]):
             name = name.strip()
             if name:
                 yield XrefEntry(match["path"], name, owner_name, chapter)

@@ -27,3 +27,10 @@ def test_table_has_one_row_per_entry():
 
 def test_chapter_map_names_only_chapters_one_to_six():
     assert set(CHAPTER_OF_MODULE.values()) <= set(range(1, 7))
+
+
+def test_names_split_on_commas_outside_parentheses():
+    from kvmmu.xref import _split_names
+
+    assert [n.strip() for n in _split_names("a(), struct kvm (x, y), b()")] == [
+        "a()", "struct kvm (x, y)", "b()"]
