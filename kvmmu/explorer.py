@@ -255,6 +255,13 @@ class _Primitive:
                         "holding it cannot be restored")
 
 
+#: The public name for building a custom primitive (chapters 3 and 5 do, for
+#: an EPT memory, TLBs and pfn caches): subclass it, register the instance
+#: with ``World._register``, and give it ``_state()`` (a hashable snapshot),
+#: ``_load(state)`` (restore in place) and ``_show()`` (readable text).
+Primitive = _Primitive
+
+
 class Word(_Primitive):
     """A shared 64-bit slot (an SPTE, a counter, a pointer).
 

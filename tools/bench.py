@@ -6,7 +6,8 @@
 
 Sections: import (import time of kvmmu and of each model module), tests (the
 full test command, set-up excluded), book (a clean book build from stored
-outputs), chapters (each tools/bench_ch*.py the chapters provide).
+outputs), chapters (tools/bench_explorer.py and each tools/bench_ch*.py), nbval
+(each chapter's strict nbval run, timed alone).
 """
 import shutil
 import subprocess
@@ -65,13 +66,29 @@ def bench_book():
 
 
 def bench_chapters():
-    for script in sorted((ROOT / "tools").glob("bench_ch*.py")):
+    for script in sorted((ROOT / "tools").glob("bench_*.py")):
         seconds, r = _run([PY, str(script)])
         print(f"--- {script.name} ({seconds:.1f} s)")
         print(r.stdout.rstrip() or r.stderr.rstrip()[-500:])
 
 
-SECTIONS = {"import": bench_import, "tests": bench_tests, "book": bench_book, "chapters": bench_chapters}
+def bench_nbval():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from toc import toc_notebooks
+
+    total = 0.0
+    for nb in toc_notebooks():
+        seconds, r = _run([PY, "-m", "pytest", "-q", "-n", "0", nb])
+        total += seconds
+        tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "?"
+        print(f"nbval {nb}: {seconds:.1f} s wall ({tail})")
+    print(f"nbval over every notebook, one after another: {total:.1f} s")
+    seconds, r = _run([PY, "-m", "pytest", "-q", "book"])
+    print(f"nbval over book/ as the test command runs it (2 workers): {seconds:.1f} s")
+
+
+SECTIONS = {"import": bench_import, "tests": bench_tests, "book": bench_book, "chapters": bench_chapters,
+            "nbval": bench_nbval}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):
