@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 
 from .bits import BIT_ULL, GENMASK_ULL, U64_MAX, c_int
 from .checks import KernelWarn, check_bool, check_int, check_u64  # noqa: F401 (KernelWarn re-exported)
+from .explorer import Actor, Scenario, World, step
 from .levels import (
     KVM_HPAGE_SIZE, KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
     PAGE_SIZE, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, check_level,
@@ -168,13 +169,19 @@ SHADOW_NONPRESENT_OR_RSVD_MASK_LEN = 5
 #: non-present value.  Compared with ``==``: it is a value, not a flag.
 FROZEN_SPTE = SHADOW_NONPRESENT_VALUE | 0x5A0
 
-#: Historical: ``REMOVED_SPTE`` as it was before v6.11 (renamed to FROZEN_SPTE
-#: and given bit 63 by commit 964cea817196).  Not a 6.17 constant.
+#: Historical: ``REMOVED_SPTE`` as the kernels up to v6.10 define it (the
+#: oldest later spte.h this book's sources read, about 5.17, already has it);
+#: commit 964cea817196 (v6.11) renamed it FROZEN_SPTE and gave it bit 63.
+#: Not the value first merged: see REMOVED_SPTE_2021.  Not a 6.17 constant.
 REMOVED_SPTE_OLD = 0x5A0
 
 #: Historical: the value Ben Gardon's patch (Jan 2021) proposed, a single bit,
 #: ``1ull << 59``, which Sean Christopherson objected looks like a flag.
 FROZEN_SPTE_PROPOSED_2021 = BIT_ULL(59)
+
+#: Historical: the reposted series took Sean's name, ``REMOVED_SPTE``, but kept
+#: the value, bit 59 alone; 0x5a0 (REMOVED_SPTE_OLD) came later.
+REMOVED_SPTE_2021 = FROZEN_SPTE_PROPOSED_2021
 
 #: Historical (v5.12 and earlier): bits 52-53 were a "special" field whose
 #: value 3 marked MMIO SPTEs.
@@ -1092,6 +1099,90 @@ def _decode_present(spte, cfg, level, cls, f, notes):
 
 
 # --------------------------------------------------------------------------
+# The race the atomic-update rule prevents: a lost Dirty bit (locking.rst).
+# --------------------------------------------------------------------------
+#: The leaf both actors share: the EPT leaf of the worked example, writable
+#: (H M W = 1 1 1) but clean (D = 0), as after dirty logging cleared D.
+DIRTY_RACE_SPTE = 0x8600000012345977
+
+
+class DirtyRaceWorld(World):
+    """One 4K EPT leaf that the guest writes while KVM write-protects it."""
+
+    def __init__(self):
+        super().__init__()
+        self.spte = self.word("spte", DIRTY_RACE_SPTE)
+
+    def describe(self, name, value):
+        if name == "spte" and isinstance(value, int):
+            w = "W" if value & PT_WRITABLE_MASK else "-"
+            d = "D" if value & VMX_EPT_DIRTY_BIT else "-"
+            return f"{value:#018x} ({w}{d})"
+        return super().describe(name, value)
+
+
+def guest_writes_page(w):
+    """The guest CPU writes the page: one locked update sets D, if W allows it.
+
+    The hardware walker sets Dirty with an atomic read-modify-write of the
+    SPTE, so it is one indivisible step; with W clear the write faults
+    instead (an EPT violation) and nothing is written.
+    """
+    def cpu_write():
+        if not w.spte.value & PT_WRITABLE_MASK:
+            return "EPT violation"
+        w.spte.value |= VMX_EPT_DIRTY_BIT
+        return "wrote"
+    return (yield from step("guest write: CPU sets D if W", cpu_write))
+
+
+def kvm_write_protect_rmw(w):
+    """KVM clears W with read-modify-write: the UNSAFE variant.
+
+    Returns True if KVM saw the page dirty (D in the value it replaced).
+    """
+    old = yield from w.spte.read()
+    yield from w.spte.write(old & ~PT_WRITABLE_MASK)      # plain store
+    return bool(old & VMX_EPT_DIRTY_BIT)
+
+
+def kvm_write_protect_atomic(w):
+    """KVM clears W the 6.17 way: xchg when spte_needs_atomic_update() says so.
+
+    As ``kvm_tdp_mmu_write_spte()`` in tdp_iter.h does, the value xchg
+    returns is the authoritative old SPTE, so a D the CPU set after the
+    read is seen there.  Returns True if KVM saw the page dirty.
+    """
+    old = yield from w.spte.read()
+    new = old & ~PT_WRITABLE_MASK
+    if spte_needs_atomic_update(old, EPT_AD):
+        old = yield from w.spte.xchg(new)
+    else:
+        yield from w.spte.write(new)
+    return bool(old & VMX_EPT_DIRTY_BIT)
+
+
+def dirty_bit_kept(world, results) -> bool | str:
+    """Final check: a page the guest wrote is dirty in the SPTE or known dirty to KVM."""
+    if results["B"] != "wrote":
+        return True
+    if results["A"] or world.spte.value & VMX_EPT_DIRTY_BIT:
+        return True
+    return "lost Dirty bit: the guest wrote the page, KVM never saw it dirty"
+
+
+def dirty_race_scenario(atomic: bool) -> Scenario:
+    """The lost-Dirty-bit race: KVM write-protects (A) while the guest writes (B)."""
+    check_bool("atomic", atomic)
+    kvm = kvm_write_protect_atomic if atomic else kvm_write_protect_rmw
+    how = "xchg" if atomic else "read-modify-write"
+    return Scenario(f"write-protect by {how} vs guest write", DirtyRaceWorld,
+                    [Actor("A", f"KVM clears W ({how})", kvm),
+                     Actor("B", "guest CPU writes the page", guest_writes_page)],
+                    final_check=dirty_bit_kept)
+
+
+# --------------------------------------------------------------------------
 # History and pitfalls from the 2021 review thread (NOT 6.17 kernel code).
 # --------------------------------------------------------------------------
 def is_mmio_spte_2021(spte: int) -> bool:
@@ -1111,12 +1202,13 @@ def is_shadow_present_pte_2021(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
     Not current kernel code.  This is the rule Ben Gardon's patch extended
     and Sean Christopherson proposed to replace with an explicit present bit
     (review of "[PATCH 22/24] kvm: x86/mmu: Flush TLBs after zap in TDP MMU
-    PF handler", 2021-01-20).  MMIO is judged with today's
-    ``is_mmio_spte(spte, cfg)`` and the removed value is REMOVED_SPTE_OLD
-    (0x5a0), so the test can be run against 6.17 values side by side.
+    PF handler", 2021-01-20).  The removed value is the one of that time,
+    REMOVED_SPTE_2021 (bit 59); MMIO is judged with today's
+    ``is_mmio_spte(spte, cfg)``, so the test can be run against 6.17 values
+    side by side.
     """
     _check_cfg(cfg)
-    return spte != 0 and not is_mmio_spte(spte, cfg) and spte != REMOVED_SPTE_OLD
+    return spte != 0 and not is_mmio_spte(spte, cfg) and spte != REMOVED_SPTE_2021
 
 
 def int_bit_test_truncating(pte: int, nr: int = 59) -> int:

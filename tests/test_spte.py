@@ -342,11 +342,13 @@ def test_small_and_huge_spte():
 def test_2021_presence_test_against_today():
     c = S.EPT_AD
     # Where the two tests agree
-    for v in (0x8600000012345B77, 0x12300000FEE0022E, 0, S.REMOVED_SPTE_OLD):
+    for v in (0x8600000012345B77, 0x12300000FEE0022E, 0, S.REMOVED_SPTE_2021):
         assert S.is_shadow_present_pte_2021(v, c) == S.is_shadow_present_pte(v)
-    # Where they differ: today's non-present values have no bit 11 but are non-zero
-    assert S.is_shadow_present_pte_2021(S.SHADOW_NONPRESENT_VALUE, c)
-    assert S.is_shadow_present_pte_2021(S.FROZEN_SPTE, c)
+    # Where they differ: the later non-present values have no bit 11 but are
+    # non-zero and not the 2021 removed value (bit 59)
+    for v in (S.REMOVED_SPTE_OLD, S.SHADOW_NONPRESENT_VALUE, S.FROZEN_SPTE):
+        assert S.is_shadow_present_pte_2021(v, c) and not S.is_shadow_present_pte(v)
+    assert S.REMOVED_SPTE_2021 == 1 << 59 == S.FROZEN_SPTE_PROPOSED_2021
     assert S.is_mmio_spte_2021(3 << 52) and not S.is_mmio_spte_2021(1 << 52)
 
 
@@ -365,6 +367,37 @@ def test_flag_test_vs_value_test():
     spte = S.make_mmio_spte(0x100, 0, 1 << 15)
     assert spte & S.FROZEN_SPTE_PROPOSED_2021
     assert spte != S.FROZEN_SPTE_PROPOSED_2021
+
+
+# ---------------------------------------------------------------- the lost-Dirty race
+def test_dirty_race_unsafe_loses_d_in_the_three_step_schedule():
+    from kvmmu.explorer import explore, run_schedule
+    sc = S.dirty_race_scenario(False)
+    res = explore(sc)
+    assert res.violated and res.schedule == "ABA"
+    assert res.invariant.startswith("lost Dirty bit")
+    t = run_schedule(sc, "ABA")
+    assert t.results == {"A": False, "B": "wrote"}
+    # the other orders are fine: B first is seen through D, A first makes B fault
+    assert run_schedule(sc, "BAA").results == {"B": "wrote", "A": True}
+    assert run_schedule(sc, "AAB").results == {"A": False, "B": "EPT violation"}
+
+
+def test_dirty_race_atomic_holds_over_every_interleaving():
+    from kvmmu.explorer import explore, run_schedule
+    assert S.spte_needs_atomic_update(S.DIRTY_RACE_SPTE)     # W && !D
+    sc = S.dirty_race_scenario(True)
+    res = explore(sc, stop_at_first=False)
+    assert not res.violated and res.exhaustive
+    assert (res.states, res.transitions, res.complete_runs) == (9, 8, 3)
+    t = run_schedule(sc, "ABA")
+    assert t.results == {"A": True, "B": "wrote"}          # D seen in xchg's old value
+    assert not S.spte_needs_atomic_update(S.DIRTY_RACE_SPTE | S.VMX_EPT_DIRTY_BIT)
+
+
+def test_dirty_race_bad_input():
+    with pytest.raises(TypeError, match="atomic"):
+        S.dirty_race_scenario(1)
 
 
 # ---------------------------------------------------------------- properties
