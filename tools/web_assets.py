@@ -37,6 +37,9 @@ def install(force: bool = False) -> Path:
     spec = json.loads(SPEC.read_text())
     if not force and STAMP.exists() and json.loads(STAMP.read_text()) == spec:
         return VENDOR
+    if shutil.which("npm") is None:
+        raise SystemExit("npm is needed to install the book's widget renderer "
+                         "(a pinned npm package): apt-get install -y npm")
     shutil.rmtree(VENDOR, ignore_errors=True)
     VENDOR.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
