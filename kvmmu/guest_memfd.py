@@ -568,10 +568,12 @@ def gmem_set_mappable(file: GmemFile, start: int, end: int, who: str = "kvm"):
 
 def convert_to_private(file: GmemFile, index: int, who: str = "kvm", *,
                        check_refs: bool = True, **variant):
-    """Unshare one page as pKVM drives it: clear_mappable, then register the callback if NONE.
+    """Unshare one page: clear_mappable, then register the callback if the page went NONE.
 
-    A Python composition (pKVM's downstream hypercall handler calls the two
-    functions in this order).  Returns ``(clear_ret, register_ret)``;
+    A Python composition: the model's stand-in for the series' caller (the
+    guest's unshare request, on arm64/pKVM), which the seed thread does not
+    show; the order of the two calls is the one the patch's comments
+    describe.  Returns ``(clear_ret, register_ret)``;
     ``register_ret`` is None when the page went straight to GUEST.
     ``variant``: ``alternative``, ``put_after_unlock`` (see
     :func:`kvm_slot_gmem_register_callback`).
@@ -586,18 +588,24 @@ def convert_to_private(file: GmemFile, index: int, who: str = "kvm", *,
 
 
 def unshare_and_wait(file: GmemFile, index: int, who: str = "kvm", *,
-                     trust_comment: bool = False, **variant):
-    """A caller that must see the page private before it goes on (pKVM's unshare).
+                     trust_comment: bool = False, cleared: bool = False, **variant):
+    """A caller that must see the page private before it goes on (the guest's unshare request).
 
     A Python composition.  With ``trust_comment=True`` it reads -EAGAIN the
     way the posted comment described it ("the callback has been registered")
     and waits for the callback to store GUEST.  Otherwise it follows the
     corrected reading: -EAGAIN only means "not yet"; wait until the state
     changed, or until the folio is unmapped with no callback pending, and
-    call again.  Returns the list of return codes it saw.
+    call again.  With ``cleared=True`` ``gmem_clear_mappable`` has already
+    run (the scenario's setup stored NONE): start with the register call.
+    Returns the list of return codes it saw.
     """
     file.check_index(index)
-    _, r = yield from convert_to_private(file, index, who, **variant)
+    check_bool("cleared", cleared)
+    if cleared:
+        r = yield from kvm_slot_gmem_register_callback(file, index, who, **variant)
+    else:
+        _, r = yield from convert_to_private(file, index, who, **variant)
     seen = [r]
     while r == -EAGAIN:
         if trust_comment:
@@ -1084,14 +1092,29 @@ def replay(actions, size: int = 1, order: int = 0, **variant) -> GmemFile:
 # --------------------------------------------------------------------------
 # Scenarios for the explorer: the thread's questions, the reviewers' bugs.
 # --------------------------------------------------------------------------
+#: A setup step a scenario's world may start from besides the console's
+#: actions: ``gmem_clear_mappable`` of offset 0 alone (it stores NONE or
+#: GUEST and registers nothing), so that a trace can start at the register call.
+SETUP_CLEAR = "clear mappable"
+
+
 def _make_world(setup: tuple, size: int, order: int) -> GmemFile:
-    return replay(setup, size=size, order=order)
+    file = GmemFile(size=size, order=order)
+    for action in setup:
+        if action == SETUP_CLEAR:
+            run_op(gmem_clear_mappable(file, 0, 1, "kvm"), world=file)
+        else:
+            apply_action(file, action)
+    return file
 
 
 def gmem_world(*setup: str, size: int = 1, order: int = 0):
-    """A world factory for :class:`kvmmu.explorer.Scenario`: a fresh file with ``setup`` applied."""
+    """A world factory for :class:`kvmmu.explorer.Scenario`: a fresh file with ``setup`` applied.
+
+    ``setup``: console actions (:data:`ACTIONS`) or :data:`SETUP_CLEAR`.
+    """
     for action in setup:
-        check_choice("setup action", action, ACTIONS)
+        check_choice("setup action", action, ACTIONS + (SETUP_CLEAR,))
     return partial(_make_world, tuple(setup), size, order)
 
 
@@ -1127,8 +1150,13 @@ def speculative_ref(f: GmemFile, writes: bool = False):
 
 
 def unshare(f: GmemFile, **variant):
-    """Actor: the pKVM unshare of offset 0 (clear_mappable, then register if NONE)."""
+    """Actor: the unshare of offset 0 (clear_mappable, then register if NONE)."""
     return (yield from convert_to_private(f, 0, "kvm", **variant))
+
+
+def register_only(f: GmemFile, **variant):
+    """Actor: the register call alone, on a page the setup already stored NONE."""
+    return (yield from kvm_slot_gmem_register_callback(f, 0, "kvm", **variant))
 
 
 def unshare_waiting(f: GmemFile, **variant):
@@ -1167,8 +1195,8 @@ def _ends_private_callback_iff_pending(f: GmemFile, results: dict):
     ok = ends_private(f, results)
     if ok is not True:
         return ok
-    regs = [r for r in results.values() if isinstance(r, tuple)]
-    pending = any(r[1] == -EAGAIN for r in regs)
+    reg = results.get("B")
+    pending = (reg[1] if isinstance(reg, tuple) else reg) == -EAGAIN
     if pending != (f.callbacks == 1):
         return "callback fired without a pending registration, or not at all"
     return True
@@ -1187,35 +1215,50 @@ def scenario_naive_unshare() -> Scenario:
     return Scenario(
         "unshare without the refcount check", gmem_world("host map", "get ref", "host unmap"),
         [Actor("A", "host: I/O done, unpin", host_unpin),
-         Actor("B", "pKVM: unshare (no check)", partial(unshare, check_refs=False))],
+         Actor("B", "unshare (no check)", partial(unshare, check_refs=False))],
         _invariants(), ends_private,
         description="The host still holds a GUP reference when the guest takes the page private.")
 
 
 def scenario_pin(put_after_unlock: bool = False, alternative: bool = False,
-                 vcpu: bool = True) -> Scenario:
-    """R4.1: a GUP reference held across the unshare, a vCPU faulting meanwhile."""
-    actors = [Actor("A", "host: I/O done, unpin", host_unpin),
-              Actor("B", "pKVM: unshare", partial(unshare, put_after_unlock=put_after_unlock,
-                                                   alternative=alternative))]
+                 vcpu: bool = True, from_none: bool = False) -> Scenario:
+    """R4.1: a GUP reference held across the unshare, a vCPU faulting meanwhile.
+
+    ``from_none=True``: the setup has already run ``gmem_clear_mappable``
+    (state NONE) and B only makes the register call (a shorter trace).
+    """
+    check_bool("from_none", from_none)
+    setup = ("host map", "get ref", "host unmap") + ((SETUP_CLEAR,) if from_none else ())
+    b = (Actor("B", "unshare: register callback", partial(
+        register_only, put_after_unlock=put_after_unlock, alternative=alternative))
+         if from_none else
+         Actor("B", "unshare", partial(unshare, put_after_unlock=put_after_unlock,
+                                       alternative=alternative)))
+    actors = [Actor("A", "host: I/O done, unpin", host_unpin), b]
     if vcpu:
         actors.append(Actor("C", "vCPU: guest fault", vcpu_fault))
     tag = ", ".join(t for t, on in (("put after unlock", put_after_unlock),
                                     ("alternative", alternative)) if on) or "as posted"
     return Scenario(
-        f"GUP reference across unshare ({tag})", gmem_world("host map", "get ref", "host unmap"),
+        f"GUP reference across unshare ({tag})", gmem_world(*setup),
         actors, _invariants(), _ends_private_callback_iff_pending,
         description="The page may become GUEST only after the host's reference is gone.")
 
 
-def scenario_comment(trust_comment: bool = True) -> Scenario:
-    """The -EAGAIN that registers nothing: a caller that trusts the posted comment waits forever."""
+def scenario_comment(trust_comment: bool = True, from_none: bool = False) -> Scenario:
+    """The -EAGAIN that registers nothing: a caller that trusts the posted comment waits forever.
+
+    ``from_none=True``: the setup has already stored NONE; B starts at the register call.
+    """
+    check_bool("from_none", from_none)
     how = "trusts the comment" if trust_comment else "retries on -EAGAIN"
+    setup = ("host map",) + ((SETUP_CLEAR,) if from_none else ())
     return Scenario(
-        f"unshare while still mapped (caller {how})", gmem_world("host map"),
+        f"unshare while still mapped (caller {how})", gmem_world(*setup),
         [Actor("A", "host: munmap", host_munmap),
-         Actor("B", f"pKVM: unshare, {how}",
-               partial(unshare_waiting, trust_comment=trust_comment, put_after_unlock=True))],
+         Actor("B", f"unshare, {how}",
+               partial(unshare_waiting, trust_comment=trust_comment, put_after_unlock=True,
+                       cleared=from_none))],
         _invariants(), ends_private,
         description="register_callback returns -EAGAIN while the host still maps the page.")
 
@@ -1229,8 +1272,8 @@ def scenario_speculative(writes: bool = False, put_after_unlock: bool = True,
         f"speculative reference vs unshare ({tag})", gmem_world(),
         [Actor("A", "pfn walker: try_get, put" + (" (writes)" if writes else ""),
                partial(speculative_ref, writes=writes)),
-         Actor("B", "pKVM: unshare", partial(unshare, put_after_unlock=put_after_unlock,
-                                             alternative=alternative))],
+         Actor("B", "unshare", partial(unshare, put_after_unlock=put_after_unlock,
+                                        alternative=alternative))],
         _invariants(), _ends_private_callback_iff_pending,
         description="Does the callback still fire when a speculative reference comes and goes?")
 
@@ -1240,7 +1283,7 @@ def scenario_host_fault_during_none() -> Scenario:
     return Scenario(
         "host fault during the unshare", gmem_world("host map", "get ref", "host unmap"),
         [Actor("A", "host: touch, unmap, unpin", host_refault_then_release),
-         Actor("B", "pKVM: unshare, retry on -EAGAIN",
+         Actor("B", "unshare, retry on -EAGAIN",
                partial(unshare_waiting, put_after_unlock=True))],
         _invariants(), ends_private,
         description="While the state is NONE the host fault must fail.")

@@ -166,3 +166,42 @@ def test_scenarios_are_fast_enough_to_explore_in_the_book():
                G.scenario_comment(False), G.scenario_speculative()):
         res = explore(sc)
         assert res.exhaustive and not res.violated and res.states < 2000
+
+
+# ---------------------------------------------------------------- traces that start at the register call
+def test_from_none_world_starts_after_clear_mappable():
+    f = G.gmem_world("host map", "get ref", "host unmap", G.SETUP_CLEAR)()
+    folio = f.folio_at(0)
+    assert f.state(0) == "NONE" and folio.refcount == 2 and not G.folio_test_guestmem(folio)
+    assert f.history == [(0, "ALL", "NONE", "gmem_clear_mappable")]
+    g = G.gmem_world(G.SETUP_CLEAR)()          # nobody else holds it: straight to GUEST
+    assert g.state(0) == "GUEST"
+
+
+def test_pin_from_none_self_deadlocks_and_fix_holds():
+    sc = G.scenario_pin(vcpu=False, from_none=True)
+    res = explore(sc)
+    assert res.invariant == "deadlock"
+    trace = res.counterexample
+    assert trace.blocked == {"B": "waiting in write_lock(invalidate_lock): write B"}
+    assert len(trace.steps) < 15                  # short enough to read in the chapter
+    res, kinds, outcomes = verdict(G.scenario_pin(put_after_unlock=True, from_none=True))
+    assert not kinds and {s for _r, s, _c in outcomes} == {"GUEST"}
+    assert all(c == (1 if dict(r)["B"] == "-EAGAIN" else 0) for r, _s, c in outcomes)
+
+
+def test_comment_from_none_trusting_caller_waits_forever_retrying_one_finishes():
+    res = explore(G.scenario_comment(trust_comment=True, from_none=True))
+    assert res.invariant == "deadlock"
+    assert "callback stores GUEST" in res.counterexample.blocked["B"]
+    res, kinds, outcomes = verdict(G.scenario_comment(trust_comment=False, from_none=True))
+    assert not kinds and {s for _r, s, _c in outcomes} == {"GUEST"}
+
+
+def test_scenario_bad_input():
+    with pytest.raises(TypeError, match="from_none"):
+        G.scenario_pin(from_none=1)
+    with pytest.raises(TypeError, match="from_none"):
+        G.scenario_comment(from_none="yes")
+    with pytest.raises(ValueError, match="setup action"):
+        G.gmem_world("clear everything")
