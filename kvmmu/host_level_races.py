@@ -49,6 +49,17 @@ FAULT_GFN = GFN_BASE + 0x23
 FAULT_HVA = HVA_BASE + (0x23 << PAGE_SHIFT)
 
 
+_RACE_MEMSLOTS: dict = {}
+
+
+def _race_memslots(npages: int) -> KvmMemslots:
+    # One memslot of npages from GFN_BASE at HVA_BASE, shared by every world
+    # of that size (nothing in a race scenario changes a memslot).
+    if npages not in _RACE_MEMSLOTS:
+        _RACE_MEMSLOTS[npages] = KvmMemslots([KvmMemorySlot(0, GFN_BASE, npages, HVA_BASE)])
+    return _RACE_MEMSLOTS[npages]
+
+
 class IrqsOff(RCU):
     """Interrupts disabled on a CPU, as the grace period that frees page tables sees it.
 
@@ -84,8 +95,8 @@ class HostLevelWorld(KvmState, World):
         self.mmu_lock = self.rwlock("mmu_lock")
         self.rcu = self._register(IrqsOff(self, "irqs"))
         self.mm = HostMm()
-        slot = KvmMemorySlot(0, GFN_BASE, npages, HVA_BASE)
-        self.init_kvm_state(KvmMemslots([slot]))
+        self.npages = npages
+        self.init_kvm_state(_race_memslots(npages))
         host_populate(self.mm, FAULT_HVA, 1, backing)
         for level in kvm_maps:
             pfn = host_translation(self.mm, FAULT_HVA)[0]
@@ -94,6 +105,19 @@ class HostLevelWorld(KvmState, World):
         if subscribe:
             self.mm.notifier_subscriptions.append(kvm_mmu_notifier_ops)
         self.watch = watch
+
+    # The memslots are constant configuration, kept outside the instance: the
+    # explorer's snapshot engine then neither copies them on every save nor
+    # sees actors (a KvmPageFault, a walk's ``slot`` argument) hold an object
+    # from inside the world across a step.
+    @property
+    def memslots(self) -> KvmMemslots:
+        return _race_memslots(self.npages)
+
+    @memslots.setter
+    def memslots(self, value: KvmMemslots) -> None:
+        if value is not _race_memslots(self.npages):
+            raise AttributeError("a HostLevelWorld's memslots are constant")
 
     @property
     def slot(self) -> KvmMemorySlot:

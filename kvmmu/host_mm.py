@@ -245,6 +245,19 @@ class HostMemory:
             page.entries.pop(ptr.index, None)
         return old
 
+    def __deepcopy__(self, memo):
+        # Pages hold only ints, strings and a dict of ints: copy them directly
+        # (the explorer's snapshot engine saves and restores worlds often).
+        new = HostMemory.__new__(HostMemory)
+        new.pages = {pfn: HostPage(p.pfn, p.kind, p.level, dict(p.entries), p.freed)
+                     for pfn, p in self.pages.items()}
+        new._next_table = self._next_table
+        new._next_data = self._next_data
+        new.bad_reads = list(self.bad_reads)
+        new.reads = list(self.reads)
+        memo[id(self)] = new
+        return new
+
     def snapshot(self) -> tuple:
         """A hashable summary of everything a CPU could observe."""
         pages = tuple(
@@ -660,7 +673,8 @@ def mmu_notifier_invalidate_range_start(machine, start: int, end: int):
 
     Models: mm/mmu_notifier.c: mmu_notifier_invalidate_range_start()
     """
-    for sub in machine.mm.notifier_subscriptions:
+    # A tuple copy: the loop keeps no reference into the mm across its steps.
+    for sub in tuple(machine.mm.notifier_subscriptions):
         yield from sub.invalidate_range_start(machine, start, end)
 
 
@@ -669,7 +683,7 @@ def mmu_notifier_invalidate_range_end(machine, start: int, end: int):
 
     Models: mm/mmu_notifier.c: mmu_notifier_invalidate_range_end()
     """
-    for sub in machine.mm.notifier_subscriptions:
+    for sub in tuple(machine.mm.notifier_subscriptions):
         yield from sub.invalidate_range_end(machine, start, end)
 
 
@@ -695,11 +709,32 @@ class Hex(int):
         return hex(self)
 
 
-def _existing_entry(machine, hva: int, table_level: int) -> tuple:
-    # The entry an mm operation is about to change: the host is the only
-    # writer of its page tables, so it may look before its first step.
-    ptr = machine.mm.entry_ptr(hva, table_level)
-    return ptr, (machine.mm.mem.peek(ptr) if ptr is not None else 0)
+class Found(NamedTuple):
+    """The entry an mm operation is about to change: where it is and its value."""
+
+    ptr: "EntryPtr | None"
+    old: int
+    table_level: int
+
+    def __repr__(self) -> str:
+        return describe_entry(self.old, self.table_level) if self.ptr is not None else "none"
+
+
+def _find_entry(machine, hva: int, table_level: int, why: str, ok):
+    """The mm operation's first step: find the entry it will change, check it is ``ok``.
+
+    A step of its own (the kernel finds the entry under the mm's locks before
+    it notifies), so an explorer actor never reads shared state between steps.
+    Raises ValueError, saying what was found, if ``ok(old)`` is false.
+    """
+    def find():
+        ptr = machine.mm.entry_ptr(hva, table_level)
+        old = machine.mm.mem.peek(ptr) if ptr is not None else 0
+        if not ok(old):
+            raise ValueError(f"{why} at {hva:#x}; found "
+                             f"{_found_text(machine, hva, ptr, old, table_level)}")
+        return Found(ptr, old, table_level)
+    return (yield from machine.step(f"find {TABLE_NAMES[table_level]} entry", find))
 
 
 def _found_text(machine, hva: int, ptr, old: int, table_level: int) -> str:
@@ -734,11 +769,10 @@ def collapse_huge_page(machine, haddr: int, level: int = PG_LEVEL_2M):
     """
     check_choice("level", level, (PG_LEVEL_2M, PG_LEVEL_1G))
     check_hva_aligned("haddr", haddr, level)
-    ptr, old = _existing_entry(machine, haddr, level)
-    if not old & _PAGE_PRESENT or old & _PAGE_PSE:
-        raise ValueError(
-            f"collapse needs a {TABLE_NAMES[level]} entry that points to a table at "
-            f"{haddr:#x}; found {_found_text(machine, haddr, ptr, old, level)}")
+    ptr, old, _ = yield from _find_entry(
+        machine, haddr, level,
+        f"collapse needs a {TABLE_NAMES[level]} entry that points to a table",
+        lambda e: e & _PAGE_PRESENT and not e & _PAGE_PSE)
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     new = yield from machine.step(
@@ -771,10 +805,8 @@ def __split_huge_pmd(machine, haddr: int):
     Models: mm/huge_memory.c: __split_huge_pmd()
     """
     check_hva_aligned("haddr", haddr, PG_LEVEL_2M)
-    ptr, old = _existing_entry(machine, haddr, PMD)
-    if not (old & _PAGE_PRESENT and old & _PAGE_PSE):
-        raise ValueError(f"split needs a 2M leaf at {haddr:#x}; found "
-                         f"{_found_text(machine, haddr, ptr, old, PMD)}")
+    ptr, old, _ = yield from _find_entry(machine, haddr, PMD, "split needs a 2M leaf",
+                                         lambda e: e & _PAGE_PRESENT and e & _PAGE_PSE)
     end = haddr + (KVM_PAGES_PER_HPAGE(PG_LEVEL_2M) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     table = yield from machine.step("alloc PTE table, 512 entries for the THP",
@@ -792,10 +824,8 @@ def migrate_page(machine, hva: int):
     Models: mm/migrate.c: migrate_pages()
     """
     check_hva_aligned("hva", hva, PG_LEVEL_4K)
-    ptr, old = _existing_entry(machine, hva, PTE)
-    if not old & _PAGE_PRESENT:
-        raise ValueError(f"migrate needs a present 4K mapping at {hva:#x}; found "
-                         f"{_found_text(machine, hva, ptr, old, PTE)}")
+    ptr, old, _ = yield from _find_entry(machine, hva, PTE, "migrate needs a present 4K mapping",
+                                         lambda e: e & _PAGE_PRESENT)
     yield from mmu_notifier_invalidate_range_start(machine, hva, hva + PAGE_SIZE)
     yield from machine.step("clear PTE (migration entry)", lambda: _store(machine, ptr, 0))
     new = yield from machine.step(
@@ -817,10 +847,9 @@ def unmap_and_free_tables(machine, haddr: int, level: int = PG_LEVEL_1G):
     """
     check_choice("level", level, (PG_LEVEL_2M, PG_LEVEL_1G))
     check_hva_aligned("haddr", haddr, level)
-    ptr, old = _existing_entry(machine, haddr, level)
-    if not old & _PAGE_PRESENT:
-        raise ValueError(f"unmap needs a present {TABLE_NAMES[level]} entry at {haddr:#x}; "
-                         f"found {_found_text(machine, haddr, ptr, old, level)}")
+    ptr, old, _ = yield from _find_entry(
+        machine, haddr, level, f"unmap needs a present {TABLE_NAMES[level]} entry",
+        lambda e: e & _PAGE_PRESENT)
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
     yield from machine.step(f"clear {TABLE_NAMES[level]} entry", lambda: _store(machine, ptr, 0))

@@ -282,3 +282,15 @@ def test_table_tree_lists_the_slot_tables_top_down():
     assert [row[0] for row in tree[-1]["entries"]] == [0, 1]
     with pytest.raises(ValueError, match="hva_end"):
         H.table_tree(m.mm, HVA, HVA)
+
+
+def test_deepcopy_of_memory_is_equal_and_independent():
+    import copy
+    m = machine_with("4K", npages=3)
+    mem = m.mm.mem
+    dup = copy.deepcopy(mem)
+    assert dup.snapshot() == mem.snapshot() and dup.reads == mem.reads
+    ptr = m.mm.entry_ptr(HVA, H.PTE)
+    dup.store(ptr, 0)
+    dup.free(H.entry_pfn(mem.peek(ptr)))
+    assert mem.peek(ptr) != 0 and dup.snapshot() != mem.snapshot()
