@@ -8,7 +8,10 @@ Models: arch/x86/include/asm/vmx.h: VMX_EPT_RWX_MASK, VMX_EPT_MISCONFIG_WX_VALUE
 
 The functions below carry their own ``Models:`` lines (spte.h, spte.c, and
 mmu.c for check_mmio_spte/get_mmio_spte_gfn/get_mmio_spte_access).  The
-``Historical:`` lines mark code from before 6.17, kept for the 2021 debate.
+``Historical:`` lines mark code from before 6.17, kept for the 2021 debate:
+the removed value was bit 59 in the 2021 series (``REMOVED_SPTE_2021``),
+``0x5a0`` later (``REMOVED_SPTE_OLD``, about 5.17 to v6.10), and
+``FROZEN_SPTE`` = bit 63 | ``0x5a0`` since v6.11.
 
 Reference version: Linux 6.17 (read at v6.17-rc3).
 
@@ -43,6 +46,11 @@ predefined ``EPT_AD``, ``EPT_NO_AD`` and ``NPT``.
   disable MMIO caching, and the model records why in the configuration.
 - The per-VM ``kvm->arch.shadow_mmio_value`` (different only for TDX) is the
   configuration's ``shadow_mmio_value``.  TDX, SEV and SME are not modelled.
+- The lost-Dirty-bit race of Documentation/virt/kvm/locking.rst is a
+  scenario for :mod:`kvmmu.explorer` (:func:`dirty_race_scenario`): one
+  write-protect against one guest write on one SPTE; the CPU's setting of D
+  is one indivisible step, and "KVM saw it dirty" stands for the dirty
+  bookkeeping the kernel does with the replaced value.
 - A/D bits: ``is_accessed_spte`` follows 6.13+ (a plain bit test).
   ``is_dirty_spte`` was removed in 6.13 and is kept as a documented
   pre-6.13 helper because the writable-bit discussion needs it.
@@ -1136,7 +1144,7 @@ def guest_writes_page(w):
     return (yield from step("guest write: CPU sets D if W", cpu_write))
 
 
-def kvm_write_protect_rmw(w):
+def write_protect_rmw(w):
     """KVM clears W with read-modify-write: the UNSAFE variant.
 
     Returns True if KVM saw the page dirty (D in the value it replaced).
@@ -1146,7 +1154,7 @@ def kvm_write_protect_rmw(w):
     return bool(old & VMX_EPT_DIRTY_BIT)
 
 
-def kvm_write_protect_atomic(w):
+def write_protect_atomic(w):
     """KVM clears W the 6.17 way: xchg when spte_needs_atomic_update() says so.
 
     As ``kvm_tdp_mmu_write_spte()`` in tdp_iter.h does, the value xchg
@@ -1174,7 +1182,7 @@ def dirty_bit_kept(world, results) -> bool | str:
 def dirty_race_scenario(atomic: bool) -> Scenario:
     """The lost-Dirty-bit race: KVM write-protects (A) while the guest writes (B)."""
     check_bool("atomic", atomic)
-    kvm = kvm_write_protect_atomic if atomic else kvm_write_protect_rmw
+    kvm = write_protect_atomic if atomic else write_protect_rmw
     how = "xchg" if atomic else "read-modify-write"
     return Scenario(f"write-protect by {how} vs guest write", DirtyRaceWorld,
                     [Actor("A", f"KVM clears W ({how})", kvm),
