@@ -373,7 +373,7 @@ def test_safe_walker_returns_the_level_before_or_after():
 
 
 def test_rule1_retries_where_the_unchecked_fault_maps_freed_memory():
-    sched = "AAAA" + "B" * 13 + "A" * 9
+    sched = "AAAA" + "B" * 14 + "A" * 9
     bad = run_schedule(R.fault_vs_host("no check", "migrate"), sched)
     assert bad.violation == "KVM maps what the host maps"
     good = run_schedule(R.fault_vs_host("rule 1", "migrate"), sched[:-6], complete=True)

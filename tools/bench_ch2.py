@@ -37,8 +37,10 @@ def bench_explore(repeat: int = 3) -> None:
         verdict = "holds" if not result.violated else "VIOLATED"
         expected = "as expected" if result.violated != must_hold else "UNEXPECTED"
         flag = "" if best <= TARGET else "  OVER TARGET"
+        # result.note is empty when the snapshot engine ran; else why it fell back
+        engine = "snapshot" if not result.note else "replay"
         print(f"  {name:36s} {best:6.3f} s  {result.states:5d} states "
-              f"{result.transitions:6d} transitions  {verdict} ({expected}){flag}")
+              f"{result.transitions:6d} transitions  {engine:8s}  {verdict} ({expected}){flag}")
     print(f"  slowest: {worst:.3f} s")
 
 
