@@ -58,6 +58,11 @@ from .errno import EFAULT
 from .guest_memory import (KVM_HVA_ERR_BAD, LOCK, STEP, GuestMemory, hexed, kvm_is_error_hva,
                            kvm_is_visible_memslot, run_ops)
 from .levels import PAGE_SHIFT, PAGE_SIZE
+# (module-level, not imported inside the step generators: a function bound
+# to a local is frozen into every explorer state key of a suspended frame)
+from .pfncache import (GfnToPfnCache, khva_read_u64, khva_try_cmpxchg_u64, kvm_gpc_activate_ops,
+                       kvm_gpc_check, kvm_gpc_deactivate_ops, kvm_gpc_init,
+                       kvm_gpc_mark_dirty_in_slot, kvm_gpc_refresh_ops)
 from .memslots import KVM_MEM_READONLY
 from .spte import (ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, PT64_NX_MASK,
                    PT_ACCESSED_MASK, PT_DIRTY_MASK, PT_PAGE_SIZE_MASK, PT_PRESENT_MASK,
@@ -845,14 +850,17 @@ def _walk_ops(walker, vcpu, mem, addr, access, read_gpte, update_ad, on_entry, o
     # The body of walk_addr_generic as a generator, parameterised by how a
     # level is read and how A/D bits are written (6.17 or the RFC), what
     # happens once on entry and before every exit or restart.
-    mmu = vcpu.mmu
+    # (No `mmu = vcpu.mmu` local: the explorer freezes every local of a
+    # suspended frame into each state key, and the mmu is a function of the
+    # vcpu, which the frame already holds.)
     write_fault = access & PFERR_WRITE_MASK
     walker.retries = 0
     walker.ad_log.clear()
     if on_entry:
         yield on_entry
+        on_entry = None      # done with it: a suspended frame should hold only live state
     while True:                                          # retry_walk:
-        level = mmu.root_level
+        level = vcpu.mmu.root_level
         pte = vcpu.cr3
         accessed_dirty = PT_GUEST_ACCESSED_MASK
         errcode = 0
@@ -878,22 +886,22 @@ def _walk_ops(walker, vcpu, mem, addr, access, read_gpte, update_ad, on_entry, o
                 if ret:
                     failed = True
                     break
-                err, pte_access = _check_gpte(walker, mmu, level, pte, pt_access)
+                err, pte_access = _check_gpte(walker, vcpu.mmu, level, pte, pt_access)
                 if err is not None:
                     errcode = err
                     failed = True
                     break
                 accessed_dirty &= pte
-                if is_last_gpte(mmu, level, pte):
+                if is_last_gpte(vcpu.mmu, level, pte):
                     break
                 level -= 1
         walker.level = level
         if not failed:
-            errcode, accessed_dirty = _walk_leaf(walker, vcpu, mmu, addr, access, pte, pte_access,
+            errcode, accessed_dirty = _walk_leaf(walker, vcpu, vcpu.mmu, addr, access, pte, pte_access,
                                                  accessed_dirty)
             failed = bool(errcode)
         if not failed and not accessed_dirty:
-            ret = yield from update_ad(vcpu, mmu, walker, mem, addr, write_fault)
+            ret = yield from update_ad(vcpu, vcpu.mmu, walker, mem, addr, write_fault)
             if ret < 0:
                 failed = True
                 errcode = 0
@@ -973,8 +981,6 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
 
     Part of the RFC's FNAME(walk_addr_generic)().
     """
-    from .pfncache import kvm_gpc_activate_ops, kvm_gpc_check, kvm_gpc_refresh_ops, khva_read_u64
-
     readonly = _table_slot_readonly(mem, table_gfn)
     if readonly is None:
         return -EFAULT, 0
@@ -1023,8 +1029,6 @@ def update_accessed_dirty_bits_gpc_ops(vcpu, mmu, walker, mem, addr, write_fault
 
     Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(update_accessed_dirty_bits)()
     """
-    from .pfncache import khva_try_cmpxchg_u64, kvm_gpc_check, kvm_gpc_mark_dirty_in_slot
-
     for level in range(walker.max_level, walker.level - 1, -1):
         orig_pte, pte = _ad_target(walker, level, write_fault)
         if pte == orig_pte:
@@ -1065,8 +1069,6 @@ def walk_deactivate_gpcs_ops(walker):
 
     The RFC's ``FNAME(walk_deactivate_gpcs)`` (no 6.17 counterpart).
     """
-    from .pfncache import kvm_gpc_deactivate_ops
-
     active = yield (STEP, "which ptep_caches are active?",
                     lambda: tuple(c.active for c in walker.ptep_caches))
     for cache, is_active in zip(walker.ptep_caches, active):
@@ -1087,8 +1089,6 @@ def walk_addr_generic_gpc_ops(walker: GuestWalker, vcpu: Vcpu, mem: GuestMemory,
 
     Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(walk_addr_generic)()
     """
-    from .pfncache import GfnToPfnCache, kvm_gpc_init
-
     check_access(access)
     check_gva(vcpu, addr)
     check_bool("as_posted", as_posted)
@@ -1549,7 +1549,6 @@ def _race_world_class():
         return _RACE_WORLD
     from .explorer import World, _Primitive
     from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
-    from .pfncache import GfnToPfnCache
 
     # The pfn caches are shared objects that actor frames hold (the walker's
     # ptep_caches, the invalidator's list walk).  Registered as explorer
@@ -1597,19 +1596,20 @@ def _race_world_class():
             path = [(4, upper | (RACE_TABLE_GFNS[1] << 12)), (3, upper | (RACE_TABLE_GFNS[2] << 12)),
                     (2, upper | (RACE_TABLE_GFNS[3] << 12)),
                     (1, PT_PRESENT_MASK | PT_WRITABLE_MASK | PT_USER_MASK | (RACE_DATA_GFN << 12))]
-            self.entry_gpa = {}
-            for (level, entry), table in zip(path, RACE_TABLE_GFNS):
-                gpa = (table << PAGE_SHIFT) + 8 * PT_INDEX(RACE_GVA, level)
-                self.guest_write_u64(gpa, entry, vmm=True)
-                self.entry_gpa[level] = gpa
-            self.leaf_gpa = self.entry_gpa[1]
-            self.leaf_hva = RACE_HOST + self.leaf_gpa
+            for level, entry in path:
+                self.guest_write_u64(self.entry_gpa[level], entry, vmm=True)
             self.leaf_history = [path[-1][1]]
             self.kvm_written_gfns = {}
             self.guest_cleared = False
 
         # Constant configuration lives outside the instance: the explorer
         # copies and checks every instance attribute at every state.
+        #: gpa of the entry that maps RACE_GVA at each level (the same in every world)
+        entry_gpa = {level: (table << PAGE_SHIFT) + 8 * PT_INDEX(RACE_GVA, level)
+                     for level, table in zip((4, 3, 2, 1), RACE_TABLE_GFNS)}
+        leaf_gpa = entry_gpa[1]
+        leaf_hva = RACE_HOST + leaf_gpa
+
         @property
         def memslots(self):
             return _RACE_MEMSLOTS[self._config]
