@@ -40,8 +40,8 @@ run").  Userspace retries after ``-EAGAIN`` are modelled the same way.
 Simplifications: shared (not private) memory only, so no guest_memfd, no
 ``PFERR_PRIVATE_ACCESS`` and no ``-EFAULT`` memory-fault exits; no
 mmu_notifier invalidations (``is_page_fault_stale`` checks the root only);
-no MMIO SPTEs (a fault without a slot returns ``RET_PF_EMULATE`` directly after
-the stale-root check); the host backing level is one number per VM
+no MMIO SPTEs (a fault without a slot returns ``RET_PF_EMULATE`` right after
+the stale-root check, the kernel's path when MMIO caching is enabled); the host backing level is one number per VM
 (``Kvm.host_mapping_level``); the fast page-fault path, async page faults and
 ``cond_resched`` are not modelled; the mapping itself is one step
 (:func:`kvm_tdp_mmu_map`, a small stand-in for the TDP MMU of chapter 3).
@@ -231,6 +231,9 @@ def kvm_handle_noslot_fault(vcpu: KvmVcpu, fault: KvmPageFault) -> int:
     """No memslot: go on, so that the gfn is treated as emulated MMIO.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_handle_noslot_fault()
+
+    The kernel goes on (``RET_PF_CONTINUE``, then the stale check, then an
+    MMIO SPTE) when MMIO caching is enabled; the model assumes it is.
     """
     return RET_PF_CONTINUE
 
@@ -264,6 +267,12 @@ def is_page_fault_stale(vcpu: KvmVcpu, fault: KvmPageFault) -> bool:
     """Is the fault's work pointless because the root went obsolete?
 
     Models: arch/x86/kvm/mmu/mmu.c: is_page_fault_stale()
+
+    The kernel: a root backed by a shadow page is stale if
+    ``is_obsolete_sp()`` (for a TDP MMU root, ``role.invalid``, set by the
+    fast zap); a root without one is stale while
+    ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS`` is pending.  Its third test, an
+    mmu_notifier invalidation of the gfn, is not modelled (no notifiers here).
     """
     if vcpu.root is None:
         return vcpu.kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
@@ -1185,8 +1194,16 @@ class RaceVerdict:
 
 
 def check_race(scenario) -> tuple:
-    """Explore ``scenario`` fully; return (RaceVerdict, explorer Result)."""
-    res = _ex.explore(scenario, stop_at_first=False)
+    """Explore ``scenario`` fully; return (RaceVerdict, explorer Result).
+
+    Every reachable state is expanded, so the order does not change the
+    verdict or the counts; depth-first is used because it is cheaper here
+    (these scenarios run on the explorer's replay engine, and depth-first
+    order lets it extend the run in hand more often).  A counterexample it
+    reports need not be the shortest: use ``explorer.explore`` (breadth-first)
+    to print one.
+    """
+    res = _ex.explore(scenario, stop_at_first=False, order="dfs")
     if res.violated:
         names = sorted({n for n, _ in res.violations})
         verdict = "VIOLATED: " + "; ".join(names)

@@ -90,3 +90,25 @@ def test_a_signal_breaks_the_6_17_hang_of_one_call():
                                       slot_zap_all=False))
     assert not res.violated
     assert any("-EINTR" in o for o, _ in v.outcomes)
+
+
+def test_check_race_depth_first_counts_equal_breadth_first():
+    # check_race explores depth-first (cheaper on the replay engine); with
+    # every state expanded the order must not change what the chapter prints.
+    sc = prefault_race("6.18", "delete", "one call", slot_zap_all=False)
+    v, res = check_race(sc)
+    bfs = ex.explore(prefault_race("6.18", "delete", "one call", slot_zap_all=False),
+                     stop_at_first=False, order="bfs")
+    assert (v.states, v.transitions, v.complete_runs) == \
+        (bfs.states, bfs.transitions, bfs.complete_runs)
+    assert res.violated == bfs.violated
+
+
+def test_the_6_18_hang_also_when_a_enters_after_the_first_grace_period():
+    # The chapter's model finding does not depend on SRCU letting a late
+    # reader slip past a synchronize_srcu() already in progress.
+    t = ex.run_schedule(prefault_race("6.18", "delete"), "BBBBBBBAABBBAABB")
+    labels = [(s.actor, s.label) for s in t.steps]
+    assert labels.index(("B", "synchronize_srcu(kvm->srcu) returns")) < \
+        labels.index(("A", "srcu_read_lock(kvm->srcu) = 0"))
+    assert t.deadlock and "RET_PF_RETRY" in t.blocked["A"]
