@@ -306,7 +306,7 @@ def race_figure(trace, title: str | None = None, spte_key: str = SPTE_KEY):
         lanes[letter] = len(bands) + n
     fig, ax = plt.subplots(figsize=(min(2 + 0.55 * len(rows), 16), 0.55 * len(lanes) + 1.6))
     for n, actor, caption, spte, tlb0, tlb1, broken in rows:
-        x = n - 1
+        x = n - 0.5                      # step n is the column centred on tick n
         for name, text in (("SPTE", spte), ("vCPU 0 TLB", tlb0), ("vCPU 1 TLB", tlb1)):
             ax.add_patch(plt.Rectangle((x, lanes[name] - 0.35), 1, 0.7,
                                        facecolor=_colour(text), edgecolor="#ddd", lw=0.5))
@@ -318,7 +318,7 @@ def race_figure(trace, title: str | None = None, spte_key: str = SPTE_KEY):
             ax.axvline(x + 1, color="#d00000", lw=2)
             ax.text(x + 1.1, len(lanes) - 0.5, "invariant\nbroken", color="#d00000",
                     fontsize=8, va="top")
-    ax.set_xlim(0, len(rows) + 2)
+    ax.set_xlim(0.5, len(rows) + 2.5)
     ax.set_ylim(-0.6, len(lanes) - 0.4)
     ticks = sorted(lanes.items(), key=lambda kv: kv[1])
     ax.set_yticks([y for _, y in ticks],
