@@ -275,6 +275,16 @@ def race_rows(trace, spte_key: str = SPTE_KEY) -> list[tuple]:
     return rows
 
 
+def race_rows_text(trace, spte_key: str = SPTE_KEY) -> str:
+    """:func:`race_rows` as an aligned text table, for a checked cell beside the figure."""
+    head = ("#", "actor", "step", "SPTE", "vCPU 0 TLB", "vCPU 1 TLB", "invariant")
+    body = [(str(n), actor, caption, spte, tlb0, tlb1, "BROKEN" if broken else "holds")
+            for n, actor, caption, spte, tlb0, tlb1, broken in race_rows(trace, spte_key)]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [head, *body])
+
+
 def _colour(text: str) -> str:
     if "0x1234" in text:
         return "#8ecae6"      # the old pfn
