@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM_ARGS, chromium_or_skip
+from conftest import chromium_or_skip
 from lab_interactions import INTERACTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,17 +79,6 @@ def lab(tmp_path_factory):
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 _PANEL = ("(() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
