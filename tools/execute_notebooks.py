@@ -21,6 +21,29 @@ sys.path.insert(0, str(ROOT / "tools"))
 from toc import toc_notebooks  # noqa: E402
 
 
+# Widget models are named by comm ids, which comm draws from uuid.uuid4().
+# Drawing them from a seeded generator instead makes the stored widget state
+# the same on every run, so re-executing an unchanged chapter changes nothing
+# in git and a real change shows up as a small diff.
+_SEEDED_COMM_IDS = (
+    "import comm.base_comm as _c, random as _r, uuid as _u; "
+    "_g = _r.Random(0); "
+    "_c.uuid = type('SeededUUID', (), {'uuid4': staticmethod("
+    "lambda: _u.UUID(int=_g.getrandbits(128), version=4))})"
+)
+
+
+def _coalesce_streams(outputs):
+    merged = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged
+                and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"]):
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def execute(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
@@ -28,14 +51,21 @@ def execute(path: Path) -> float:
     os.environ["PYTHONHASHSEED"] = "0"  # no hash-order leaks into outputs
     try:
         NotebookClient(
-            nb, timeout=600, kernel_name="python3", store_widget_state=True,
+            nb, timeout=600, kernel_name="python3", store_widget_state=True, record_timing=False,
             resources={"metadata": {"path": str(path.parent)}},
+            extra_arguments=[f"--IPKernelApp.exec_lines={_SEEDED_COMM_IDS!r}"],
         ).execute()
     finally:
         if env_hash_seed is None:
             os.environ.pop("PYTHONHASHSEED", None)
         else:
             os.environ["PYTHONHASHSEED"] = env_hash_seed
+    # A print's text can arrive in one stream message or several, depending on
+    # timing; store each run of same-stream text as one output so the file
+    # does not change when nothing but the timing did.
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = _coalesce_streams(cell.outputs)
     # Kernel metadata from the executing machine is not part of the book.
     nb.metadata.pop("language_info", None)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
