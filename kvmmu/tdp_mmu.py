@@ -1,15 +1,18 @@
-"""The TDP MMU: a sparse EPT, its iterator, the SPTE write primitives, the fault path.
+"""The TDP MMU: a sparse EPT, the SPTE write primitives, the zaps, the fault path.
 
 Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_map(), tdp_mmu_set_spte_atomic(), tdp_mmu_set_spte(), handle_changed_spte(), handle_removed_pt(), tdp_mmu_zap_spte_atomic()
-Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_start(), tdp_iter_next()
-Models: arch/x86/kvm/mmu/tdp_iter.h: struct tdp_iter, kvm_tdp_mmu_write_spte()
-Models: virt/kvm/kvm_main.c: kvm_flush_remote_tlbs_range()
 
 Reference version: Linux 6.17 (read at v6.17-rc3), except where a docstring
 says otherwise: the atomic zap with its freeze, :func:`tdp_mmu_zap_spte_atomic`,
 is the code as it stood up to 6.12 (v6.13 removed it, commit 35ef80eb), and
 :func:`tdp_mmu_zap_spte_atomic_nofreeze` is the code Ben Gardon's 2021 patch
 replaced, kept to show the race.
+
+Beside it: the iterator and the SPTE accessors of tdp_iter.h/tdp_iter.c are
+in :mod:`kvmmu.tdp_iter`, the vCPUs' TLBs and the remote flush in
+:mod:`kvmmu.tlb`, the chapter's race scenarios and checks in
+:mod:`kvmmu.tdp_mmu_races`.  This module re-exports the first two's names,
+so ``kvmmu.tdp_mmu.TdpIter`` and ``kvmmu.tdp_mmu.TlbEntry`` still work.
 
 **Concurrency.**  Every access to shared memory (an SPTE read, write, xchg
 or cmpxchg; a TLB fill; a remote TLB flush; a lock operation) is one step of
@@ -47,23 +50,19 @@ per vCPU caching gfn -> (pfn, the leaf SPTE it came from).
   uses a per-vCPU cache filled before taking ``mmu_lock``).
 - ``tdp_mmu_iter_cond_resched`` never yields (no contention, no
   ``need_resched``).  The iterator's ``yielded`` flag stays False.
-- A vCPU's memory access is one step: a TLB hit, or the hardware's EPT walk
-  that fills the TLB.  A remote flush kicks every vCPU out of guest mode and
-  waits, so it never lands inside a walk.  The TLB caches final
-  translations only: paging-structure caches are not modelled.
+- A vCPU's memory access and a remote flush are one step each; the TLB
+  caches final translations only (see :mod:`kvmmu.tlb`).
 - Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`;
-  actors built with :func:`actor` turn it into a failed assertion, which the
-  explorer reports as a violation.
+  actors built with :func:`kvmmu.tdp_mmu_races.actor` turn it into a failed
+  assertion, which the explorer reports as a violation.
 """
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
 
 from .checks import check_bool, check_int
 from .errno import (EBUSY, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
                     RET_PF_WRITE_PROTECTED, ret_pf_name)
-from .explorer import Actor, Invariant, Op, Scenario, World, _Primitive, wait_until
+from .explorer import Op, World, _Primitive, wait_until
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
                      PG_LEVEL_4K, PT64_ROOT_4LEVEL, SPTE_ENT_PER_PAGE, SPTE_INDEX,
                      gfn_round_for_level, level_name)
@@ -72,24 +71,21 @@ from .spte import (ACC_ALL, EPT_AD, FROZEN_SPTE, PT_PRESENT_MASK,
                    is_executable_pte, is_frozen_spte, is_large_pte, is_last_spte,
                    is_mmio_spte, is_shadow_present_pte, is_writable_pte,
                    leaf_spte_change_needs_tlb_flush, make_nonleaf_spte, make_small_spte,
-                   make_spte, spte_needs_atomic_update, spte_to_pfn)
-
-#: The fake host pfn of the first page-table page.  Guest memory in the
+                   make_spte, spte_to_pfn)
+# The iterator and the TLBs live beside this module; their names stay
+# importable from here (the chapter and older code use kvmmu.tdp_mmu.X).
+from .tdp_iter import (Sptep, TdpIter, __kvm_tdp_mmu_write_spte,  # noqa: F401
+                       kvm_tdp_mmu_read_spte, kvm_tdp_mmu_spte_need_atomic_update,
+                       kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte_atomic, spte_to_child_pt,
+                       tdp_iter_next, tdp_iter_refresh_sptep, tdp_iter_restart, tdp_iter_start,
+                       try_step_down, try_step_side, try_step_up)
+from .tlb import (TlbEntry, VcpuTlbs, kvm_flush_remote_tlbs_gfn,  # noqa: F401
+                  kvm_flush_remote_tlbs_range)
 #: examples lives far below it, so a table pointer never looks like a page.
 TDP_PT_PFN_BASE = 0x100000
 
 #: The largest gfn the model accepts (a 4-level EPT maps 48 bits of GPA).
 GFN_MAX = (1 << 36) - 1
-
-
-class Sptep(NamedTuple):
-    """A pointer to one SPTE: the table's (fake) pfn and the entry's index.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: tdp_ptep_t
-    """
-
-    pt: int
-    index: int
 
 
 @dataclass
@@ -109,16 +105,6 @@ class KvmMmuPage:
     gfn: int
     ptep: Sptep | None
     unlinked: bool = False
-
-
-class TlbEntry(NamedTuple):
-    """A cached translation: the host pfn, and the leaf SPTE it was read from."""
-
-    pfn: int
-    spte: int
-
-    def __repr__(self):
-        return f"pfn {self.pfn:#x}"
 
 
 def spte_name(value: int, level: int = PG_LEVEL_4K, cfg=EPT_AD) -> str:
@@ -142,7 +128,7 @@ def spte_name(value: int, level: int = PG_LEVEL_4K, cfg=EPT_AD) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Two shared objects of the explorer: the EPT's memory and the vCPUs' TLBs.
+# The EPT's memory, one shared object of the explorer (the TLBs: kvmmu.tlb).
 # ---------------------------------------------------------------------------
 class EptMemory(_Primitive):
     """The page-table pages of the TDP MMU, as one shared object of the explorer.
@@ -367,89 +353,6 @@ def _ept_alloc(mem, args, cpu, world):
         mem.tables[pfn] = {i: make_small_spte(huge_spte, level, i, cfg=world.cfg)
                            for i in range(SPTE_ENT_PER_PAGE)}
     return pfn
-
-
-class VcpuTlbs(_Primitive):
-    """Every vCPU's TLB: gfn -> TlbEntry, as one shared object of the explorer.
-
-    ``access`` is what the CPU does on a guest memory access (a TLB hit, or a
-    walk of the live EPT that fills the TLB); ``flush_range`` is a remote TLB
-    flush.  Each is one step.
-    """
-
-    __slots__ = ("tlb",)
-
-    def __init__(self, world, name, vcpus: int):
-        super().__init__(world, name)
-        self.tlb: list[dict[int, TlbEntry]] = [{} for _ in range(vcpus)]
-
-    def _state(self):
-        return tuple(tuple(sorted(t.items())) for t in self.tlb)
-
-    def _load(self, st):
-        for tlb, entries in zip(self.tlb, st):
-            tlb.clear()
-            tlb.update(entries)
-
-    def _show(self):
-        return "; ".join(f"vCPU {v}: {self.show_one(v)}" for v in range(len(self.tlb)))
-
-    def show_one(self, vcpu: int) -> str:
-        """One TLB as text: ``0x100->0x1234`` per entry, ``-`` if empty."""
-        return ", ".join(f"{gfn:#x}->{e.pfn:#x}" for gfn, e in sorted(self.tlb[vcpu].items())) or "-"
-
-    def lookup(self, vcpu: int, gfn: int) -> TlbEntry | None:
-        """The TLB part of an access (no step): hit, or walk the EPT and fill."""
-        hit = self.tlb[vcpu].get(gfn)
-        if hit is not None:
-            return hit
-        entry = self.world.translate(gfn)
-        if entry is not None:
-            self.tlb[vcpu][gfn] = entry
-        return entry
-
-    def drop_range(self, start: int, nr_pages: int) -> tuple:
-        """Drop every entry for gfns in ``[start, start + nr_pages)``; return (vcpu, gfn) dropped."""
-        dropped = []
-        for vcpu, tlb in enumerate(self.tlb):
-            for gfn in sorted(g for g in tlb if start <= g < start + nr_pages):
-                del tlb[gfn]
-                dropped.append((vcpu, gfn))
-        return tuple(dropped)
-
-    def access(self, vcpu: int, gfn: int):
-        """A guest access by ``vcpu`` to ``gfn`` (one step); a TlbEntry, or None on an EPT violation."""
-        return (yield Op(self, "access", (vcpu, gfn), _tlb_access))
-
-    def flush_range(self, start: int, nr_pages: int):
-        """Flush every vCPU's entries for ``[start, start + nr_pages)`` (one step)."""
-        return (yield Op(self, "flush", (start, nr_pages), _tlb_flush))
-
-    def _what(self, kind, args):
-        if kind == "access":
-            return f"vCPU {args[0]} reads gfn {args[1]:#x}"
-        start, n = args
-        return f"flush TLBs gfn {start:#x}" + (f"+{n}" if n != 1 else "")
-
-    def _label(self, kind, args, result, cpu):
-        if kind == "access":
-            head = self._what(kind, args)
-            if result is None:
-                return f"{head}: EPT violation"
-            return f"{head}: pfn {result.pfn:#x}"
-        dropped = ", ".join(f"vCPU {v}'s {g:#x}" for v, g in result) or "nothing cached"
-        return f"{self._what(kind, args)} (drops {dropped})"
-
-    def _why_blocked(self, kind, args, cpu):  # pragma: no cover - never blocks
-        return "never blocks"
-
-
-def _tlb_access(tlbs, args, cpu, world):
-    return tlbs.lookup(args[0], args[1])
-
-
-def _tlb_flush(tlbs, args, cpu, world):
-    return tlbs.drop_range(args[0], args[1])
 
 
 class TdpMmuWorld(World):
@@ -691,202 +594,6 @@ def run_to_completion(kvm: TdpMmuWorld, gen, cpu: str = "A"):
 
 
 # ---------------------------------------------------------------------------
-# SPTE accessors (tdp_iter.h): each is one step.
-# ---------------------------------------------------------------------------
-def kvm_tdp_mmu_read_spte(kvm: TdpMmuWorld, sptep: Sptep):
-    """Read an SPTE once.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_read_spte()
-    """
-    return (yield from kvm.ept.read(sptep))
-
-
-def kvm_tdp_mmu_write_spte_atomic(kvm: TdpMmuWorld, sptep: Sptep, new_spte: int):
-    """Exchange an SPTE atomically and return the old value.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_write_spte_atomic()
-    """
-    return (yield from kvm.ept.xchg(sptep, new_spte))
-
-
-def __kvm_tdp_mmu_write_spte(kvm: TdpMmuWorld, sptep: Sptep, new_spte: int):
-    """Store an SPTE with a plain write (WRITE_ONCE).
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: __kvm_tdp_mmu_write_spte()
-    """
-    yield from kvm.ept.write(sptep, new_spte)
-
-
-def kvm_tdp_mmu_spte_need_atomic_update(kvm: TdpMmuWorld, old_spte: int, level: int) -> bool:
-    """Return True if a present leaf has bits that may change outside mmu_lock.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_spte_need_atomic_update()
-    """
-    return (is_shadow_present_pte(old_spte) and is_last_spte(old_spte, level)
-            and spte_needs_atomic_update(old_spte, kvm.cfg))
-
-
-def kvm_tdp_mmu_write_spte(kvm: TdpMmuWorld, sptep: Sptep, old_spte: int, new_spte: int,
-                           level: int):
-    """Write an SPTE under exclusive mmu_lock; xchg if its bits are volatile. Returns the old value.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_write_spte()
-    """
-    if kvm_tdp_mmu_spte_need_atomic_update(kvm, old_spte, level):
-        return (yield from kvm_tdp_mmu_write_spte_atomic(kvm, sptep, new_spte))
-    yield from __kvm_tdp_mmu_write_spte(kvm, sptep, new_spte)
-    return old_spte
-
-
-# ---------------------------------------------------------------------------
-# The iterator (tdp_iter.c).  Every SPTE read it does is a step.
-# ---------------------------------------------------------------------------
-@dataclass
-class TdpIter:
-    """A pre-order walk of the paging structure over a gfn range.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.h: struct tdp_iter
-
-    ``old_spte`` is the snapshot the caller acts on: the value read when the
-    iterator reached ``sptep``, refreshed by a failed cmpxchg.
-    """
-
-    next_last_level_gfn: int
-    root_level: int
-    min_level: int
-    pt_path: list = field(default_factory=lambda: [None] * 5)
-    level: int = 0
-    gfn: int = 0
-    sptep: Sptep | None = None
-    old_spte: int = SHADOW_NONPRESENT_VALUE
-    valid: bool = False
-    yielded: bool = False
-
-
-def tdp_iter_refresh_sptep(kvm: TdpMmuWorld, it: TdpIter):
-    """Point the iterator at the entry for its gfn and level, and re-read it.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_refresh_sptep()
-    """
-    it.sptep = Sptep(it.pt_path[it.level - 1], SPTE_INDEX(it.gfn << PAGE_SHIFT, it.level))
-    it.old_spte = yield from kvm_tdp_mmu_read_spte(kvm, it.sptep)
-
-
-def tdp_iter_start(kvm: TdpMmuWorld, root_pt: int, root_level: int, min_level: int,
-                   next_last_level_gfn: int):
-    """Return an iterator positioned on the root entry for ``next_last_level_gfn``.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_start()
-
-    The root is given by its table's pfn and level (the kernel passes its
-    ``struct kvm_mmu_page``): an actor holds no object of the world across
-    a step.
-    """
-    it = TdpIter(next_last_level_gfn, root_level, min_level)
-    it.pt_path[root_level - 1] = root_pt
-    yield from tdp_iter_restart(kvm, it)
-    return it
-
-
-def tdp_iter_restart(kvm: TdpMmuWorld, it: TdpIter):
-    """Go back to the root entry for the iterator's next gfn.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_restart()
-    """
-    it.yielded = False
-    it.level = it.root_level
-    it.gfn = gfn_round_for_level(it.next_last_level_gfn, it.level)
-    yield from tdp_iter_refresh_sptep(kvm, it)
-    it.valid = True
-
-
-def spte_to_child_pt(spte: int, level: int) -> int | None:
-    """Return the pfn of the table a non-leaf SPTE points to, or None.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: spte_to_child_pt()
-    """
-    if not is_shadow_present_pte(spte) or is_last_spte(spte, level):
-        return None
-    return spte_to_pfn(spte)
-
-
-def try_step_down(kvm: TdpMmuWorld, it: TdpIter):
-    """Re-read the current entry and, if it still points to a table, descend.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_down()
-    """
-    if it.level == it.min_level:
-        return False
-    # Re-read: the entry may have been zapped since the caller looked at it.
-    it.old_spte = yield from kvm_tdp_mmu_read_spte(kvm, it.sptep)
-    child_pt = spte_to_child_pt(it.old_spte, it.level)
-    if child_pt is None:
-        return False
-    it.level -= 1
-    it.pt_path[it.level - 1] = child_pt
-    it.gfn = gfn_round_for_level(it.next_last_level_gfn, it.level)
-    yield from tdp_iter_refresh_sptep(kvm, it)
-    return True
-
-
-def try_step_side(kvm: TdpMmuWorld, it: TdpIter):
-    """Move to the next entry of the same table, unless this is its last entry.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_side()
-    """
-    if SPTE_INDEX(it.gfn << PAGE_SHIFT, it.level) == SPTE_ENT_PER_PAGE - 1:
-        return False
-    it.gfn += KVM_PAGES_PER_HPAGE(it.level)
-    it.next_last_level_gfn = it.gfn
-    it.sptep = Sptep(it.sptep.pt, it.sptep.index + 1)
-    it.old_spte = yield from kvm_tdp_mmu_read_spte(kvm, it.sptep)
-    return True
-
-
-def try_step_up(kvm: TdpMmuWorld, it: TdpIter):
-    """Go back up to the parent table's entry (already visited).
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_up()
-    """
-    if it.level == it.root_level:
-        return False
-    it.level += 1
-    it.gfn = gfn_round_for_level(it.gfn, it.level)
-    yield from tdp_iter_refresh_sptep(kvm, it)
-    return True
-
-
-def tdp_iter_next(kvm: TdpMmuWorld, it: TdpIter, end: int | None = None):
-    """Advance to the next entry of a pre-order walk: down, else side, else up and side.
-
-    Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_next()
-
-    ``end`` is the model's shortcut for the caller's loop bound: once the
-    next entry lies at or past ``end`` the caller's loop stops, so the
-    model does not read it (the kernel reads one entry past the range and
-    discards it).
-    """
-    if it.yielded:
-        yield from tdp_iter_restart(kvm, it)
-        return
-    if (yield from try_step_down(kvm, it)):
-        return
-    while True:
-        if end is not None and _next_side_gfn(it) >= end:
-            it.gfn = _next_side_gfn(it)  # the caller's `iter.gfn < end` now fails
-            return
-        if (yield from try_step_side(kvm, it)):
-            return
-        if not (yield from try_step_up(kvm, it)):
-            break
-    it.valid = False
-
-
-def _next_side_gfn(it: TdpIter) -> int:
-    return gfn_round_for_level(it.gfn, it.level) + KVM_PAGES_PER_HPAGE(it.level)
-
-
-# ---------------------------------------------------------------------------
 # Bookkeeping: handle_changed_spte and handle_removed_pt.
 # ---------------------------------------------------------------------------
 def kvm_update_page_stats(kvm: TdpMmuWorld, level: int, count: int) -> None:
@@ -1093,29 +800,6 @@ def tdp_mmu_iter_set_spte(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
     """
     it.old_spte = yield from tdp_mmu_set_spte(kvm, it.sptep, it.old_spte, new_spte,
                                               it.gfn, it.level)
-
-
-# ---------------------------------------------------------------------------
-# Remote TLB flushes.
-# ---------------------------------------------------------------------------
-def kvm_flush_remote_tlbs_range(kvm: TdpMmuWorld, start_gfn: int, nr_pages: int):
-    """Flush every vCPU's TLB entries for gfns in ``[start_gfn, start_gfn + nr_pages)``.
-
-    Models: virt/kvm/kvm_main.c: kvm_flush_remote_tlbs_range()
-
-    One step: the kernel kicks every vCPU out of guest mode and waits until
-    each has flushed, so no vCPU uses an entry of the range afterwards.
-    """
-    yield from kvm.tlbs.flush_range(start_gfn, nr_pages)
-
-
-def kvm_flush_remote_tlbs_gfn(kvm: TdpMmuWorld, gfn: int, level: int):
-    """Flush the TLB entries of the ``level``-sized page holding ``gfn``.
-
-    Models: arch/x86/kvm/mmu/mmu_internal.h: kvm_flush_remote_tlbs_gfn()
-    """
-    yield from kvm_flush_remote_tlbs_range(kvm, gfn_round_for_level(gfn, level),
-                                           KVM_PAGES_PER_HPAGE(level))
 
 
 # ---------------------------------------------------------------------------
@@ -1458,161 +1142,6 @@ def vcpu_run(kvm: TdpMmuWorld, vcpu: int, gfn: int, pfn: int, level: int = PG_LE
     ret = yield from kvm_tdp_mmu_page_fault(kvm, KvmPageFault(gfn, pfn, level))
     hit = yield from vcpu_access(kvm, vcpu, gfn)
     return f"{ret_pf_name(ret)}, then " + (f"hit {hit.pfn:#x}" if hit else "EPT violation")
-
-
-# ---------------------------------------------------------------------------
-# The chapter's scenarios.
-# ---------------------------------------------------------------------------
-#: The gfn the races are about, the pfn it maps at first, and the pfn a
-#: racing fault maps it to.
-RACE_GFN = 0x100
-OLD_PFN = 0x1234
-NEW_PFN = 0x5678
-
-#: The invariant of chapter 3, in words.
-NO_STALE_TRANSLATION = "one pfn per gfn (no stale translation)"
-
-
-def no_stale_translation(kvm: TdpMmuWorld) -> bool:
-    """The architectural invariant: a gfn never translates to two different pfns at once.
-
-    Across every vCPU's TLB and the live EPT.  Equivalently: once a zap has
-    completed and a different present SPTE is installed for a gfn, no vCPU
-    may still translate that gfn through the old SPTE's pfn.
-    """
-    return not kvm.stale_gfns()
-
-
-def bookkeeping_ok(kvm: TdpMmuWorld, results=None) -> bool | str:
-    """The final check: stats match the live tables, removed tables are frozen, nothing twice.
-
-    - each leaf that ever appeared is either still reachable from the root
-      or was processed exactly once (kernel-facts R3.3);
-    - ``page_stats`` equals the present leaves reachable from the root;
-    - every entry of a removed table is FROZEN_SPTE (nobody can install
-      into it any more);
-    - mmu_lock is free.
-    """
-    live = kvm.live_leaves()
-    ledger = Counter(kvm.processed) + Counter(live)
-    if Counter(kvm.installed) != ledger:
-        extra = sorted((Counter(kvm.processed) - (Counter(kvm.installed) - Counter(live))).elements())
-        lost = sorted((Counter(kvm.installed) - ledger).elements())
-        if extra:
-            return "a leaf was processed twice: " + ", ".join(
-                f"gfn {g:#x} pfn {p:#x}" for g, _, p in extra)
-        return "a leaf was never processed and is unreachable: " + ", ".join(
-            f"gfn {g:#x} pfn {p:#x}" for g, _, p in lost)
-    reach = kvm.reachable_leaves()
-    if kvm.page_stats != reach:
-        return f"page stats {kvm.page_stats} but the tables hold {reach} leaves"
-    left = kvm.removed_tables_not_frozen()
-    if left:
-        sptep = left[0]
-        return (f"removed table entry {kvm.ept.where(sptep)} is "
-                f"{kvm.ept.name_of(sptep, kvm.get(sptep))}, not FROZEN_SPTE")
-    if kvm.mmu_lock.writer is not None or kvm.mmu_lock.readers:
-        return f"mmu_lock still held: {kvm.mmu_lock._show()}"
-    return True
-
-
-def _guard(fn, args, kvm):
-    # A kernel WARN in an actor ends the run as a named violation.
-    try:
-        return (yield from fn(kvm, *args))
-    except KernelWarn as warn:
-        # An actor's failed assert is how the explorer names a violation.
-        raise AssertionError(f"kernel WARN: {warn}") from None
-
-
-def actor(letter: str, title: str, fn, *args) -> Actor:
-    """An explorer Actor running ``fn(kvm, *args)``; a KernelWarn becomes a violation."""
-    return Actor(letter, title, partial(_guard, fn, args))
-
-
-def race_world(vcpus: int = 2, *, huge: bool = False, spin_on_frozen_child: bool = True,
-               watch_table: bool = False) -> TdpMmuWorld:
-    """The starting state of the chapter's races.
-
-    RACE_GFN is mapped to OLD_PFN (at 4K, or by a 2M page if ``huge``) and
-    vCPU 0 has used it, so its TLB caches the translation.
-    """
-    level = 2 if huge else PG_LEVEL_4K
-    kvm = TdpMmuWorld(vcpus, spin_on_frozen_child=spin_on_frozen_child)
-    gfn = gfn_round_for_level(RACE_GFN, level)
-    kvm.install(gfn, gfn_round_for_level(OLD_PFN, level), level)
-    kvm.watch_gfn(RACE_GFN, level)
-    if watch_table and not huge:
-        kvm.watch_gfn(RACE_GFN, 2)
-    kvm.fill_tlb(0, RACE_GFN)
-    return kvm
-
-
-def zap_vs_fault(freeze: bool = True, actors: int = 2, new_pfn: int = NEW_PFN) -> Scenario:
-    """Chapter 3's race: a read-lock zap of RACE_GFN against a vCPU that faults it back in.
-
-    A zaps the 4K SPTE of RACE_GFN under mmu_lock held for read, with the
-    freeze (``freeze=True``, the fix) or without it (the 2020 code).  B is
-    vCPU 1 touching RACE_GFN: on an EPT violation it faults, mapping
-    ``new_pfn``, and touches it again.  vCPU 0 starts with the old
-    translation in its TLB; with ``actors=3``, C is vCPU 0 doing what B does.
-    """
-    check_bool("freeze", freeze)
-    check_int("actors", actors, 2, 3)
-    check_int("new_pfn", new_pfn, 0, TDP_PT_PFN_BASE - 1)
-    how = "freeze, flush, non-present" if freeze else "non-present, then flush"
-    cast = [actor("A", f"zap ({how})", zap_spte_shared, RACE_GFN, PG_LEVEL_4K, freeze),
-            actor("B", "vCPU 1 touches gfn", vcpu_run, 1, RACE_GFN, new_pfn)]
-    if actors == 3:
-        cast.append(actor("C", "vCPU 0 touches gfn", vcpu_run, 0, RACE_GFN, new_pfn))
-    return Scenario(
-        f"zap vs fault ({'fixed' if freeze else 'unsafe'}, {actors} actors)",
-        partial(race_world, 2), cast,
-        invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
-        final_check=bookkeeping_ok,
-        description="While vCPU 0 may still use the old translation, nobody may install a new one.")
-
-
-def removers_collide(spin: bool = True, fault: bool = False) -> Scenario:
-    """Kernel-facts R3.3: an atomic zap of a leaf against the removal of its table.
-
-    A zaps the 4K SPTE of RACE_GFN (freeze, flush, non-present); B zaps the
-    2M-level entry that points to its table, so handle_removed_pt() freezes
-    all 512 children, meeting A's frozen child.  With ``spin=False`` B
-    takes a FROZEN_SPTE it finds as its own instead of waiting (unsafe).
-    With ``fault``, C is vCPU 1 touching RACE_GFN and faulting it in (to
-    NEW_PFN): a walker that may still be inside the table being removed.
-    """
-    check_bool("spin", spin)
-    check_bool("fault", fault)
-    cast = [actor("A", "zap the 4K leaf", zap_spte_shared, RACE_GFN, PG_LEVEL_4K, True),
-            actor("B", "zap its table", zap_spte_shared, RACE_GFN, 2, True)]
-    if fault:
-        cast.append(actor("C", "vCPU 1 touches gfn", vcpu_run, 1, RACE_GFN, NEW_PFN))
-    return Scenario(
-        f"two removers collide ({'spin' if spin else 'no spin'}"
-        f"{', and a fault' if fault else ''})",
-        partial(race_world, 2, spin_on_frozen_child=spin, watch_table=True), cast,
-        invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
-        final_check=bookkeeping_ok,
-        description="Every old value of a child is processed exactly once; the table ends frozen.")
-
-
-def fault_into_removed_table(new_gfn: int = RACE_GFN + 1) -> Scenario:
-    """Kernel-facts R3.2: a fault installing into a table that is being removed.
-
-    A zaps the 2M-level entry that points to RACE_GFN's table; B is vCPU 1
-    touching ``new_gfn`` (same table, not mapped yet), faulting it in.
-    """
-    check_int("new_gfn", new_gfn, RACE_GFN - (RACE_GFN % 512), RACE_GFN - (RACE_GFN % 512) + 511)
-    return Scenario(
-        "fault into a removed table",
-        partial(race_world, 2, watch_table=True),
-        [actor("A", "zap the table", zap_spte_shared, RACE_GFN, 2, True),
-         actor("B", "vCPU 1 touches a new gfn", vcpu_run, 1, new_gfn, NEW_PFN)],
-        invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
-        final_check=bookkeeping_ok,
-        description="A mapping installed in a table after it was scanned would live on unseen.")
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kvmmu import tdp_mmu as T
+from kvmmu import tdp_mmu_races as R
 from kvmmu.exercises import tdp_mmu as E
 from kvmmu.explorer import explore, run_schedule
 from kvmmu.viz import tdp_mmu as V
@@ -19,8 +19,8 @@ BREAK = "A" * 9 + "B" * 10
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("actors", [2, 3])
 def test_unsafe_zap_breaks_the_invariant(actors):
-    r = explore(T.zap_vs_fault(False, actors))
-    assert r.violated and r.invariant == T.NO_STALE_TRANSLATION
+    r = explore(R.zap_vs_fault(False, actors))
+    assert r.violated and r.invariant == R.NO_STALE_TRANSLATION
     assert r.schedule == BREAK
     last = r.counterexample.steps[-1]
     assert last.actor == "B" and last.label == "cmpxchg L1[0x100] non-present -> leaf 0x5678: ok"
@@ -29,7 +29,7 @@ def test_unsafe_zap_breaks_the_invariant(actors):
 
 @pytest.mark.parametrize("actors", [2, 3])
 def test_freezing_zap_holds_over_every_interleaving(actors):
-    r = explore(T.zap_vs_fault(True, actors))
+    r = explore(R.zap_vs_fault(True, actors))
     assert not r.violated and r.exhaustive
     assert r.states > 50 and r.complete_runs >= 3
 
@@ -37,7 +37,7 @@ def test_freezing_zap_holds_over_every_interleaving(actors):
 def test_the_break_schedule_on_the_fixed_zap_retries_instead():
     # Same schedule with the freeze: B's fault walks into FROZEN_SPTE and
     # gives up (RET_PF_RETRY); its second access faults again.
-    trace = run_schedule(T.zap_vs_fault(True), BREAK, complete=True)
+    trace = run_schedule(R.zap_vs_fault(True), BREAK, complete=True)
     assert trace.violation is None
     assert trace.results["B"] == "RET_PF_RETRY, then EPT violation"
     assert [s.state[SPTE] for s in trace.steps][8] == "FROZEN_SPTE"
@@ -47,25 +47,25 @@ def test_same_pfn_needs_no_freeze():
     # Matlack (6.13): when the new mapping has the same pfn, the
     # translation never changes, so the unfrozen zap is safe.
     for actors in (2, 3):
-        r = explore(T.zap_vs_fault(False, actors, new_pfn=T.OLD_PFN))
+        r = explore(R.zap_vs_fault(False, actors, new_pfn=R.OLD_PFN))
         assert not r.violated and r.exhaustive
 
 
 def test_removers_collide_each_value_once():
-    r = explore(T.removers_collide(True))
+    r = explore(R.removers_collide(True))
     assert not r.violated and r.exhaustive
-    r = explore(T.removers_collide(False))
+    r = explore(R.removers_collide(False))
     assert r.violated and r.invariant == ("removed table entry L1[0x100] is non-present, "
                                           "not FROZEN_SPTE")
 
 
 def test_without_the_spin_a_fault_leaves_a_leaf_in_a_removed_table():
-    sc = T.removers_collide(False, fault=True)
+    sc = R.removers_collide(False, fault=True)
     trace = run_schedule(sc, "AAAAAAAAAABBBBBBCCCCCCCCBBBBBAABBCCCC")
     assert trace.violation == "a leaf was never processed and is unreachable: gfn 0x100 pfn 0x5678"
     # With the spin, B waits for A's write and takes the entry back to FROZEN_SPTE
     # before C looks at it: C's walk sees FROZEN_SPTE and retries.
-    trace = run_schedule(T.removers_collide(True, fault=True),
+    trace = run_schedule(R.removers_collide(True, fault=True),
                          "AAAAAAAAAABBBBBBCCCCCCCCBBBBBAABBCCC", complete=True)
     assert trace.violation is None
     assert [s.label for s in trace.steps[31:34]] == [
@@ -76,7 +76,7 @@ def test_without_the_spin_a_fault_leaves_a_leaf_in_a_removed_table():
 
 
 def test_fault_into_a_removed_table():
-    r = explore(T.fault_into_removed_table())
+    r = explore(R.fault_into_removed_table())
     assert not r.violated and r.exhaustive and r.complete_runs == 4
 
 
@@ -85,7 +85,7 @@ def test_fault_into_a_removed_table():
 # ---------------------------------------------------------------------------
 def test_player_shows_the_break_and_the_fix():
     v = V.race_view(False, BREAK)
-    assert v.ok and not v.holds and v.violation == T.NO_STALE_TRANSLATION
+    assert v.ok and not v.holds and v.violation == R.NO_STALE_TRANSLATION
     assert v.value(SPTE) == "leaf 0x5678" and v.value("vCPU 0 TLB") == "0x100->0x1234"
     v = V.race_view(True, BREAK)
     assert v.ok and v.holds and v.value(SPTE) == "FROZEN_SPTE"
@@ -122,7 +122,7 @@ def test_player_never_raises(fix, schedule, position, actors):
 @given(st.integers(0, 2**32), st.booleans(), st.sampled_from([2, 3]))
 def test_player_agrees_with_the_explorer_at_every_moment(seed, fix, actors):
     from kvmmu.explorer import run_random
-    trace = run_random(T.zap_vs_fault(fix, actors), seed)
+    trace = run_random(R.zap_vs_fault(fix, actors), seed)
     snaps = trace.snapshots()
     for position in range(len(snaps)):
         v = V.race_view(fix, trace.schedule, position, actors)
@@ -133,7 +133,7 @@ def test_player_agrees_with_the_explorer_at_every_moment(seed, fix, actors):
 
 
 def test_race_rows_follow_the_trace():
-    trace = explore(T.zap_vs_fault(False)).counterexample
+    trace = explore(R.zap_vs_fault(False)).counterexample
     rows = V.race_rows(trace)
     assert len(rows) == 19
     assert rows[8][:4] == (9, "A", "cmpxchg", "non-present")
@@ -146,7 +146,7 @@ def test_race_figure_and_player_build():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig = V.race_figure(explore(T.zap_vs_fault(False)).counterexample)
+    fig = V.race_figure(explore(R.zap_vs_fault(False)).counterexample)
     assert len(fig.axes) == 1
     plt.close(fig)
     box = V.race_player(fix=False)
@@ -183,7 +183,7 @@ def test_problems_are_seeded_and_answered_by_the_model(seed):
     sched = p.question.split("After the schedule '")[1].split("'")[0]
     fix = "fix ON" in p.question
     actors = 3 if "C is vCPU 0" in p.question else 2
-    trace = run_schedule(T.zap_vs_fault(fix, actors), sched)
+    trace = run_schedule(R.zap_vs_fault(fix, actors), sched)
     state = trace.steps[-1].state
     assert p.solution().startswith(f"SPTE: {state[SPTE]}; vCPU 0 TLB: {state['vCPU 0 TLB']}; ")
     assert ("STALE" in p.solution()) == (trace.violation is not None)

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kvmmu import spte as S
+from kvmmu import spte_races as SR
 from kvmmu.bits import U64_MAX, bits_set
 from kvmmu.levels import KVM_PAGES_PER_HPAGE
 
@@ -372,7 +373,7 @@ def test_flag_test_vs_value_test():
 # ---------------------------------------------------------------- the lost-Dirty race
 def test_dirty_race_unsafe_loses_d_in_the_three_step_schedule():
     from kvmmu.explorer import explore, run_schedule
-    sc = S.dirty_race_scenario(False)
+    sc = SR.dirty_race_scenario(False)
     res = explore(sc)
     assert res.violated and res.schedule == "ABA"
     assert res.invariant.startswith("lost Dirty bit")
@@ -385,19 +386,28 @@ def test_dirty_race_unsafe_loses_d_in_the_three_step_schedule():
 
 def test_dirty_race_atomic_holds_over_every_interleaving():
     from kvmmu.explorer import explore, run_schedule
-    assert S.spte_needs_atomic_update(S.DIRTY_RACE_SPTE)     # W && !D
-    sc = S.dirty_race_scenario(True)
+    assert S.spte_needs_atomic_update(SR.DIRTY_RACE_SPTE)     # W && !D
+    sc = SR.dirty_race_scenario(True)
     res = explore(sc, stop_at_first=False)
     assert not res.violated and res.exhaustive
     assert (res.states, res.transitions, res.complete_runs) == (9, 8, 3)
     t = run_schedule(sc, "ABA")
     assert t.results == {"A": True, "B": "wrote"}          # D seen in xchg's old value
-    assert not S.spte_needs_atomic_update(S.DIRTY_RACE_SPTE | S.VMX_EPT_DIRTY_BIT)
+    assert not S.spte_needs_atomic_update(SR.DIRTY_RACE_SPTE | S.VMX_EPT_DIRTY_BIT)
 
 
 def test_dirty_race_bad_input():
     with pytest.raises(TypeError, match="atomic"):
-        S.dirty_race_scenario(1)
+        SR.dirty_race_scenario(1)
+
+
+def test_spte_format_does_not_import_the_explorer():
+    # The race lives in kvmmu.spte_races so the SPTE format stays a leaf module.
+    import subprocess
+    import sys
+    code = "import sys, kvmmu.spte; print('kvmmu.explorer' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------- properties

@@ -1,15 +1,18 @@
-"""The TDP MMU model (kvmmu.tdp_mmu): tables, iterator, write primitives, fault path, TLBs."""
+"""The TDP MMU model (kvmmu.tdp_mmu, kvmmu.tdp_iter, kvmmu.tlb): tables, iterator, write primitives, fault path, TLBs."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from kvmmu import tdp_iter as I
 from kvmmu import tdp_mmu as T
+from kvmmu import tlb as TLB
+from kvmmu import tdp_mmu_races as R
 from kvmmu.errno import EBUSY, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS
 from kvmmu.explorer import Invariant, Scenario, explore
 from kvmmu.levels import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, SPTE_INDEX
 from kvmmu.spte import (ACC_ALL, EPT_AD, FROZEN_SPTE, SHADOW_NONPRESENT_VALUE, KernelWarn,
                         make_nonleaf_spte, make_small_spte, make_spte, spte_to_pfn)
 
-G, X, Y = T.RACE_GFN, T.OLD_PFN, T.NEW_PFN
+G, X, Y = R.RACE_GFN, R.OLD_PFN, R.NEW_PFN
 
 
 def ops_of(kvm, gen, cpu="A"):
@@ -36,7 +39,7 @@ def test_new_world_is_one_empty_root():
     assert list(kvm.sps) == [T.TDP_PT_PFN_BASE]
     assert kvm.root.level == 4 and kvm.root.ptep is None
     assert kvm.ept.tables[kvm.root_pfn] == {}
-    assert kvm.get(T.Sptep(kvm.root_pfn, 7)) == SHADOW_NONPRESENT_VALUE
+    assert kvm.get(I.Sptep(kvm.root_pfn, 7)) == SHADOW_NONPRESENT_VALUE
     assert kvm.translate(G) is None
     assert kvm.page_stats == {1: 0, 2: 0, 3: 0}
 
@@ -50,8 +53,8 @@ def test_install_builds_the_tables_a_fault_would():
     path = kvm.walk(G)
     assert [lvl for _, _, lvl in path] == [4, 3, 2, 1]
     assert path[0][1] == make_nonleaf_spte((T.TDP_PT_PFN_BASE + 1) << PAGE_SHIFT, cfg=EPT_AD)
-    assert path[-1][0] == T.Sptep(T.TDP_PT_PFN_BASE + 3, SPTE_INDEX(G << PAGE_SHIFT, 1))
-    assert kvm.translate(G) == T.TlbEntry(X, spte)
+    assert path[-1][0] == I.Sptep(T.TDP_PT_PFN_BASE + 3, SPTE_INDEX(G << PAGE_SHIFT, 1))
+    assert kvm.translate(G) == TLB.TlbEntry(X, spte)
     assert kvm.page_stats[1] == 1 and kvm.reachable_leaves() == kvm.page_stats
     with pytest.raises(ValueError, match="already mapped"):
         kvm.install(G, X)
@@ -91,9 +94,9 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="no table maps"):
         kvm.watch_gfn(G)
     with pytest.raises(ValueError, match="actors"):
-        T.zap_vs_fault(actors=4)
+        R.zap_vs_fault(actors=4)
     with pytest.raises(ValueError, match="new_gfn"):
-        T.fault_into_removed_table(0x300)
+        R.fault_into_removed_table(0x300)
 
 
 # ---------------------------------------------------------------------------
@@ -107,7 +110,7 @@ def test_fault_on_an_empty_ept_links_three_tables_and_a_leaf():
     # cmpxchg it in, re-read (try_step_down), read the child; L1: cmpxchg the leaf.
     assert kinds == (["read_lock", "read"] + ["alloc", "try_cmpxchg", "read", "read"] * 3
                      + ["try_cmpxchg", "read_unlock"])
-    assert kvm.translate(G) == T.TlbEntry(X, leaf(X))
+    assert kvm.translate(G) == TLB.TlbEntry(X, leaf(X))
     assert kvm.page_stats == {1: 1, 2: 0, 3: 0} == kvm.reachable_leaves()
     assert kvm.walks == ()
     # The same fault again finds the leaf: spurious (6.13+ early check).
@@ -118,12 +121,12 @@ def test_fault_on_an_empty_ept_links_three_tables_and_a_leaf():
 
 
 def test_fault_retries_on_a_frozen_spte():
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.ept.put(kvm.sptep_of(G, 1), FROZEN_SPTE)
     assert T.map_gfn(kvm, G, Y) == RET_PF_RETRY
     assert kvm.get(kvm.sptep_of(G, 1)) == FROZEN_SPTE
     # A frozen upper level: the walk gives up there.
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.ept.put(kvm.sptep_of(G, 2), FROZEN_SPTE)
     ret, kinds = ops_of(kvm, T.kvm_tdp_mmu_page_fault(kvm, T.KvmPageFault(G, Y)))
     assert ret == RET_PF_RETRY and "try_cmpxchg" not in kinds
@@ -137,7 +140,7 @@ def test_fault_under_a_huge_page_splits_it():
     assert kvm.get(sptep) == make_small_spte(huge, 1, 5, cfg=EPT_AD)
     assert kvm.page_stats == {1: 512, 2: 0, 3: 0} == kvm.reachable_leaves()
     assert kvm.processed == [(0x200, 2, 0x400)]
-    assert T.bookkeeping_ok(kvm) is True
+    assert R.bookkeeping_ok(kvm) is True
 
 
 def test_write_fault_on_readonly_host_mapping_is_fixed_read_only():
@@ -151,14 +154,14 @@ def test_write_fault_on_readonly_host_mapping_is_fixed_read_only():
 # The write primitives
 # ---------------------------------------------------------------------------
 def _descend(kvm, gfn, level):
-    it = T.run_to_completion(kvm, T.tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, level, gfn))
+    it = T.run_to_completion(kvm, I.tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, level, gfn))
     while it.level > level:
-        assert T.run_to_completion(kvm, T.try_step_down(kvm, it))
+        assert T.run_to_completion(kvm, I.try_step_down(kvm, it))
     return it
 
 
 def test_set_spte_atomic_success_keeps_the_snapshot_failure_refreshes_it():
-    kvm = T.race_world()
+    kvm = R.race_world()
     it = _descend(kvm, G, 1)
     assert it.old_spte == leaf(X)
     kvm.ept.put(it.sptep, SHADOW_NONPRESENT_VALUE)       # someone else zapped it
@@ -170,7 +173,7 @@ def test_set_spte_atomic_success_keeps_the_snapshot_failure_refreshes_it():
 
 
 def test_nobody_writes_over_a_frozen_snapshot():
-    kvm = T.race_world()
+    kvm = R.race_world()
     it = _descend(kvm, G, 1)
     it.old_spte = FROZEN_SPTE
     with pytest.raises(KernelWarn, match="FROZEN_SPTE"):
@@ -181,7 +184,7 @@ def test_nobody_writes_over_a_frozen_snapshot():
 
 
 def test_handle_changed_spte_rules():
-    kvm = T.race_world()
+    kvm = R.race_world()
     run = T.run_to_completion
     with pytest.raises(KernelWarn, match="BUG"):
         run(kvm, T.handle_changed_spte(kvm, G, leaf(X), leaf(Y), 1, True))
@@ -197,7 +200,7 @@ def test_handle_changed_spte_rules():
 
 
 def test_atomic_zap_freezes_flushes_then_clears():
-    kvm = T.race_world()
+    kvm = R.race_world()
     ret, kinds = ops_of(kvm, T.zap_spte_shared(kvm, G))
     assert ret is True
     # read_lock, 7 walk reads (root, then re-read + child read per level),
@@ -210,7 +213,7 @@ def test_atomic_zap_freezes_flushes_then_clears():
 
 
 def test_unsafe_zap_clears_then_flushes():
-    kvm = T.race_world()
+    kvm = R.race_world()
     ret, kinds = ops_of(kvm, T.zap_spte_shared(kvm, G, freeze=False))
     assert ret is True
     assert kinds == ["read_lock"] + ["read"] * 7 + ["try_cmpxchg", "flush", "read_unlock"]
@@ -218,7 +221,7 @@ def test_unsafe_zap_clears_then_flushes():
 
 
 def test_zapping_a_table_freezes_all_512_children_and_processes_each_leaf_once():
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.install(G + 1, Y)
     kvm.install(G + 0x1FF - 0x100, 0x777)          # the last entry of the same L1 table
     table = kvm.sptep_of(G, 1).pt
@@ -228,11 +231,11 @@ def test_zapping_a_table_freezes_all_512_children_and_processes_each_leaf_once()
     assert kvm.removed_tables_not_frozen() == []
     assert sorted(kvm.processed) == [(G, 1, X), (G + 1, 1, Y), (0x1FF, 1, 0x777)]
     assert kvm.page_stats == {1: 0, 2: 0, 3: 0} == kvm.reachable_leaves()
-    assert T.bookkeeping_ok(kvm) is True
+    assert R.bookkeeping_ok(kvm) is True
 
 
 def test_exclusive_removal_reads_and_freezes_only_present_children():
-    kvm = T.race_world()
+    kvm = R.race_world()
     parent = kvm.sptep_of(G, 2)
     table = spte_to_pfn(kvm.get(parent))
     gen = T.tdp_mmu_set_spte(kvm, parent, kvm.get(parent), SHADOW_NONPRESENT_VALUE, 0, 2)
@@ -241,12 +244,12 @@ def test_exclusive_removal_reads_and_freezes_only_present_children():
     # any); freeze the one present leaf.  Its W and D bits are both set, so
     # nothing can change under KVM and a plain write suffices (no xchg).
     assert kinds == ["write", "read_span", "write"]
-    assert kvm.get(T.Sptep(table, SPTE_INDEX(G << PAGE_SHIFT, 1))) == FROZEN_SPTE
+    assert kvm.get(I.Sptep(table, SPTE_INDEX(G << PAGE_SHIFT, 1))) == FROZEN_SPTE
     assert kvm.processed == [(G, 1, X)] and kvm.page_stats[1] == 0
 
 
 def test_write_lock_zap_of_a_range():
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.install(G + 1, Y)
     T.access(kvm, 1, G + 1)
     ret, kinds = ops_of(kvm, T.zap_gfn_range_exclusive(kvm, G, G + 2))
@@ -254,28 +257,28 @@ def test_write_lock_zap_of_a_range():
     assert kinds[0] == "write_lock" and kinds[-2:] == ["flush", "write_unlock"]
     assert kvm.translate(G) is None and kvm.translate(G + 1) is None
     assert kvm.tlb == [{}, {}] and kvm.page_stats[1] == 0
-    assert T.bookkeeping_ok(kvm) is True
+    assert R.bookkeeping_ok(kvm) is True
 
 
 def test_tlb_flush_drops_only_the_range():
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.install(G + 1, Y)
     kvm.fill_tlb(1, G + 1)
-    T.run_to_completion(kvm, T.kvm_flush_remote_tlbs_gfn(kvm, G, 1))
-    assert kvm.tlb == [{}, {G + 1: T.TlbEntry(Y, leaf(Y))}]
-    T.run_to_completion(kvm, T.kvm_flush_remote_tlbs_gfn(kvm, G + 1, 2))   # the whole 2M page
+    T.run_to_completion(kvm, TLB.kvm_flush_remote_tlbs_gfn(kvm, G, 1))
+    assert kvm.tlb == [{}, {G + 1: TLB.TlbEntry(Y, leaf(Y))}]
+    T.run_to_completion(kvm, TLB.kvm_flush_remote_tlbs_gfn(kvm, G + 1, 2))   # the whole 2M page
     assert kvm.tlb == [{}, {}]
 
 
 def test_run_to_completion_refuses_to_block():
-    kvm = T.race_world()
+    kvm = R.race_world()
     kvm.mmu_lock.writer = "B"
     with pytest.raises(RuntimeError, match="blocks"):
         T.map_gfn(kvm, G + 1, Y)
 
 
 def test_primitive_state_round_trips():
-    kvm = T.race_world()
+    kvm = R.race_world()
     saved = (kvm.ept._state(), kvm.tlbs._state())
     T.zap_gfn(kvm, G, level=2)
     assert kvm.ept._state() != saved[0]
@@ -290,11 +293,11 @@ def test_primitive_state_round_trips():
 # ---------------------------------------------------------------------------
 def _zap_and_touch():
     return Scenario(
-        "zap vs one access", T.race_world,
-        [T.actor("A", "zap", T.zap_spte_shared, G, 1, True),
-         T.actor("B", "vCPU 1 reads", T.vcpu_access, 1, G)],
-        invariants=[Invariant(T.NO_STALE_TRANSLATION, T.no_stale_translation)],
-        final_check=T.bookkeeping_ok)
+        "zap vs one access", R.race_world,
+        [R.actor("A", "zap", T.zap_spte_shared, G, 1, True),
+         R.actor("B", "vCPU 1 reads", T.vcpu_access, 1, G)],
+        invariants=[Invariant(R.NO_STALE_TRANSLATION, R.no_stale_translation)],
+        final_check=R.bookkeeping_ok)
 
 
 def test_zap_against_one_access_counted_by_hand():
@@ -319,18 +322,18 @@ def test_zap_against_one_access_counted_by_hand():
 def test_two_accesses_counted_by_hand():
     # Two one-step actors: initial, A done, B done, both done (AB = BA) = 4
     # states; 2 + 1 + 1 = 4 transitions; 1 complete run.
-    sc = Scenario("two reads", T.race_world,
-                  [T.actor("A", "vCPU 0 reads", T.vcpu_access, 0, G),
-                   T.actor("B", "vCPU 1 reads", T.vcpu_access, 1, G)],
-                  invariants=[Invariant(T.NO_STALE_TRANSLATION, T.no_stale_translation)])
+    sc = Scenario("two reads", R.race_world,
+                  [R.actor("A", "vCPU 0 reads", T.vcpu_access, 0, G),
+                   R.actor("B", "vCPU 1 reads", T.vcpu_access, 1, G)],
+                  invariants=[Invariant(R.NO_STALE_TRANSLATION, R.no_stale_translation)])
     r = explore(sc)
     assert (r.states, r.transitions, r.complete_runs) == (4, 4, 1)
 
 
 def test_kernel_warn_in_an_actor_is_a_violation():
-    sc = Scenario("fault over a present leaf", T.race_world,
-                  [T.actor("A", "fault", T.kvm_tdp_mmu_page_fault, T.KvmPageFault(G, Y))],
-                  invariants=[Invariant(T.NO_STALE_TRANSLATION, T.no_stale_translation)])
+    sc = Scenario("fault over a present leaf", R.race_world,
+                  [R.actor("A", "fault", T.kvm_tdp_mmu_page_fault, T.KvmPageFault(G, Y))],
+                  invariants=[Invariant(R.NO_STALE_TRANSLATION, R.no_stale_translation)])
     r = explore(sc)
     assert r.violated and "kernel WARN: spurious fault" in r.invariant
 
@@ -365,8 +368,8 @@ def test_sequential_operations_keep_tables_tlbs_and_stats_consistent(ops):
         else:
             got = T.access(kvm, vcpu, gfn)
             assert got == kvm.translate(gfn)
-        assert T.no_stale_translation(kvm)
-        assert T.bookkeeping_ok(kvm) is True
+        assert R.no_stale_translation(kvm)
+        assert R.bookkeeping_ok(kvm) is True
         assert kvm.walks == ()
 
 
@@ -374,7 +377,7 @@ def test_sequential_operations_keep_tables_tlbs_and_stats_consistent(ops):
 @given(st.integers(0, 2**32))
 def test_random_schedules_of_the_fixed_race_never_break_it(seed):
     from kvmmu.explorer import run_random
-    trace = run_random(T.zap_vs_fault(True, 3), seed)
+    trace = run_random(R.zap_vs_fault(True, 3), seed)
     assert trace.violation is None and not trace.unfinished
 
 
@@ -382,9 +385,19 @@ def test_random_schedules_of_the_fixed_race_never_break_it(seed):
 @given(st.integers(0, 2**32))
 def test_random_schedules_of_the_unsafe_race_break_it_only_one_way(seed):
     from kvmmu.explorer import run_random
-    trace = run_random(T.zap_vs_fault(False, 2), seed)
+    trace = run_random(R.zap_vs_fault(False, 2), seed)
     if trace.violation is not None:
-        assert trace.violation == T.NO_STALE_TRANSLATION
+        assert trace.violation == R.NO_STALE_TRANSLATION
         last = trace.steps[-1]
         assert last.actor == "B" and "leaf 0x5678: ok" in last.label
         assert last.state["vCPU 0 TLB"] == "0x100->0x1234"
+
+
+def test_iterator_and_tlb_names_stay_importable_from_tdp_mmu():
+    # The iterator and the TLBs moved to their own modules; kvmmu.tdp_mmu.X
+    # (used by the chapter and by readers' code) is the same object.
+    for name in ("Sptep", "TdpIter", "tdp_iter_start", "tdp_iter_next", "try_step_down",
+                 "kvm_tdp_mmu_write_spte", "spte_to_child_pt"):
+        assert getattr(T, name) is getattr(I, name)
+    for name in ("TlbEntry", "VcpuTlbs", "kvm_flush_remote_tlbs_range", "kvm_flush_remote_tlbs_gfn"):
+        assert getattr(T, name) is getattr(TLB, name)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvmmu import tdp_mmu as T  # noqa: E402
+from kvmmu import tdp_mmu_races as R  # noqa: E402
 from kvmmu.explorer import explore  # noqa: E402
 
 REPEAT = 3
@@ -39,12 +39,12 @@ def _best(fn, repeat: int = REPEAT):
 
 def time_first_counterexample(actors: int = 2):
     """Seconds to the first (shortest) counterexample of the unsafe zap; and the result."""
-    return _best(lambda: explore(T.zap_vs_fault(False, actors)))
+    return _best(lambda: explore(R.zap_vs_fault(False, actors)))
 
 
 def time_fixed_exhaustive(actors: int = 2):
     """Seconds to check the freezing zap over every interleaving; and the result."""
-    return _best(lambda: explore(T.zap_vs_fault(True, actors)))
+    return _best(lambda: explore(R.zap_vs_fault(True, actors)))
 
 
 def time_scenario(factory, repeat: int = REPEAT):
@@ -77,11 +77,11 @@ def main() -> None:
         seconds, res = time_fixed_exhaustive(actors)
         print(_line(f"freezing zap, every interleaving, {actors} actors", seconds, res))
     for name, factory in (
-            ("same pfn, no freeze, 3 actors", lambda: T.zap_vs_fault(False, 3, T.OLD_PFN)),
-            ("R3.3 removers collide (spin)", lambda: T.removers_collide(True)),
-            ("R3.3 removers collide (no spin)", lambda: T.removers_collide(False)),
-            ("R3.3 + a fault, 3 actors (spin)", lambda: T.removers_collide(True, fault=True)),
-            ("R3.2 fault into a removed table", T.fault_into_removed_table)):
+            ("same pfn, no freeze, 3 actors", lambda: R.zap_vs_fault(False, 3, R.OLD_PFN)),
+            ("R3.3 removers collide (spin)", lambda: R.removers_collide(True)),
+            ("R3.3 removers collide (no spin)", lambda: R.removers_collide(False)),
+            ("R3.3 + a fault, 3 actors (spin)", lambda: R.removers_collide(True, fault=True)),
+            ("R3.2 fault into a removed table", R.fault_into_removed_table)):
         seconds, res = time_scenario(factory, 1 if "3 actors (spin)" in name else REPEAT)
         print(_line(name, seconds, res))
     seconds, tail = time_nbval()

@@ -9,7 +9,7 @@ schedule that breaks the unsafe variant".
 import random
 
 from .. import explorer as ex
-from .. import tdp_mmu as T
+from .. import tdp_mmu_races as R
 from .base import Problem
 
 
@@ -25,13 +25,13 @@ def run_length(schedule: str) -> str:
 
 
 def _cast_text(actors: int) -> str:
-    text = (f"A zaps the 4K SPTE of gfn {T.RACE_GFN:#x} under mmu_lock held for read; "
-            f"B is vCPU 1 touching gfn {T.RACE_GFN:#x} and, on an EPT violation, faulting it "
-            f"in to pfn {T.NEW_PFN:#x}")
+    text = (f"A zaps the 4K SPTE of gfn {R.RACE_GFN:#x} under mmu_lock held for read; "
+            f"B is vCPU 1 touching gfn {R.RACE_GFN:#x} and, on an EPT violation, faulting it "
+            f"in to pfn {R.NEW_PFN:#x}")
     if actors == 3:
         text += "; C is vCPU 0 doing the same"
-    return text + (f". At the start the SPTE maps pfn {T.OLD_PFN:#x} and vCPU 0's TLB "
-                   f"caches {T.RACE_GFN:#x}->{T.OLD_PFN:#x}.")
+    return text + (f". At the start the SPTE maps pfn {R.OLD_PFN:#x} and vCPU 0's TLB "
+                   f"caches {R.RACE_GFN:#x}->{R.OLD_PFN:#x}.")
 
 
 def _phase_of_zap(labels: list[str], fix: bool) -> str:
@@ -82,18 +82,18 @@ def problem(seed: int) -> Problem:
     rng = random.Random(seed)
     fix = rng.random() < 0.5
     actors = rng.choice((2, 2, 3))
-    sc = T.zap_vs_fault(fix, actors)
+    sc = R.zap_vs_fault(fix, actors)
     schedule = _draw_schedule(sc, rng)
     trace = ex.run_schedule(sc, schedule)
     state = (trace.steps[-1].state if trace.steps else trace.initial)
-    spte = state[f"4K SPTE of {T.RACE_GFN:#x}"]
+    spte = state[f"4K SPTE of {R.RACE_GFN:#x}"]
     question = (f"Seed {seed}: chapter 3's race with the fix {'ON (freeze, flush, then non-present)' if fix else 'OFF (non-present, then flush)'}. "
                 f"{_cast_text(actors)} After the schedule {schedule!r} ({run_length(schedule)}), "
-                f"what does the 4K SPTE of gfn {T.RACE_GFN:#x} hold, what do vCPU 0's and "
+                f"what does the 4K SPTE of gfn {R.RACE_GFN:#x} hold, what do vCPU 0's and "
                 "vCPU 1's TLBs hold, and is the chapter's invariant broken: does a TLB translate "
                 "the gfn to a pfn other than the one the SPTE (or another TLB) maps it to?")
     labels_a = [s.label for s in trace.steps if s.actor == "A"]
-    stale = trace.violation == T.NO_STALE_TRANSLATION
+    stale = trace.violation == R.NO_STALE_TRANSLATION
     cached = state["vCPU 0 TLB"] != "-" or state["vCPU 1 TLB"] != "-"
     lines = [f"SPTE: {spte}; vCPU 0 TLB: {state['vCPU 0 TLB']}; vCPU 1 TLB: {state['vCPU 1 TLB']}.",
              f"{_phase_of_zap(labels_a, fix)}."]
@@ -109,8 +109,8 @@ def problem(seed: int) -> Problem:
         else:
             lines.append(f"{letter} (vCPU {vcpu}) has not started.")
     if stale:
-        lines.append(f"STALE: vCPU 0 still translates gfn {T.RACE_GFN:#x} to the old pfn "
-                     f"{T.OLD_PFN:#x} while the SPTE maps the new pfn {T.NEW_PFN:#x}: the "
+        lines.append(f"STALE: vCPU 0 still translates gfn {R.RACE_GFN:#x} to the old pfn "
+                     f"{R.OLD_PFN:#x} while the SPTE maps the new pfn {R.NEW_PFN:#x}: the "
                      f"invariant broke at step {trace.violation_step + 1}, "
                      f"{trace.steps[trace.violation_step].label}.")
     elif cached and not spte.startswith("leaf"):
@@ -132,14 +132,14 @@ def breaks_unsafe_zap(schedule, actors: int = 2) -> tuple[bool, str]:
     """
     if not isinstance(schedule, str):
         raise TypeError(f"schedule must be a string of actor letters, got {type(schedule).__name__}")
-    sc = T.zap_vs_fault(False, actors)
+    sc = R.zap_vs_fault(False, actors)
     try:
         trace = ex.run_schedule(sc, "".join(schedule.split()).upper())
     except ValueError as exc:
         return False, f"that schedule cannot run: {exc}"
-    if trace.violation == T.NO_STALE_TRANSLATION:
+    if trace.violation == R.NO_STALE_TRANSLATION:
         step = trace.steps[trace.violation_step]
         return True, (f"broken at step {trace.violation_step + 1} by {step.actor}: {step.label}; "
                       f"then vCPU 0 TLB {step.state['vCPU 0 TLB']} while the SPTE is "
-                      f"{step.state[f'4K SPTE of {T.RACE_GFN:#x}']}")
+                      f"{step.state[f'4K SPTE of {R.RACE_GFN:#x}']}")
     return False, f"the invariant holds after {len(trace.steps)} steps: {trace.outcome}"

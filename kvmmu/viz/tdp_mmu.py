@@ -11,7 +11,7 @@ import html as _html
 from dataclasses import dataclass
 
 from .. import explorer as ex
-from .. import tdp_mmu as T
+from .. import tdp_mmu_races as R
 
 #: The schedule letters the player accepts, longest schedule it runs.
 MAX_SCHEDULE = 200
@@ -55,7 +55,7 @@ class RaceView:
                  f"fix {'on' if self.fix else 'off'}, {self.actors} actors, schedule "
                  f"{self.schedule or '(none)'}, showing step {self.position} of {len(self.steps)}"]
         lines += [f"  {k}: {v}" for k, v in self.state]
-        lines.append(f"  invariant ({T.NO_STALE_TRANSLATION}): "
+        lines.append(f"  invariant ({R.NO_STALE_TRANSLATION}): "
                      + ("holds" if self.holds else f"BROKEN: {self.violation}"))
         lines.append(f"  next: {', '.join(self.runnable) or 'nobody'}; {self.outcome}")
         return "\n".join(lines)
@@ -138,7 +138,7 @@ def race_view(fix=True, schedule="", position=None, actors=2) -> RaceView:
         if not isinstance(schedule, str):
             return _refused(f"schedule must be text (actor letters), got {type(schedule).__name__}",
                             fix, actors)
-        sc = T.zap_vs_fault(fix, actors)
+        sc = R.zap_vs_fault(fix, actors)
         messages = []
         clean = "".join(schedule.split()).upper()
         if len(clean) > MAX_SCHEDULE:
@@ -189,7 +189,7 @@ def race_player(fix: bool = False, actors: int = 2, schedule: str = ""):
     import ipywidgets as W
 
     first = race_view(fix, schedule, None, actors)
-    sc = T.zap_vs_fault(first.fix, first.actors)        # for the actors' letters and titles
+    sc = R.zap_vs_fault(first.fix, first.actors)        # for the actors' letters and titles
     holder = {"schedule": first.schedule}
     toggle = W.Checkbox(value=first.fix, description="the fix: freeze before the flush")
     slider = W.IntSlider(value=first.position, min=0, max=max(len(first.steps), 1),
