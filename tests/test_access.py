@@ -26,7 +26,8 @@ import pytest
 
 from kvmmu.guest_memory import GuestMemory
 from kvmmu.memslots import KVM_MEM_READONLY, KvmMemorySlot
-from kvmmu.walker import GuestWalker, Vcpu, load_pdptrs, walk_addr_generic
+from kvmmu.guest_paging import Vcpu, load_pdptrs
+from kvmmu.walker import GuestWalker, walk_addr_generic
 
 # ---- architectural bit positions (SDM vol. 3 tables 4-14..4-19, 4-11) -------
 P, RW, US, A, D, PS = 1 << 0, 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 7

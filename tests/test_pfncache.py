@@ -9,7 +9,7 @@ from kvmmu.memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
 from kvmmu.pfncache import (GfnToPfnCache, gpc_read_u64, kvm_gpc_activate, kvm_gpc_activate_ops,
                             kvm_gpc_check, kvm_gpc_deactivate, kvm_gpc_init, kvm_gpc_refresh,
                             mmu_notifier_retry_cache)
-from kvmmu.walker import RACE_HOST, RACE_INVARIANTS_AD, WalkRaceWorld, gpc_race_scenario
+from kvmmu.walker_races import RACE_HOST, RACE_INVARIANTS_AD, WalkRaceWorld, gpc_race_scenario
 
 HOST = 0x7F00_0000_0000
 
@@ -169,7 +169,7 @@ def test_gmem_hole_without_the_active_count_lets_a_refresh_slip_through():
     # Without raising mn_active_invalidate_count, a refresh can run between the
     # cache scan and the free, pass mmu_notifier_retry_cache, and cache a page
     # that is about to be freed.
-    from kvmmu.walker import kvm_walk_actor
+    from kvmmu.walker_races import kvm_walk_actor
 
     def punch(w):
         yield from as_actor(w.kvm_gmem_punch_hole_ops(2, 0x103, 0x104, hold_count=False))

@@ -1,4 +1,5 @@
-"""Unit, property and race tests of kvmmu.walker (paging_tmpl.h) and kvmmu.guest_memory."""
+"""Unit, property and race tests of the guest walk (kvmmu.walker and its companions: guest_paging,
+mmu_permissions, walker_ops, walker_gpc, walk_trace, walker_races) and kvmmu.guest_memory."""
 import itertools
 
 import pytest
@@ -8,15 +9,20 @@ from hypothesis import strategies as st
 from kvmmu.explorer import explore, run_schedule
 from kvmmu.guest_memory import STEP, GuestMemory, run_ops
 from kvmmu.memslots import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, KvmMemorySlot
-from kvmmu.walker import (
-    ACCESS_FLAGS, MAX_WALK_RETRIES, PFERR_FETCH_MASK, PFERR_IMPLICIT_ACCESS, PFERR_PK_MASK,
-    PFERR_PRESENT_MASK, PFERR_RSVD_MASK, PFERR_USER_MASK, PFERR_WRITE_MASK, PT64_NX_MASK,
-    PT_ACCESSED_MASK, PT_DIRTY_MASK, PT_INDEX, PT_LVL_ADDR_MASK, PT_LVL_OFFSET_MASK,
-    PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, RACE_INVARIANTS_AD,
-    GuestPageTables, GuestWalker, Vcpu, WalkLivelock, access_str, ad_race_scenario,
-    gpte_access, gpte_pkeys, gpte_to_gfn_lvl, is_last_gpte, is_rsvd_bits_set,
-    permission_fault, pferr_str, protect_clean_gpte, trace_walk, walk_addr_generic,
-    walk_addr_generic_gpc, walk_addr_generic_gpc_ops, walk_addr_generic_ops)
+from kvmmu.guest_paging import (ACCESS_FLAGS, PFERR_FETCH_MASK, PFERR_IMPLICIT_ACCESS,
+                                PFERR_PK_MASK, PFERR_PRESENT_MASK, PFERR_RSVD_MASK, PFERR_USER_MASK,
+                                PFERR_WRITE_MASK, PT64_NX_MASK, PT_ACCESSED_MASK, PT_DIRTY_MASK,
+                                PT_INDEX, PT_LVL_ADDR_MASK, PT_LVL_OFFSET_MASK, PT_PAGE_SIZE_MASK,
+                                PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, GuestPageTables,
+                                Vcpu, access_str, gpte_access, gpte_pkeys, gpte_to_gfn_lvl,
+                                pferr_str)
+from kvmmu.mmu_permissions import permission_fault
+from kvmmu.walk_trace import trace_walk
+from kvmmu.walker import (MAX_WALK_RETRIES, GuestWalker, WalkLivelock, is_last_gpte,
+                          is_rsvd_bits_set, protect_clean_gpte, walk_addr_generic)
+from kvmmu.walker_gpc import walk_addr_generic_gpc, walk_addr_generic_gpc_ops
+from kvmmu.walker_ops import walk_addr_generic_ops
+from kvmmu.walker_races import RACE_INVARIANTS_AD, ad_race_scenario
 
 P, W, U, A, D, PS, NX = (PT_PRESENT_MASK, PT_WRITABLE_MASK, PT_USER_MASK, PT_ACCESSED_MASK,
                          PT_DIRTY_MASK, PT_PAGE_SIZE_MASK, PT64_NX_MASK)

@@ -25,8 +25,8 @@ def timed(fn):
 def bench_walks(n: int = 200_000):
     from kvmmu.guest_memory import GuestMemory
     from kvmmu.memslots import KvmMemorySlot
-    from kvmmu.walker import (PFERR_USER_MASK, PFERR_WRITE_MASK, GuestPageTables, GuestWalker,
-                              walk_addr_generic)
+    from kvmmu.guest_paging import PFERR_USER_MASK, PFERR_WRITE_MASK, GuestPageTables
+    from kvmmu.walker import GuestWalker, walk_addr_generic
 
     mem = GuestMemory([KvmMemorySlot(0, 0, 0x1000, 0x7F00_0000_0000)])
     pt = GuestPageTables(mem, range(0x100, 0x180))
@@ -80,7 +80,7 @@ def bench_access_test():
 
 def bench_races():
     from kvmmu.explorer import explore
-    from kvmmu.walker import ad_race_scenario, gpc_race_scenario
+    from kvmmu.walker_races import ad_race_scenario, gpc_race_scenario
 
     cases = [
         ("R5.1, 6.17 walker, write", lambda: ad_race_scenario("6.17")),

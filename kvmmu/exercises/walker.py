@@ -5,11 +5,12 @@ mappings), a CPU mode and four accesses from ``random.Random(seed)``; the
 student translates each access or names the page fault and its error code,
 OSTEP style.  ``problem(seed, kind="ad")`` asks which Accessed/Dirty bits a
 sequence of accesses sets.  Every answer is computed by
-:func:`kvmmu.walker.trace_walk`, never written by hand.
+:func:`kvmmu.walk_trace.trace_walk`, never written by hand.
 """
 import random
 
-from .. import walker as Wk
+from .. import guest_paging as GP
+from .. import walk_trace as WT
 from ..checks import check_choice, check_int
 from ..guest_memory import GuestMemory
 from ..memslots import KvmMemorySlot
@@ -17,8 +18,8 @@ from .base import Problem
 
 KINDS = ("translate", "ad")
 HOST = 0x7F00_0000_0000
-P, W, U, NX, PS = (Wk.PT_PRESENT_MASK, Wk.PT_WRITABLE_MASK, Wk.PT_USER_MASK, Wk.PT64_NX_MASK,
-                   Wk.PT_PAGE_SIZE_MASK)
+P, W, U, NX, PS = (GP.PT_PRESENT_MASK, GP.PT_WRITABLE_MASK, GP.PT_USER_MASK, GP.PT64_NX_MASK,
+                   GP.PT_PAGE_SIZE_MASK)
 LEGEND = ("Entry bits: P=0, W(R/W)=1, U(U/S)=2, A=5, D=6, PS=7, NX=63; the address is in bits "
           "51:12; MAXPHYADDR is 46, so bits 51:46 are reserved.  Index bits of a virtual "
           "address: PML4 47:39, PDPT 38:30, PD 29:21, PT 20:12.  Error-code bits: P=0x1, W=0x2, "
@@ -46,7 +47,7 @@ def _guest(rng: random.Random):
 
 def _build(mappings, tweak):
     mem = GuestMemory([KvmMemorySlot(0, 0, 0x800, HOST)])
-    pt = Wk.GuestPageTables(mem, range(0x100, 0x120))
+    pt = GP.GuestPageTables(mem, range(0x100, 0x120))
     for _name, gva, gfn, level, flags in mappings:
         pt.map(gva, gfn << 12, level=level, flags=flags)
     user_data_gva = mappings[1][1]
@@ -85,10 +86,10 @@ def _tables_text(mem, vcpu) -> str:
 
 
 #: The access a program would normally make to each kind of mapping.
-NATURAL = {"user code": [Wk.PFERR_USER_MASK | Wk.PFERR_FETCH_MASK, Wk.PFERR_USER_MASK],
-           "user data": [Wk.PFERR_USER_MASK, Wk.PFERR_USER_MASK | Wk.PFERR_WRITE_MASK],
-           "kernel 2M": [0, Wk.PFERR_WRITE_MASK],
-           "kernel 4K": [0, Wk.PFERR_WRITE_MASK]}
+NATURAL = {"user code": [GP.PFERR_USER_MASK | GP.PFERR_FETCH_MASK, GP.PFERR_USER_MASK],
+           "user data": [GP.PFERR_USER_MASK, GP.PFERR_USER_MASK | GP.PFERR_WRITE_MASK],
+           "kernel 2M": [0, GP.PFERR_WRITE_MASK],
+           "kernel 4K": [0, GP.PFERR_WRITE_MASK]}
 
 
 def _queries(rng: random.Random, mappings) -> list:
@@ -106,8 +107,8 @@ def _queries(rng: random.Random, mappings) -> list:
         if rng.random() < 0.6:
             acc = rng.choice(NATURAL[name])
         else:
-            acc = (rng.choice((0, Wk.PFERR_WRITE_MASK, Wk.PFERR_FETCH_MASK))
-                   | rng.choice((0, Wk.PFERR_USER_MASK)))
+            acc = (rng.choice((0, GP.PFERR_WRITE_MASK, GP.PFERR_FETCH_MASK))
+                   | rng.choice((0, GP.PFERR_USER_MASK)))
         out.append((addr, acc))
     return out
 
@@ -123,7 +124,7 @@ def _translate_problem(seed: int, rng: random.Random) -> Problem:
     mem, pt = _build(mappings, tweak)
     vcpu = pt.vcpu(**cpu)
     queries = _queries(rng, mappings)
-    qtext = "\n".join(f"  {n}. {Wk.access_str(acc)} of {addr:#x}"
+    qtext = "\n".join(f"  {n}. {GP.access_str(acc)} of {addr:#x}"
                       for n, (addr, acc) in enumerate(queries, 1))
     question = (f"Seed {seed}: a 64-bit guest (4-level paging) has CR3 = {vcpu.cr3:#x} and "
                 f"{_cpu_text(cpu)}.  Its page tables hold these present entries:\n"
@@ -133,8 +134,8 @@ def _translate_problem(seed: int, rng: random.Random) -> Problem:
     answers = []
     for n, (addr, acc) in enumerate(queries, 1):
         fresh, fresh_pt = _build(mappings, tweak)
-        trace = Wk.trace_walk(fresh_pt.vcpu(**cpu), fresh, addr, acc)
-        answers.append(f"  {n}. {Wk.access_str(acc)} of {addr:#x}: {_answer(trace)}")
+        trace = WT.trace_walk(fresh_pt.vcpu(**cpu), fresh, addr, acc)
+        answers.append(f"  {n}. {GP.access_str(acc)} of {addr:#x}: {_answer(trace)}")
     return Problem(seed, question, "\n".join(answers), "translate")
 
 
@@ -144,20 +145,20 @@ def _ad_problem(seed: int, rng: random.Random) -> Problem:
     mem, pt = _build(mappings, "none")
     vcpu = pt.vcpu(**cpu)
     name, gva, _gfn, level, _flags = mappings[1]           # user data: P W U NX (or read-only)
-    seq = [rng.choice((0, Wk.PFERR_WRITE_MASK)) | Wk.PFERR_USER_MASK for _ in range(3)]
+    seq = [rng.choice((0, GP.PFERR_WRITE_MASK)) | GP.PFERR_USER_MASK for _ in range(3)]
     leaf_gpa = pt.entry_gpa(gva, level)
     before = mem.guest_read_u64(leaf_gpa)
     question = (f"Seed {seed}: the guest's {name} page at {gva:#x} is mapped by the PTE at gpa "
                 f"{leaf_gpa:#x}, now {before:#x} (A and D clear, and so are the A bits of the "
                 "tables above it).  KVM walks these accesses in order, for emulation: "
-                + ", ".join(Wk.access_str(a) for a in seq)
+                + ", ".join(GP.access_str(a) for a in seq)
                 + ".  After each walk, what is the PTE, and what access bits (pte_access) does "
                   "the walk return?  Which entries did KVM write, and in which order?")
     lines = []
     for n, acc in enumerate(seq, 1):
-        trace = Wk.trace_walk(vcpu, mem, gva, acc)
-        writes = ", ".join(f"{Wk.LEVEL_NAMES[lv]} {o:#x}->{v:#x}" for lv, o, v, _r in trace.ad_updates)
-        lines.append(f"  {n}. {Wk.access_str(acc)}: {trace.result_line()}; PTE now "
+        trace = WT.trace_walk(vcpu, mem, gva, acc)
+        writes = ", ".join(f"{GP.LEVEL_NAMES[lv]} {o:#x}->{v:#x}" for lv, o, v, _r in trace.ad_updates)
+        lines.append(f"  {n}. {GP.access_str(acc)}: {trace.result_line()}; PTE now "
                      f"{mem.guest_read_u64(leaf_gpa):#x}; A/D writes (top-down): {writes or 'none'}")
     return Problem(seed, question, "\n".join(lines), "ad")
 

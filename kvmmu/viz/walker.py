@@ -3,7 +3,7 @@
 ``walk_view(...)`` is the pure function behind the widget: from a GVA, an
 access, the CPU mode bits and the flag bits of each entry on the path it
 builds a small guest (fixed table frames), walks it with
-:func:`kvmmu.walker.trace_walk` and returns a :class:`WalkView`: the path,
+:func:`kvmmu.walk_trace.trace_walk` and returns a :class:`WalkView`: the path,
 the result or the error code bit by bit, and the A/D bits before and after.
 It never raises: bad input comes back as ``view.error``.  ``walk_widget()``
 only wires ipywidgets controls to it.
@@ -15,6 +15,8 @@ with the walked path highlighted.
 import html as _html
 from dataclasses import dataclass, field
 
+from .. import guest_paging as GP
+from .. import walk_trace as WT
 from .. import walker as Wk
 from ..checks import parse_int_text
 from ..guest_memory import GuestMemory
@@ -25,13 +27,13 @@ TABLE_GFNS = {5: 0x104, 4: 0x100, 3: 0x101, 2: 0x102, 1: 0x103}
 LEAF_GFNS = {1: 0x455, 2: 0x600, 3: 0x40000}
 HOST = 0x7F00_0000_0000
 
-FLAG_BITS = {"P": Wk.PT_PRESENT_MASK, "W": Wk.PT_WRITABLE_MASK, "U": Wk.PT_USER_MASK,
-             "A": Wk.PT_ACCESSED_MASK, "D": Wk.PT_DIRTY_MASK, "PS": Wk.PT_PAGE_SIZE_MASK,
-             "NX": Wk.PT64_NX_MASK, "RSVD": 1 << 51}
+FLAG_BITS = {"P": GP.PT_PRESENT_MASK, "W": GP.PT_WRITABLE_MASK, "U": GP.PT_USER_MASK,
+             "A": GP.PT_ACCESSED_MASK, "D": GP.PT_DIRTY_MASK, "PS": GP.PT_PAGE_SIZE_MASK,
+             "NX": GP.PT64_NX_MASK, "RSVD": 1 << 51}
 FLAG_ORDER = ("P", "W", "U", "A", "D", "PS", "NX", "RSVD")
-ACCESS_KINDS = {"read": 0, "write": Wk.PFERR_WRITE_MASK, "fetch": Wk.PFERR_FETCH_MASK}
-PRIVILEGES = {"user": Wk.PFERR_USER_MASK, "supervisor": 0,
-              "implicit supervisor": Wk.PFERR_IMPLICIT_ACCESS}
+ACCESS_KINDS = {"read": 0, "write": GP.PFERR_WRITE_MASK, "fetch": GP.PFERR_FETCH_MASK}
+PRIVILEGES = {"user": GP.PFERR_USER_MASK, "supervisor": 0,
+              "implicit supervisor": GP.PFERR_IMPLICIT_ACCESS}
 DEFAULT_FLAGS = {5: "P W U", 4: "P W U", 3: "P W U", 2: "P W U", 1: "P W U"}
 
 
@@ -41,7 +43,7 @@ class WalkView:
 
     inputs: dict
     error: str | None = None
-    trace: object = None                 # a kvmmu.walker.WalkTrace
+    trace: object = None                 # a kvmmu.walk_trace.WalkTrace
     before: dict = field(default_factory=dict)     # level -> entry before the walk
     after: dict = field(default_factory=dict)      # level -> entry after the walk
     path: list = field(default_factory=list)       # levels written, top first
@@ -57,7 +59,7 @@ class WalkView:
         lines = [self.trace.table()]
         changed = [lv for lv in self.path if self.before[lv] != self.after[lv]]
         for lv in changed:
-            lines.append(f"{Wk.LEVEL_NAMES[lv]}: {self.before[lv]:#x} -> {self.after[lv]:#x} "
+            lines.append(f"{GP.LEVEL_NAMES[lv]}: {self.before[lv]:#x} -> {self.after[lv]:#x} "
                          f"in guest memory")
         if not changed:
             lines.append("guest memory unchanged (no A/D bit written)")
@@ -81,7 +83,7 @@ class WalkView:
             gfn = "-" if r.table_gfn is None else f"{r.table_gfn:#x}"
             cells = [r.name, gfn, str(r.index), f"{r.gpte:#018x}",
                      (f"<b>{after:#018x}</b>" if after != r.gpte else f"{after:#018x}"),
-                     _html.escape(Wk.gpte_str(r.gpte)), _html.escape(Wk.acc_str(r.acc_after)),
+                     _html.escape(GP.gpte_str(r.gpte)), _html.escape(GP.acc_str(r.acc_after)),
                      _html.escape(r.note)]
             rows.append(f'<tr style="background:{colour}">'
                         + "".join(f"<td {td}>{c}</td>" for c in cells) + "</tr>")
@@ -95,7 +97,7 @@ class WalkView:
                        f'<table style="border-collapse:collapse">{bits}</table>')
         if t.ad_updates:
             items = "".join(
-                f"<li>{Wk.LEVEL_NAMES[lv]}: {old:#x} &rarr; {new:#x}: {_html.escape(o)}</li>"
+                f"<li>{GP.LEVEL_NAMES[lv]}: {old:#x} &rarr; {new:#x}: {_html.escape(o)}</li>"
                 for lv, old, new, o in t.ad_updates)
             out.append(f"<div>A/D updates (top-down):</div><ul>{items}</ul>")
         else:
@@ -145,12 +147,12 @@ def build_guest(level_flags: dict, *, la57: bool = False, tables_in_rom: bool = 
     path = []
     for level in range(top, 0, -1):
         flags = level_flags[level]
-        leaf = level == 1 or flags & Wk.PT_PAGE_SIZE_MASK
+        leaf = level == 1 or flags & GP.PT_PAGE_SIZE_MASK
         target = LEAF_GFNS.get(level, 0) if leaf else TABLE_GFNS[level - 1]
         entry = flags | (target << 12)
         if leaf:
             entry |= (pkey & 0xF) << 59
-        gpa = (TABLE_GFNS[level] << 12) + 8 * Wk.PT_INDEX(gva, level)
+        gpa = (TABLE_GFNS[level] << 12) + 8 * GP.PT_INDEX(gva, level)
         mem.guest_write_u64(gpa, entry, vmm=True)
         path.append((level, gpa, entry))
         if leaf:
@@ -200,13 +202,13 @@ def walk_view(gva_text="0x7fff12345678", access: str = "read", privilege: str = 
             raise ValueError(f"level_flags has levels {unknown}; {top}-level paging has levels 1..{top}")
         flags = {lv: parse_flags(lv, inputs["level_flags"].get(lv, DEFAULT_FLAGS[lv]))
                  for lv in range(1, top + 1)}
-        vcpu = Wk.Vcpu(cr3=TABLE_GFNS[top] << 12, cr4_la57=cr4_la57, cr0_wp=cr0_wp,
+        vcpu = GP.Vcpu(cr3=TABLE_GFNS[top] << 12, cr4_la57=cr4_la57, cr0_wp=cr0_wp,
                        cr4_smep=cr4_smep, cr4_smap=cr4_smap, cr4_pke=cr4_pke, efer_nx=efer_nx,
                        eflags_ac=eflags_ac, pkru=pkru)
         Wk.check_gva(vcpu, gva)
         mem, path = build_guest(flags, la57=cr4_la57, tables_in_rom=tables_in_rom, pkey=pkey, gva=gva)
         before = {lv: value for lv, _gpa, value in path}
-        trace = Wk.trace_walk(vcpu, mem, gva, ACCESS_KINDS[access] | PRIVILEGES[privilege])
+        trace = WT.trace_walk(vcpu, mem, gva, ACCESS_KINDS[access] | PRIVILEGES[privilege])
         after = {lv: mem.guest_read_u64(gpa) for lv, gpa, _v in path}
         return WalkView(inputs, None, trace, before, after, [lv for lv, _g, _v in path])
     except (ValueError, TypeError) as exc:
@@ -246,7 +248,7 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
                         for f in FLAG_ORDER}
         for f, box in boxes[level].items():
             box.add_class(f"kvmmu-walk-l{level}-{f.lower()}")
-        rows.append(wd.HBox([wd.Label(Wk.LEVEL_NAMES[level], layout=wd.Layout(width="60px"))]
+        rows.append(wd.HBox([wd.Label(GP.LEVEL_NAMES[level], layout=wd.Layout(width="60px"))]
                             + list(boxes[level].values())))
     out = wd.HTML()
 
@@ -302,14 +304,14 @@ def page_table_tree(mem: GuestMemory, vcpu, max_entries: int = 6) -> list:
                 value = mem.guest_read_u64((gfn << 12) + 8 * index)
             except ValueError:
                 break
-            if value & Wk.PT_PRESENT_MASK:
+            if value & GP.PT_PRESENT_MASK:
                 entries.append((index, value))
                 if len(entries) == max_entries:
                     break
         out.append((level, gfn, entries))
         for _index, value in entries:
-            if level > 1 and not value & Wk.PT_PAGE_SIZE_MASK and not value & (1 << 51):
-                frontier.append((level - 1, (value & Wk.PT64_BASE_ADDR_MASK) >> 12))
+            if level > 1 and not value & GP.PT_PAGE_SIZE_MASK and not value & (1 << 51):
+                frontier.append((level - 1, (value & GP.PT64_BASE_ADDR_MASK) >> 12))
     return out
 
 
@@ -320,10 +322,10 @@ def tree_text(tree: list, trace=None) -> str:
         walked = {(r.table_gfn, r.index) for r in trace.rows}
     lines = []
     for level, gfn, entries in tree:
-        lines.append(f"{Wk.LEVEL_NAMES[level]} table at gfn {gfn:#x}")
+        lines.append(f"{GP.LEVEL_NAMES[level]} table at gfn {gfn:#x}")
         for index, value in entries:
             mark = "  <= walked" if (gfn, index) in walked else ""
-            lines.append(f"  [{index:3}] {value:#018x}  {Wk.gpte_str(value)}{mark}")
+            lines.append(f"  [{index:3}] {value:#018x}  {GP.gpte_str(value)}{mark}")
     return "\n".join(lines)
 
 
@@ -349,9 +351,9 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
     placed = {}               # (level, gfn) -> (x, y_top)
 
     def child_of(level, value):
-        if level == 1 or value & Wk.PT_PAGE_SIZE_MASK:
+        if level == 1 or value & GP.PT_PAGE_SIZE_MASK:
             return None
-        key = (level - 1, (value & Wk.PT64_BASE_ADDR_MASK) >> 12)
+        key = (level - 1, (value & GP.PT64_BASE_ADDR_MASK) >> 12)
         return key if key in tables else None
 
     def place(key, y_hint):
@@ -375,16 +377,16 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
         entries = tables[(level, gfn)]
         h = (len(entries) + 1) * row_h
         ax.add_patch(Rectangle((x, y - h), box_w, h, facecolor="#f4f4f4", edgecolor="black"))
-        ax.text(x + 0.06, y - row_h / 2, f"{Wk.LEVEL_NAMES[level]} table, gfn {gfn:#x}",
+        ax.text(x + 0.06, y - row_h / 2, f"{GP.LEVEL_NAMES[level]} table, gfn {gfn:#x}",
                 va="center", fontsize=8, fontweight="bold")
         for k, (index, value) in enumerate(entries):
             ey = y - (k + 1.5) * row_h
             if (gfn, index) in walked:
                 ax.add_patch(Rectangle((x, ey - row_h / 2), box_w, row_h, edgecolor="none",
                                        facecolor="#f28482" if (gfn, index) == fault_at else "#fcbf49"))
-            label = f"[{index}] {Wk.gpte_str(value)}"
+            label = f"[{index}] {GP.gpte_str(value)}"
             if child_of(level, value) is None:
-                label += f" -> gfn {Wk.gpte_to_gfn_lvl(value, level):#x}"
+                label += f" -> gfn {GP.gpte_to_gfn_lvl(value, level):#x}"
             ax.text(x + 0.06, ey, label, va="center", fontsize=7)
             entry_xy[(gfn, index)] = (x + box_w, ey)
     for (level, gfn), (x, y) in placed.items():
@@ -409,7 +411,7 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
     ax.set_xlim(-0.2, data_x + box_w)
     ax.set_ylim(-depth - 0.1, 0.3)
     ax.axis("off")
-    ax.set_title(f"walk of {trace.addr:#x} ({Wk.access_str(trace.access)}): {trace.result_line()}",
+    ax.set_title(f"walk of {trace.addr:#x} ({GP.access_str(trace.access)}): {trace.result_line()}",
                  fontsize=9)
     fig.tight_layout()
     return fig
