@@ -789,3 +789,13 @@ def test_read_section_misuse_is_a_violation():
     assert t.violation == "srcu_read_unlock(kvm->srcu, 3) by A without a matching srcu_read_lock"
     t = run_schedule(two_cpus(bad_rcu, idle), "A")
     assert t.violation == "rcu_read_unlock() by A outside a read section"
+
+
+def test_package_keeps_the_single_module_names():
+    # kvmmu.explorer became a package: the names other modules import from it,
+    # private ones included, still resolve to the objects the submodules define.
+    from kvmmu.explorer import locks, ops, primitives, search, world
+    assert E._Primitive is primitives._Primitive is E.Primitive
+    assert E._Diverged is ops._Diverged and E.Op is ops.Op
+    assert E.RWLock is locks.RWLock and E.World is world.World and E.explore is search.explore
+    assert all(hasattr(E, name) for name in E.__all__)
