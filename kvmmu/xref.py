@@ -43,13 +43,23 @@ class XrefEntry:
     chapter: int | None
 
 
+#: Model packages (the rest, viz and exercises, are views and problem generators).
+_MODEL_PACKAGES = ("explorer",)
+
+
 def _model_modules():
     import kvmmu
 
     for info in pkgutil.iter_modules(kvmmu.__path__):
-        if info.ispkg or info.name.startswith("_") or info.name in ("xref", "source", "checks"):
+        if info.name.startswith("_") or info.name in ("xref", "source", "checks"):
             continue
-        yield importlib.import_module(f"kvmmu.{info.name}")
+        if info.ispkg and info.name not in _MODEL_PACKAGES:
+            continue
+        module = importlib.import_module(f"kvmmu.{info.name}")
+        yield module
+        if info.ispkg:
+            for sub in pkgutil.iter_modules(module.__path__):
+                yield importlib.import_module(f"{module.__name__}.{sub.name}")
 
 
 def _split_names(text: str) -> list[str]:
@@ -75,11 +85,11 @@ def _entries_of(owner_name: str, doc: str | None, chapter):
 
 def kernel_xref() -> list[XrefEntry]:
     """Return every ``Models:`` line of the package, sorted by kernel file and name."""
-    entries = []
+    entries, module_entries = [], []
     for module in _model_modules():
         short = module.__name__.split(".", 1)[1]
-        chapter = CHAPTER_OF_MODULE.get(short)
-        entries.extend(_entries_of(module.__name__, module.__doc__, chapter))
+        chapter = CHAPTER_OF_MODULE.get(short, CHAPTER_OF_MODULE.get(short.split(".")[0]))
+        module_entries.extend(_entries_of(module.__name__, module.__doc__, chapter))
         for name, obj in vars(module).items():
             if getattr(obj, "__module__", None) != module.__name__:
                 continue
@@ -90,12 +100,12 @@ def kernel_xref() -> list[XrefEntry]:
                         if inspect.isfunction(meth):
                             entries.extend(_entries_of(
                                 f"{module.__name__}.{name}.{meth_name}", meth.__doc__, chapter))
-    unique = {(e.kernel_file, e.kernel_name, e.model): e for e in entries}
     # A module docstring may summarise what its functions model; keep the
     # precise function-level entry where one exists.
-    precise = {(e.kernel_file, e.kernel_name) for e in unique.values() if e.model.count(".") > 1}
-    kept = [e for e in unique.values()
-            if e.model.count(".") > 1 or (e.kernel_file, e.kernel_name) not in precise]
+    precise = {(e.kernel_file, e.kernel_name) for e in entries}
+    entries += [e for e in module_entries if (e.kernel_file, e.kernel_name) not in precise]
+    unique = {(e.kernel_file, e.kernel_name, e.model): e for e in entries}
+    kept = list(unique.values())
     return sorted(kept, key=lambda e: (e.kernel_file, e.kernel_name, e.model))
 
 

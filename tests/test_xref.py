@@ -34,3 +34,8 @@ def test_names_split_on_commas_outside_parentheses():
 
     assert [n.strip() for n in _split_names("a(), struct kvm (x, y), b()")] == [
         "a()", "struct kvm (x, y)", "b()"]
+
+
+def test_model_packages_are_included():
+    # kvmmu.explorer is a package; its primitives still name their kernel counterparts.
+    assert any(e.model.startswith("kvmmu.explorer.") and e.chapter == 3 for e in kernel_xref())
