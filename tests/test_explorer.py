@@ -799,3 +799,14 @@ def test_package_keeps_the_single_module_names():
     assert E._Diverged is ops._Diverged and E.Op is ops.Op
     assert E.RWLock is locks.RWLock and E.World is world.World and E.explore is search.explore
     assert all(hasattr(E, name) for name in E.__all__)
+
+
+def test_trace_view_shows_the_same_table_as_text_and_html():
+    from kvmmu.explorer import explore, lost_update
+
+    trace = explore(lost_update(False)).counterexample
+    view = trace.view(columns=["counter"])
+    assert repr(view) == trace.table(columns=["counter"])
+    assert view._repr_html_() == trace._repr_html_(columns=["counter"])
+    with pytest.raises(ValueError, match="columns"):
+        trace.view(columns=["no such state"])

@@ -190,7 +190,7 @@ from .scenarios import (POISON, CounterWorld, MemslotsWorld, TwoLockWorld,  # no
                         srcu_reader, srcu_updater, take_both)
 from .search import Result, _explore, explore  # noqa: F401
 from .snapshot import _detached, _SnapshotEngine  # noqa: F401
-from .trace import Step, Trace, _short, _traced_run, run_random, run_schedule  # noqa: F401
+from .trace import Step, Trace, TraceView, _short, _traced_run, run_random, run_schedule  # noqa: F401
 from .world import (_BUILTIN_PRIMITIVES, _WORLD_INTERNALS, World, _children,  # noqa: F401
                     _immutable, _immutable_scalar, _noop, _only_primitives, _ref_items,
                     _same_refs, _step_run, _text, _value_like, _wait_enabled, step, wait_until)

@@ -152,6 +152,15 @@ class Trace:
     def __repr__(self):
         return self.table()
 
+    def view(self, columns=None) -> "TraceView":
+        """The run as a table for ``display()``: HTML in the book, the text grid elsewhere.
+
+        ``columns`` picks the shared-state names shown, as for :meth:`table`.
+        The HTML table wraps long labels to the page and marks each changed
+        value in bold, so it stays readable where the text grid is too wide.
+        """
+        return TraceView(self, self._check_columns(columns))
+
     def _repr_html_(self, columns=None) -> str:
         columns = self._check_columns(columns)
         esc = html.escape
@@ -182,6 +191,19 @@ class Trace:
         out.append(f'<tr><td {td} colspan="{ncpu + 1}"><b style="color:{color}">'
                    f"{esc(self.outcome)}</b></td></tr></tbody></table>")
         return "".join(out)
+
+
+class TraceView:
+    """A trace with its shared-state columns chosen, for ``display()``."""
+
+    def __init__(self, trace: Trace, columns):
+        self.trace, self.columns = trace, columns
+
+    def __repr__(self) -> str:
+        return self.trace.table(self.columns)
+
+    def _repr_html_(self) -> str:
+        return self.trace._repr_html_(self.columns)
 
 
 def _short(v) -> str:
