@@ -183,13 +183,14 @@ def race_player(page, shot: Path):
 
 
 def walk_visualiser(page, shot: Path):
-    """Chapter 5: clear W in the PTE and make the access a write: #PF, error code 0x7."""
+    """Chapter 5: the chapter's widget starts as a user write through a PTE with
+    P W U A; clear W in the PTE: #PF, error code 0x7."""
     from kvmmu.viz.walker import DEFAULT_FLAGS, walk_view
 
     flags = {level: DEFAULT_FLAGS[level] for level in (4, 3, 2)}
-    flags[1] = "P U"
-    expected = walk_view(access="write", level_flags=flags)
-    assert "error code 0x7" in str(expected)
+    before = walk_view(access="write", level_flags={**flags, 1: "P W U A"})
+    expected = walk_view(access="write", level_flags={**flags, 1: "P U A"})
+    assert "=> gpa" in str(before) and "error code 0x7" in str(expected)
     w, out = ".kvmmu-walk-widget", ".kvmmu-walk-widget .kvmmu-walk-out"
     assert "=> gpa" in _widget(page, out).inner_text()
     _widget(page, f"{w} .kvmmu-walk-l1-w input").uncheck()
