@@ -430,21 +430,33 @@ def kvm_gpc_deactivate(gpc: GfnToPfnCache) -> None:
     run_ops(kvm_gpc_deactivate_ops(gpc))
 
 
-def gpc_read_u64_ops(gpc: GfnToPfnCache):
-    """Step generator: the user pattern -- check under the read lock, refresh until valid, read.
+def gpc_lock_valid_ops(gpc: GfnToPfnCache, who: str, len_: int = 8):
+    """Step generator: the user pattern -- take the read lock, refresh until the cache is valid.
 
-    Returns ``(0, value)`` or ``(-errno, 0)``.
+    Returns 0 with ``gpc->lock`` held for read and the cache valid, or
+    ``-errno`` (from the refresh) with the lock not held.  ``who`` prefixes
+    the step labels.
     """
     yield (LOCK, gpc.lock, "read_lock")
     while True:
-        ok = yield (STEP, f"{gpc.name}: kvm_gpc_check", lambda: kvm_gpc_check(gpc, 8))
+        ok = yield (STEP, f"{who}: kvm_gpc_check", lambda: kvm_gpc_check(gpc, len_))
         if ok:
-            break
+            return 0
         yield (LOCK, gpc.lock, "read_unlock")
-        ret = yield from kvm_gpc_refresh_ops(gpc, 8)
+        ret = yield from kvm_gpc_refresh_ops(gpc, len_)
         if ret:
-            return ret, 0
+            return ret
         yield (LOCK, gpc.lock, "read_lock")
+
+
+def gpc_read_u64_ops(gpc: GfnToPfnCache):
+    """Step generator: check under the read lock, refresh until valid, read.
+
+    Returns ``(0, value)`` or ``(-errno, 0)``.
+    """
+    ret = yield from gpc_lock_valid_ops(gpc, gpc.name)
+    if ret:
+        return ret, 0
     value = yield (STEP, f"{gpc.name}: read *khva", lambda: khva_read_u64(gpc))
     yield (LOCK, gpc.lock, "read_unlock")
     return 0, value

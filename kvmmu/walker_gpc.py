@@ -24,9 +24,9 @@ from .guest_paging import PT_MAX_FULL_LEVELS, Vcpu
 from .levels import PAGE_SHIFT
 # (module-level, not imported inside the step generators: a function bound
 # to a local is frozen into every explorer state key of a suspended frame)
-from .pfncache import (GfnToPfnCache, khva_read_u64, khva_try_cmpxchg_u64, kvm_gpc_activate_ops,
-                       kvm_gpc_check, kvm_gpc_deactivate_ops, kvm_gpc_init,
-                       kvm_gpc_mark_dirty_in_slot, kvm_gpc_refresh_ops)
+from .pfncache import (GfnToPfnCache, gpc_lock_valid_ops, khva_read_u64, khva_try_cmpxchg_u64,
+                       kvm_gpc_activate_ops, kvm_gpc_check, kvm_gpc_deactivate_ops, kvm_gpc_init,
+                       kvm_gpc_mark_dirty_in_slot)
 from .walker import GuestWalker, _ad_target, _cmpxchg_outcome, check_access, check_gva
 from .walker_ops import _table_slot_readonly, _walk_ops
 
@@ -60,16 +60,9 @@ def _read_gpte_gpc_ops(walker, mem, level, table_gfn, index, *, as_posted=True):
     ret = yield from kvm_gpc_activate_ops(cache, gpa, 8)
     if ret:
         return ret, 0
-    yield (LOCK, cache.lock, "read_lock")
-    while True:
-        ok = yield (STEP, f"L{level}: kvm_gpc_check", lambda: kvm_gpc_check(cache, 8))
-        if ok:
-            break
-        yield (LOCK, cache.lock, "read_unlock")
-        ret = yield from kvm_gpc_refresh_ops(cache, 8)
-        if ret:
-            return ret, 0
-        yield (LOCK, cache.lock, "read_lock")
+    ret = yield from gpc_lock_valid_ops(cache, f"L{level}")
+    if ret:
+        return ret, 0
     pte = yield (STEP, f"L{level}: read gpte at gpa {gpa:#x} via pfn cache",
                  lambda: hexed(khva_read_u64(cache)))
     yield (LOCK, cache.lock, "read_unlock")
