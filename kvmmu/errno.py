@@ -35,6 +35,9 @@ RET_PF_WRITE_PROTECTED = 3
 RET_PF_INVALID = 4
 RET_PF_FIXED = 5
 RET_PF_SPURIOUS = 6
+#: Yan Zhao's patch 1/2 (2025-05-20) appended this value; it was not merged,
+#: so it exists only in that patch and in chapter 6's comparison.
+RET_PF_RETRY_INVALID_SLOT = 7
 
 _RET_PF_NAMES = {
     RET_PF_CONTINUE: "RET_PF_CONTINUE",
@@ -44,6 +47,7 @@ _RET_PF_NAMES = {
     RET_PF_INVALID: "RET_PF_INVALID",
     RET_PF_FIXED: "RET_PF_FIXED",
     RET_PF_SPURIOUS: "RET_PF_SPURIOUS",
+    RET_PF_RETRY_INVALID_SLOT: "RET_PF_RETRY_INVALID_SLOT",
 }
 
 

@@ -28,14 +28,14 @@ which table level it expects.  A read of a data folio, of a table of another
 level, or of a freed table is recorded in ``HostMemory.bad_reads``: "walked
 into the weeds", as the kernel comment puts it.
 
-**One code, two ways to run it.**  The mm operations here (and KVM's code in
-``kvmmu.notifier`` and ``kvmmu.host_level``) are written once, as generator
-functions that ``yield from`` a step at every point where another CPU may act,
-exactly as ``kvmmu.explorer`` actors are.  :func:`cpu_code` makes such a
-function callable directly: ``collapse_huge_page(machine, haddr)`` runs it to
-the end on a :class:`HostMachine` (one CPU, nothing can interleave), while an
-explorer actor runs ``yield from collapse_huge_page.steps(world, haddr)`` and
-every step becomes a point where the explorer may switch CPUs.
+**One code, two ways to run it.**  The mm operations here are CPU code
+(:mod:`kvmmu.cpu`): generator functions that ``yield`` a step at every point
+where another CPU may act.  ``run_alone(kvm, collapse_huge_page(kvm.mm,
+haddr))`` runs one to the end on one CPU; an explorer actor runs ``yield
+from collapse_huge_page(w.mm, haddr)`` and every step becomes a point where
+the explorer may switch CPUs.  The memory itself, :class:`HostMemory`, is
+one shared object of the explorer, and so is the grace period that frees
+old page tables (``mm.rcu``).
 
 **Where the model simplifies.**
 
@@ -46,13 +46,19 @@ every step becomes a point where the explorer may switch CPUs.
   simply not present), no PROT_NONE.  x86 ``pmd_present`` also counts an entry
   with only PSE set as present (a huge PMD being split); the model's split
   never leaves such an entry.
-- ``mmap_lock``, the page-table spinlocks, reference counts and rmap are not
-  modelled.  Each mm operation does its page-table work between
+- ``mmap_lock``, the page-table spinlocks, page reference counts and rmap
+  are not modelled: a page is freed when the mm operation that drops it
+  says so, whoever still uses it (a use after that is recorded in
+  ``HostMemory.bad_reads``).  Each mm operation does its page-table work between
   ``mmu_notifier_invalidate_range_start`` and ``_end``: that bracket is the
   only thing KVM relies on.  (khugepaged really ends the notification right
   after clearing the old PMD and installs the huge PMD later, keeping faults
   out with ``mmap_lock`` held for write; the model's bracket gives KVM the same
   guarantee.)
+- Data pages hold 64-bit words (guest page tables, guest data); a word never
+  written reads as the page's fill value: 0 for anonymous memory faulted in
+  on first touch, ``GUEST_DATA_WORD`` for the pages the chapters populate
+  as "guest data".  A page under migration has a non-present PTE.
 - A page table that is replaced is freed after an RCU grace period (as
   ``pte_free_defer`` does); a CPU with interrupts disabled holds that grace
   period off.  The model's ``rcu`` domain is that grace period.  Freed pages
@@ -62,14 +68,30 @@ every step becomes a point where the explorer may switch CPUs.
   rule is stated for every P*D level and it is the level where
   ``host_pfn_mapping_level`` descends.
 """
-import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .bits import BIT_ULL, GENMASK_ULL
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_u64
+from .cpu import Handle, cpu_code
+from .errno import EFAULT
+from .explorer import Primitive, step
 from .levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_1G,
                      PG_LEVEL_2M, PG_LEVEL_4K, level_name)
+
+__all__ = [
+    "PGD", "PUD", "PMD", "PTE", "TABLE_NAMES", "BACKINGS", "GUEST_DATA_WORD", "TASK_SIZE_MAX",
+    "EntryPtr", "BadRead", "HostPage", "HostMemory", "HostMm", "Hex", "MmuNotifierOps",
+    "MmuNotifier",
+    "pgd_offset", "p4d_offset", "pud_offset", "pmd_offset", "pte_offset_kernel",
+    "pgd_none", "p4d_none", "p4d_present", "pud_none", "pud_present", "pud_leaf",
+    "pmd_none", "pmd_present", "pmd_leaf", "pte_present", "mk_table_entry", "mk_leaf_entry",
+    "describe_entry", "check_hva", "check_hva_aligned", "host_populate", "host_translation",
+    "host_maps_range", "host_level_truth", "mmu_notifier_invalidate_range_start",
+    "mmu_notifier_invalidate_range_end", "collapse_huge_page", "__split_huge_pmd",
+    "migrate_page", "unmap_and_free_tables", "punch_hole", "table_tree",
+    "__get_user", "__put_user", "__try_cmpxchg_user",
+]
 
 # --------------------------------------------------------------------------
 # Entry format (arch/x86/include/asm/pgtable_types.h)
@@ -85,6 +107,9 @@ _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIR
 #: A present, writable user leaf (the model's only kind of leaf).
 _PAGE_LEAF = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
 PTE_PFN_MASK = GENMASK_ULL(51, 12)
+#: A non-present PTE that is not none: the page is being migrated (the
+#: model's stand-in for a swap-format migration entry).
+_PAGE_MIGRATION = BIT_ULL(62)
 
 PTRS_PER_TABLE = 512
 PGDIR_SHIFT = 39
@@ -133,15 +158,45 @@ class BadRead:
                 f"{self.expected} table, but that page is {self.found}")
 
 
-@dataclass
 class HostPage:
-    """One page-table page, or the head of one data folio, in host memory."""
+    """One page-table page, or the head of one data folio, in host memory.
 
-    pfn: int
-    kind: str            # "table" or "folio"
-    level: int           # table: PGD/PUD/PMD/PTE; folio: PG_LEVEL_4K/2M/1G
-    entries: dict = field(default_factory=dict)  # table only: index -> u64, zeros omitted
-    freed: bool = False
+    A value: changing a page makes a new ``HostPage`` (the memory's state is
+    then a tuple of pages that states before and after share), and its hash
+    is computed once.
+    """
+
+    __slots__ = ("pfn", "kind", "level", "entries", "freed", "fill", "_hash")
+
+    def __init__(self, pfn: int, kind: str, level: int, entries=None, freed: bool = False,
+                 fill: int = 0):
+        self.pfn = pfn
+        self.kind = kind            # "table" or "folio"
+        self.level = level          # table: PGD/PUD/PMD/PTE; folio: PG_LEVEL_4K/2M/1G
+        self.entries = dict(entries or ())  # table only: index -> u64, zeros omitted
+        self.freed = freed
+        self.fill = fill            # folio only: what a word never written reads as
+        self._hash = hash((pfn, kind, level, freed, fill, tuple(sorted(self.entries.items()))))
+
+    def replace(self, **changes) -> "HostPage":
+        fields = {"entries": self.entries, "freed": self.freed, "fill": self.fill, **changes}
+        return HostPage(self.pfn, self.kind, self.level, **fields)
+
+    def __eq__(self, other):
+        return self is other or (type(other) is HostPage and self._hash == other._hash
+                                 and (self.pfn, self.kind, self.level, self.freed, self.fill,
+                                      self.entries)
+                                 == (other.pfn, other.kind, other.level, other.freed,
+                                     other.fill, other.entries))
+
+    def __hash__(self):
+        return self._hash
+
+    def __repr__(self):
+        return f"HostPage({self.pfn:#x}, {self.describe()})"
+
+    def __deepcopy__(self, memo):
+        return self                 # a value
 
     @property
     def npages(self) -> int:
@@ -153,21 +208,40 @@ class HostPage:
         return f"{what} (freed)" if self.freed else what
 
 
-class HostMemory:
+class HostMemory(Primitive):
     """Host physical memory: page-table pages and data folios, by pfn.
 
-    Allocation is a deterministic bump allocator; freed pages stay freed (never
-    reused), so any later read of one is caught.
+    One shared object of the explorer.  Allocation is a deterministic bump
+    allocator; freed pages stay freed (never reused), so any later access to
+    one is caught.  ``words`` holds what was written into data pages, per
+    4 KiB pfn, as tuples of ``(index, value)``.
     """
 
-    def __init__(self):
+    __slots__ = ("pages", "big", "words", "_next_table", "_next_data", "bad_reads",
+                 "reads", "_cache")
+    _sealed = True
+
+    def __init__(self, world, name: str = "host memory"):
+        super().__init__(world, name)
+        self._cache = None
         self.pages: dict[int, HostPage] = {}
+        #: the multi-page folios, as (head pfn, pages), for finding a tail's head
+        self.big: tuple = ()
+        self.words: dict[int, tuple] = {}
         self._next_table = _TABLE_PFN_BASE
         self._next_data = _DATA_PFN_BASE
-        #: Reads that went to the wrong kind of memory (part of the state).
-        self.bad_reads: list[BadRead] = []
+        #: Accesses that went to the wrong kind of memory (part of the state).
+        self.bad_reads: tuple = ()
         #: Every typed read, in order (for figures; not part of the state).
         self.reads: list[tuple[EntryPtr, int, int]] = []
+
+    def _put(self, page: HostPage) -> None:
+        self._cache = None
+        self.pages[page.pfn] = page
+
+    def _bad(self, bad: "BadRead") -> None:
+        self._cache = None
+        self.bad_reads += (bad,)
 
     # -- allocation -------------------------------------------------------
     def alloc_table(self, level: int) -> int:
@@ -175,14 +249,15 @@ class HostMemory:
         check_choice("level", level, (PGD, PUD, PMD, PTE))
         pfn = self._next_table
         self._next_table += 1
-        self.pages[pfn] = HostPage(pfn, "table", level)
+        self._put(HostPage(pfn, "table", level))
         return pfn
 
-    def alloc_folio(self, level: int, color: int | None = None) -> int:
+    def alloc_folio(self, level: int, color: int | None = None, fill: int = 0) -> int:
         """Allocate a data folio of ``level`` (4K/2M/1G), naturally aligned.
 
         ``color`` (4K only) asks for a pfn whose low 9 bits are ``color``,
-        which is where a split THP's pages sit.
+        which is where a split THP's pages sit; ``fill`` is what its words
+        read as until written.
         """
         check_choice("level", level, (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
         npages = KVM_PAGES_PER_HPAGE(level)
@@ -192,8 +267,11 @@ class HostMemory:
             if level != PG_LEVEL_4K:
                 raise ValueError("color is only meaningful for a 4K folio")
             pfn += (color - pfn) % PTRS_PER_TABLE
+        check_u64("fill", fill)
         self._next_data = pfn + npages
-        self.pages[pfn] = HostPage(pfn, "folio", level)
+        self._put(HostPage(pfn, "folio", level, fill=fill))
+        if npages > 1:
+            self.big += ((pfn, npages),)
         return pfn
 
     def free(self, pfn: int) -> None:
@@ -201,7 +279,7 @@ class HostMemory:
         page = self.pages.get(pfn)
         if page is None or page.freed:
             raise ValueError(f"pfn {pfn:#x} is not an allocated page")
-        page.freed = True
+        self._put(page.replace(freed=True))
 
     # -- lookup -----------------------------------------------------------
     def page_at(self, pfn: int) -> HostPage | None:
@@ -209,9 +287,9 @@ class HostMemory:
         page = self.pages.get(pfn)
         if page is not None:
             return page
-        for head in self.pages.values():
-            if head.kind == "folio" and head.pfn <= pfn < head.pfn + head.npages:
-                return head
+        for head, npages in self.big:
+            if head <= pfn < head + npages:
+                return self.pages[head]
         return None
 
     def peek(self, ptr: EntryPtr) -> int:
@@ -220,15 +298,44 @@ class HostMemory:
         if page is None:
             return 0
         if page.kind == "folio":
-            return GUEST_DATA_WORD
+            for index, value in self.words.get(ptr.pfn, ()):
+                if index == ptr.index:
+                    return value
+            return page.fill
         return page.entries.get(ptr.index, 0)
+
+    def read_data(self, pfn: int, offset: int) -> int:
+        """Read the u64 at byte ``offset`` of data page ``pfn`` (a kernel mapping's read)."""
+        ptr = self._data_ptr(pfn, offset, "read")
+        return self.peek(ptr)
+
+    def write_data(self, pfn: int, offset: int, value: int) -> None:
+        """Write the u64 at byte ``offset`` of data page ``pfn``."""
+        check_u64("value", value)
+        ptr = self._data_ptr(pfn, offset, "write")
+        self._cache = None
+        words = dict(self.words.get(pfn, ()))
+        words[ptr.index] = value
+        self.words[pfn] = tuple(sorted(words.items()))
+
+    def _data_ptr(self, pfn: int, offset: int, what: str) -> EntryPtr:
+        check_int("pfn", pfn, 0)
+        check_int("offset", offset, 0, PAGE_SIZE - 8)
+        if offset & 7:
+            raise ValueError(f"offset must be 8-byte aligned, got {offset:#x}")
+        ptr = EntryPtr(pfn, offset >> 3)
+        page = self.page_at(pfn)
+        if page is None or page.kind != "folio" or page.freed:
+            found = "unallocated memory" if page is None else page.describe()
+            self._bad(BadRead(ptr, f"data page ({what})", found))
+        return ptr
 
     def load(self, ptr: EntryPtr, level: int) -> int:
         """Read the word at ``ptr`` as an entry of a ``level`` table (one READ_ONCE)."""
         page = self.page_at(ptr.pfn)
         if page is None or page.kind != "table" or page.level != level or page.freed:
             found = "unallocated memory" if page is None else page.describe()
-            self.bad_reads.append(BadRead(ptr, TABLE_NAMES[level], found))
+            self._bad(BadRead(ptr, TABLE_NAMES[level], found))
         value = self.peek(ptr)
         self.reads.append((ptr, level, value))
         return value
@@ -239,31 +346,48 @@ class HostMemory:
         if page is None or page.kind != "table" or page.freed:
             raise ValueError(f"pfn {ptr.pfn:#x} is not a live page table")
         old = page.entries.get(ptr.index, 0)
+        entries = dict(page.entries)
         if value:
-            page.entries[ptr.index] = value
+            entries[ptr.index] = value
         else:
-            page.entries.pop(ptr.index, None)
+            entries.pop(ptr.index, None)
+        self._put(page.replace(entries=entries))
         return old
 
-    def __deepcopy__(self, memo):
-        # Pages hold only ints, strings and a dict of ints: copy them directly
-        # (the explorer's snapshot engine saves and restores worlds often).
-        new = HostMemory.__new__(HostMemory)
-        new.pages = {pfn: HostPage(p.pfn, p.kind, p.level, dict(p.entries), p.freed)
-                     for pfn, p in self.pages.items()}
-        new._next_table = self._next_table
-        new._next_data = self._next_data
-        new.bad_reads = list(self.bad_reads)
-        new.reads = list(self.reads)
-        memo[id(self)] = new
-        return new
+    def store_many(self, table: int, entries: dict) -> None:
+        """Fill a fresh table with ``entries`` at once (index -> u64)."""
+        page = self.pages[table]
+        self._put(page.replace(entries={**page.entries, **entries}))
+
+    def copy_words(self, src: int, dst: int) -> None:
+        """Copy what was written into data page ``src`` into data page ``dst``."""
+        words = self.words.get(src)
+        if words:
+            self._cache = None
+            self.words[dst] = words
 
     def snapshot(self) -> tuple:
         """A hashable summary of everything a CPU could observe."""
-        pages = tuple(
-            (p.pfn, p.kind, p.level, p.freed, tuple(sorted(p.entries.items())))
-            for p in sorted(self.pages.values(), key=lambda p: p.pfn))
-        return pages, tuple(self.bad_reads)
+        if self._cache is None:
+            self._cache = (tuple(sorted(self.pages.items())), tuple(sorted(self.words.items())),
+                           self._next_table, self._next_data, self.bad_reads, self.big)
+        return self._cache
+
+    # -- the explorer's view --
+    def _state(self):
+        return self.snapshot()
+
+    def _load(self, st):
+        if st is self._cache:
+            return                      # already in this state
+        pages, words, self._next_table, self._next_data, self.bad_reads, self.big = st
+        self.pages = dict(pages)
+        self.words = dict(words)
+        self._cache = st
+
+    def _show(self):
+        live = sum(1 for p in self.pages.values() if not p.freed)
+        return f"{live} live pages" + (f", {len(self.bad_reads)} bad reads" if self.bad_reads else "")
 
 
 # --------------------------------------------------------------------------
@@ -400,6 +524,8 @@ def describe_entry(entry: int, table_level: int) -> str:
     if entry == 0:
         return "none"
     if not entry & _PAGE_PRESENT:
+        if entry & _PAGE_MIGRATION:
+            return f"migration entry @{entry_pfn(entry):#x}"
         return f"not present ({entry:#x})"
     if table_level > PTE and entry & _PAGE_PSE:
         return f"{level_name(table_level)} leaf @{entry_pfn(entry):#x}"
@@ -409,131 +535,72 @@ def describe_entry(entry: int, table_level: int) -> str:
 
 
 # --------------------------------------------------------------------------
-# Running CPU code directly (one CPU) or under the explorer
-
-def run_direct(gen):
-    """Run CPU code to its end on one CPU and return its result.
-
-    Direct-mode primitives never yield; a generator that does yield is holding
-    an explorer primitive and has to be run by ``kvmmu.explorer`` instead.
-    """
-    try:
-        request = next(gen)
-    except StopIteration as stop:
-        return stop.value
-    gen.close()
-    raise RuntimeError(
-        f"this code yielded {request!r}: its machine uses kvmmu.explorer primitives, so run "
-        "it from an explorer actor with `yield from f.steps(...)`")
-
-
-def cpu_code(gen_fn):
-    """Make a step-yielding generator function callable directly.
-
-    ``f(machine, ...)`` runs it to the end on one CPU (a :class:`HostMachine` or
-    ``kvmmu.notifier.Kvm``); ``yield from f.steps(world, ...)`` runs it inside an
-    explorer actor, one step at a time.
-    """
-    @functools.wraps(gen_fn)
-    def run(*args, **kwargs):
-        return run_direct(gen_fn(*args, **kwargs))
-
-    run.steps = gen_fn
-    return run
-
-
-class DirectRWLock:
-    """A reader-writer lock for one CPU: taking it when that would block is a bug."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.readers = 0
-        self.writer = False
-
-    def read_lock(self):
-        yield from ()  # one CPU: nothing to wait for
-        if self.writer:
-            raise RuntimeError(f"read_lock({self.name}) while write-locked: deadlock on one CPU")
-        self.readers += 1
-
-    def read_unlock(self):
-        yield from ()
-        if self.readers <= 0:
-            raise RuntimeError(f"read_unlock({self.name}) without read_lock")
-        self.readers -= 1
-
-    def write_lock(self):
-        yield from ()
-        if self.writer or self.readers:
-            raise RuntimeError(f"write_lock({self.name}) while held: deadlock on one CPU")
-        self.writer = True
-
-    def write_unlock(self):
-        yield from ()
-        if not self.writer:
-            raise RuntimeError(f"write_unlock({self.name}) without write_lock")
-        self.writer = False
-
-
-class DirectRCU:
-    """An RCU domain for one CPU: readers nest, a grace period inside a reader is a bug."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.readers = 0
-
-    def read_lock(self):
-        yield from ()
-        self.readers += 1
-        return 0
-
-    def read_unlock(self, idx: int = 0):
-        yield from ()
-        if self.readers <= 0:
-            raise RuntimeError(f"read_unlock({self.name}) without read_lock")
-        self.readers -= 1
-
-    def synchronize(self):
-        yield from ()
-        if self.readers:
-            raise RuntimeError(f"synchronize({self.name}) inside a read section: deadlock")
-
-
-class HostMachine:
-    """A host with one CPU: its mm, the grace-period domain, and direct steps.
-
-    The explorer worlds of ``kvmmu.host_level_races`` offer the same three
-    attributes (``mm``, ``rcu``, ``step``) backed by explorer primitives.
-    """
-
-    def __init__(self, mm: "HostMm | None" = None):
-        self.mm = mm if mm is not None else HostMm()
-        #: Disabled interrupts hold off the grace period that frees old page tables.
-        self.rcu = DirectRCU("irq-disabled sections (RCU)")
-        self.steps_taken: list[str] = []
-
-    def step(self, label: str, fn=None):
-        """One indivisible action: here it simply runs (nothing else can run)."""
-        yield from ()
-        self.steps_taken.append(label)
-        return fn() if fn is not None else None
-
-
-# --------------------------------------------------------------------------
 # The address space
 
-class HostMm:
+@dataclass(frozen=True)
+class MmuNotifierOps:
+    """The callbacks a secondary MMU gives the mm: generator functions of (mn, start, end).
+
+    Models: include/linux/mmu_notifier.h: struct mmu_notifier_ops
+    """
+
+    invalidate_range_start: object
+    invalidate_range_end: object
+
+
+@dataclass(frozen=True)
+class MmuNotifier:
+    """One subscription: the ops, and whose they are (``container_of`` in the kernel).
+
+    Models: include/linux/mmu_notifier.h: struct mmu_notifier
+    """
+
+    ops: MmuNotifierOps
+    owner: object = field(compare=False)
+
+class HostMm(Handle):
     """A process address space: its PGD, its memory, its notifier subscribers.
 
     Models: include/linux/mm_types.h: struct mm_struct
+
+    A handle: its memory (:class:`HostMemory`) and the grace period that
+    frees old page tables (``rcu``: CPUs walking with interrupts disabled
+    hold it off) are shared objects registered in ``world``, so copying the
+    handle copies nothing.  ``notifier_subscriptions`` holds the
+    ``mmu_notifier_ops`` registered on the mm (KVM's, once a VM is created).
     """
 
-    def __init__(self, memory: HostMemory | None = None):
-        self.mem = memory if memory is not None else HostMemory()
+    __slots__ = ("world", "mem", "rcu", "pgd", "notifier_subscriptions", "vmas")
+    _key = ("mm",)
+
+    def __init__(self, world, memory: HostMemory | None = None):
+        self.world = world
+        self.mem = memory if memory is not None else world._register(HostMemory(world))
+        self.rcu = world.rcu_domain("IRQs off (page-table freeing)")
         self.pgd = self.mem.alloc_table(PGD)
-        #: mmu_notifier subscriptions: objects with invalidate_range_start/end
-        #: generator functions taking (machine, start, end).
+        #: The mmu_notifiers registered on this mm (:class:`MmuNotifier`).
         self.notifier_subscriptions: list = []
+        #: The mapped user ranges [start, end), anonymous memory (set up
+        #: before a run, never changed by one).
+        self.vmas: list[tuple[int, int]] = []
+
+    def mmap(self, hva: int, npages: int) -> None:
+        """Map ``npages`` of anonymous memory at ``hva`` (faulted in on first touch)."""
+        check_hva_aligned("hva", hva, PG_LEVEL_4K)
+        check_int("npages", npages, 1, (TASK_SIZE_MAX + PAGE_SIZE - hva) >> PAGE_SHIFT)
+        end = hva + (npages << PAGE_SHIFT)
+        merged = sorted(self.vmas + [(hva, end)])
+        out = [merged[0]]
+        for lo, hi in merged[1:]:
+            if lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
+            else:
+                out.append((lo, hi))
+        self.vmas = out
+
+    def in_vma(self, hva: int) -> bool:
+        """Whether ``hva`` lies in a mapped user range."""
+        return any(lo <= hva < hi for lo, hi in self.vmas)
 
     def snapshot(self) -> tuple:
         return self.mem.snapshot()
@@ -567,7 +634,7 @@ class HostMm:
             ptr = EntryPtr(entry_pfn(entry), index_of[level](hva))
         return ptr
 
-    def map_folio(self, hva: int, level: int) -> int:
+    def map_folio(self, hva: int, level: int, fill: int = 0) -> int:
         """Allocate a folio of ``level`` and map it at ``hva`` (a page fault); return its pfn."""
         check_choice("level", level, (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
         check_hva_aligned("hva", hva, level)
@@ -575,7 +642,7 @@ class HostMm:
         if self.mem.peek(ptr):
             raise ValueError(f"hva {hva:#x} is already mapped at {level_name(level)}")
         color = pte_index(hva) if level == PG_LEVEL_4K else None
-        pfn = self.mem.alloc_folio(level, color=color)
+        pfn = self.mem.alloc_folio(level, color=color, fill=fill)
         self.mem.store(ptr, mk_leaf_entry(pfn, level))
         return pfn
 
@@ -596,15 +663,18 @@ def check_hva_aligned(name: str, hva, level: int) -> int:
     return hva
 
 
-def host_populate(mm: HostMm, hva: int, npages: int, backing: str) -> list[int]:
+def host_populate(mm: HostMm, hva: int, npages: int, backing: str,
+                  fill: int = GUEST_DATA_WORD) -> list[int]:
     """Fault in host memory for ``npages`` 4 KiB pages from ``hva`` with ``backing`` folios.
 
     ``backing`` is ``"4K"``, ``"2M"`` (THP) or ``"1G"`` (hugetlbfs-style).  Every
     ``backing``-aligned block that overlaps the range gets one folio, so a range
     that starts in the middle of a 2 MiB block is backed by a THP that starts
     before it (the VMA is bigger than the memslot).  Blocks already mapped at
-    that size are left alone.  Returns the pfns of the new folios.
+    that size are left alone.  ``fill`` is what the new pages read as (by
+    default ``GUEST_DATA_WORD``: the guest's data).  Returns the new folios' pfns.
     """
+    _check_mm(mm)
     check_choice("backing", backing, tuple(BACKINGS))
     check_hva_aligned("hva", hva, PG_LEVEL_4K)
     check_int("npages", npages, 1, (TASK_SIZE_MAX + PAGE_SIZE - hva) >> PAGE_SHIFT)
@@ -612,13 +682,20 @@ def host_populate(mm: HostMm, hva: int, npages: int, backing: str) -> list[int]:
     size = KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT
     first = hva - hva % size
     end = hva + (npages << PAGE_SHIFT)
+    mm.mmap(first, (-(-end // size) * size - first) >> PAGE_SHIFT)
     pfns = []
     for block in range(first, end, size):
         ptr = mm.entry_ptr(block, level)
         if ptr is not None and mm.mem.peek(ptr):
             continue
-        pfns.append(mm.map_folio(block, level))
+        pfns.append(mm.map_folio(block, level, fill))
     return pfns
+
+
+def _check_mm(mm) -> HostMm:
+    if not isinstance(mm, HostMm):
+        raise TypeError(f"mm must be a HostMm, got {type(mm).__name__}")
+    return mm
 
 
 def host_translation(mm: HostMm, hva: int) -> tuple[int, int] | None:
@@ -628,6 +705,7 @@ def host_translation(mm: HostMm, hva: int) -> tuple[int, int] | None:
     recorded reads (no kernel counterpart; think of it as what the MMU would
     translate ``hva`` to right now).
     """
+    _check_mm(mm)
     check_hva("hva", hva)
     entry = mm.mem.peek(pgd_offset(mm, hva))
     for level, offset in ((PUD, pud_offset), (PMD, pmd_offset), (PTE, pte_offset_kernel)):
@@ -647,8 +725,10 @@ def host_maps_range(mm: HostMm, hva: int, npages: int, pfn: int) -> bool:
 
     One walk per host leaf, so checking a 2 MiB range backed by a THP is one walk.
     """
+    _check_mm(mm)
     check_hva("hva", hva)
-    check_int("npages", npages, 1)
+    check_int("npages", npages, 1, (TASK_SIZE_MAX + PAGE_SIZE - hva) >> PAGE_SHIFT)
+    check_int("pfn", pfn, 0)
     done = 0
     while done < npages:
         found = host_translation(mm, hva + (done << PAGE_SHIFT))
@@ -661,6 +741,7 @@ def host_maps_range(mm: HostMm, hva: int, npages: int, pfn: int) -> bool:
 
 def host_level_truth(mm: HostMm, hva: int) -> int:
     """Return the level of the host mapping of ``hva`` (4K when unmapped), atomically."""
+    _check_mm(mm)
     found = host_translation(mm, hva)
     return PG_LEVEL_4K if found is None else found[1]
 
@@ -668,23 +749,31 @@ def host_level_truth(mm: HostMm, hva: int) -> int:
 # --------------------------------------------------------------------------
 # mm operations, written as CPU code (each yield is a point another CPU may act)
 
-def mmu_notifier_invalidate_range_start(machine, start: int, end: int):
+def mmu_notifier_invalidate_range_start(mm: HostMm, start: int, end: int):
     """Tell every subscriber (KVM) that ``[start, end)`` is about to change.
 
     Models: mm/mmu_notifier.c: mmu_notifier_invalidate_range_start()
     """
+    _check_range(mm, start, end)
     # A tuple copy: the loop keeps no reference into the mm across its steps.
-    for sub in tuple(machine.mm.notifier_subscriptions):
-        yield from sub.invalidate_range_start(machine, start, end)
+    for sub in tuple(mm.notifier_subscriptions):
+        yield from sub.ops.invalidate_range_start(sub, start, end)
 
 
-def mmu_notifier_invalidate_range_end(machine, start: int, end: int):
+def mmu_notifier_invalidate_range_end(mm: HostMm, start: int, end: int):
     """Tell every subscriber that the change to ``[start, end)`` is complete.
 
     Models: mm/mmu_notifier.c: mmu_notifier_invalidate_range_end()
     """
-    for sub in tuple(machine.mm.notifier_subscriptions):
-        yield from sub.invalidate_range_end(machine, start, end)
+    _check_range(mm, start, end)
+    for sub in tuple(mm.notifier_subscriptions):
+        yield from sub.ops.invalidate_range_end(sub, start, end)
+
+
+def _check_range(mm, start, end) -> None:
+    _check_mm(mm)
+    check_hva("start", start)
+    check_int("end", end, start + 1, TASK_SIZE_MAX + PAGE_SIZE)
 
 
 def _free_table_tree(mem: HostMemory, table_pfn: int) -> list[int]:
@@ -720,7 +809,7 @@ class Found(NamedTuple):
         return describe_entry(self.old, self.table_level) if self.ptr is not None else "none"
 
 
-def _find_entry(machine, hva: int, table_level: int, why: str, ok):
+def _find_entry(mm, hva: int, table_level: int, why: str, ok):
     """The mm operation's first step: find the entry it will change, check it is ``ok``.
 
     A step of its own (the kernel finds the entry under the mm's locks before
@@ -728,37 +817,60 @@ def _find_entry(machine, hva: int, table_level: int, why: str, ok):
     Raises ValueError, saying what was found, if ``ok(old)`` is false.
     """
     def find():
-        ptr = machine.mm.entry_ptr(hva, table_level)
-        old = machine.mm.mem.peek(ptr) if ptr is not None else 0
+        ptr = mm.entry_ptr(hva, table_level)
+        old = mm.mem.peek(ptr) if ptr is not None else 0
         if not ok(old):
             raise ValueError(f"{why} at {hva:#x}; found "
-                             f"{_found_text(machine, hva, ptr, old, table_level)}")
+                             f"{_found_text(mm, hva, ptr, old, table_level)}")
         return Found(ptr, old, table_level)
-    return (yield from machine.step(f"find {TABLE_NAMES[table_level]} entry", find))
+    return (yield from step(f"find {TABLE_NAMES[table_level]} entry", find))
 
 
-def _found_text(machine, hva: int, ptr, old: int, table_level: int) -> str:
+def _found_text(mm, hva: int, ptr, old: int, table_level: int) -> str:
     # What an mm operation found where it expected to work, for its error message.
     if ptr is not None:
         return describe_entry(old, table_level)
-    above = host_translation(machine.mm, hva)
+    above = host_translation(mm, hva)
     if above is not None:
         return f"a {level_name(above[1])} leaf above it"
     return f"no {TABLE_NAMES[table_level]} table"
 
 
-def _store(machine, ptr: EntryPtr, value: int) -> None:
-    machine.mm.mem.store(ptr, value)
+def _store(mm, ptr: EntryPtr, value: int) -> None:
+    mm.mem.store(ptr, value)
 
 
-def _free_tree(machine, table_pfn: int) -> None:
-    mem = machine.mm.mem
+def _copy_folio(mm, old_pfn: int, level: int, color=None) -> int:
+    # A new folio with the old one's fill and contents (migration's copy).
+    mem = mm.mem
+    old = mem.page_at(old_pfn)
+    new = mem.alloc_folio(level, color=color, fill=old.fill if old else 0)
+    for i in range(KVM_PAGES_PER_HPAGE(level)):
+        mem.copy_words(old_pfn + i, new + i)
+    return new
+
+
+def _collapse_copy(mm, haddr: int, level: int) -> int:
+    # khugepaged's copy: the new huge folio holds what each small page held.
+    mem = mm.mem
+    found = host_translation(mm, haddr)
+    old = mem.page_at(found[0]) if found else None
+    new = mem.alloc_folio(level, fill=old.fill if old else GUEST_DATA_WORD)
+    for i in range(KVM_PAGES_PER_HPAGE(level)):
+        small = host_translation(mm, haddr + (i << PAGE_SHIFT))
+        if small:
+            mem.copy_words(small[0], new + i)
+    return new
+
+
+def _free_tree(mm, table_pfn: int) -> None:
+    mem = mm.mem
     for pfn in _free_table_tree(mem, table_pfn):
         mem.free(pfn)
 
 
 @cpu_code
-def collapse_huge_page(machine, haddr: int, level: int = PG_LEVEL_2M):
+def collapse_huge_page(mm, haddr: int, level: int = PG_LEVEL_2M):
     """Replace the table under ``haddr``'s P*D entry with one huge leaf, in place.
 
     Models: mm/khugepaged.c: collapse_huge_page()
@@ -770,77 +882,77 @@ def collapse_huge_page(machine, haddr: int, level: int = PG_LEVEL_2M):
     check_choice("level", level, (PG_LEVEL_2M, PG_LEVEL_1G))
     check_hva_aligned("haddr", haddr, level)
     ptr, old, _ = yield from _find_entry(
-        machine, haddr, level,
+        mm, haddr, level,
         f"collapse needs a {TABLE_NAMES[level]} entry that points to a table",
         lambda e: e & _PAGE_PRESENT and not e & _PAGE_PSE)
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
-    yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
-    new = yield from machine.step(
-        f"alloc {level_name(level)} folio, copy into it",
-        lambda: Hex(machine.mm.mem.alloc_folio(level)))
-    yield from machine.step(
+    yield from mmu_notifier_invalidate_range_start(mm, haddr, end)
+    new = yield from step(f"alloc {level_name(level)} folio, copy into it",
+                          lambda: Hex(_collapse_copy(mm, haddr, level)))
+    yield from step(
         f"set {TABLE_NAMES[level]}: {level_name(level)} leaf @{new:#x}",
-        lambda: _store(machine, ptr, mk_leaf_entry(new, level)))
-    yield from mmu_notifier_invalidate_range_end(machine, haddr, end)
+        lambda: _store(mm, ptr, mk_leaf_entry(new, level)))
+    yield from mmu_notifier_invalidate_range_end(mm, haddr, end)
     # pte_free_defer(): the old table may still be under a walker with IRQs off.
-    yield from machine.rcu.synchronize()
-    yield from machine.step(
+    yield from mm.rcu.synchronize()
+    yield from step(
         f"free old {TABLE_NAMES[level - 1]} table @{entry_pfn(old):#x} + small pages",
-        lambda: _free_tree(machine, entry_pfn(old)))
+        lambda: _free_tree(mm, entry_pfn(old)))
     return new
 
 
-def _split_table(machine, huge: int) -> "Hex":
-    mem = machine.mm.mem
+def _split_table(mm, huge: int) -> "Hex":
+    mem = mm.mem
     table = mem.alloc_table(PTE)
-    for i in range(PTRS_PER_TABLE):
-        mem.store(EntryPtr(table, i), mk_leaf_entry(entry_pfn(huge) + i, PG_LEVEL_4K))
+    mem.store_many(table, {i: mk_leaf_entry(entry_pfn(huge) + i, PG_LEVEL_4K)
+                           for i in range(PTRS_PER_TABLE)})
     return Hex(table)
 
 
 @cpu_code
-def __split_huge_pmd(machine, haddr: int):
+def __split_huge_pmd(mm, haddr: int):
     """Replace the 2 MiB leaf at ``haddr`` with a PTE table mapping the same pages.
 
     Models: mm/huge_memory.c: __split_huge_pmd()
     """
     check_hva_aligned("haddr", haddr, PG_LEVEL_2M)
-    ptr, old, _ = yield from _find_entry(machine, haddr, PMD, "split needs a 2M leaf",
+    ptr, old, _ = yield from _find_entry(mm, haddr, PMD, "split needs a 2M leaf",
                                          lambda e: e & _PAGE_PRESENT and e & _PAGE_PSE)
     end = haddr + (KVM_PAGES_PER_HPAGE(PG_LEVEL_2M) << PAGE_SHIFT)
-    yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
-    table = yield from machine.step("alloc PTE table, 512 entries for the THP",
-                                    lambda: _split_table(machine, old))
-    yield from machine.step(f"set PMD: PTE table @{table:#x}",
-                            lambda: _store(machine, ptr, mk_table_entry(table)))
-    yield from mmu_notifier_invalidate_range_end(machine, haddr, end)
+    yield from mmu_notifier_invalidate_range_start(mm, haddr, end)
+    table = yield from step("alloc PTE table, 512 entries for the THP",
+                                    lambda: _split_table(mm, old))
+    yield from step(f"set PMD: PTE table @{table:#x}",
+                            lambda: _store(mm, ptr, mk_table_entry(table)))
+    yield from mmu_notifier_invalidate_range_end(mm, haddr, end)
     return table
 
 
 @cpu_code
-def migrate_page(machine, hva: int):
+def migrate_page(mm, hva: int):
     """Move the 4 KiB page at ``hva`` to a new host page (NUMA balancing, compaction).
 
     Models: mm/migrate.c: migrate_pages()
     """
     check_hva_aligned("hva", hva, PG_LEVEL_4K)
-    ptr, old, _ = yield from _find_entry(machine, hva, PTE, "migrate needs a present 4K mapping",
+    ptr, old, _ = yield from _find_entry(mm, hva, PTE, "migrate needs a present 4K mapping",
                                          lambda e: e & _PAGE_PRESENT)
-    yield from mmu_notifier_invalidate_range_start(machine, hva, hva + PAGE_SIZE)
-    yield from machine.step("clear PTE (migration entry)", lambda: _store(machine, ptr, 0))
-    new = yield from machine.step(
-        "alloc new page, copy",
-        lambda: Hex(machine.mm.mem.alloc_folio(PG_LEVEL_4K, color=pte_index(hva))))
-    yield from machine.step(f"set PTE: 4K page @{new:#x}",
-                            lambda: _store(machine, ptr, mk_leaf_entry(new, PG_LEVEL_4K)))
-    yield from mmu_notifier_invalidate_range_end(machine, hva, hva + PAGE_SIZE)
-    yield from machine.step(f"free old page @{entry_pfn(old):#x}",
-                            lambda: machine.mm.mem.free(entry_pfn(old)))
+    yield from mmu_notifier_invalidate_range_start(mm, hva, hva + PAGE_SIZE)
+    yield from step("PTE = migration entry",
+                    lambda: _store(mm, ptr, (old & PTE_PFN_MASK) | _PAGE_MIGRATION))
+    new = yield from step("alloc new page, copy",
+                          lambda: Hex(_copy_folio(mm, entry_pfn(old), PG_LEVEL_4K,
+                                                  color=pte_index(hva))))
+    yield from step(f"set PTE: 4K page @{new:#x}",
+                            lambda: _store(mm, ptr, mk_leaf_entry(new, PG_LEVEL_4K)))
+    yield from mmu_notifier_invalidate_range_end(mm, hva, hva + PAGE_SIZE)
+    yield from step(f"free old page @{entry_pfn(old):#x}",
+                            lambda: mm.mem.free(entry_pfn(old)))
     return new
 
 
 @cpu_code
-def unmap_and_free_tables(machine, haddr: int, level: int = PG_LEVEL_1G):
+def unmap_and_free_tables(mm, haddr: int, level: int = PG_LEVEL_1G):
     """munmap a whole ``level``-sized region and free its page tables after a grace period.
 
     Models: mm/mmap.c: free_pgtables()
@@ -848,19 +960,19 @@ def unmap_and_free_tables(machine, haddr: int, level: int = PG_LEVEL_1G):
     check_choice("level", level, (PG_LEVEL_2M, PG_LEVEL_1G))
     check_hva_aligned("haddr", haddr, level)
     ptr, old, _ = yield from _find_entry(
-        machine, haddr, level, f"unmap needs a present {TABLE_NAMES[level]} entry",
+        mm, haddr, level, f"unmap needs a present {TABLE_NAMES[level]} entry",
         lambda e: e & _PAGE_PRESENT)
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
-    yield from mmu_notifier_invalidate_range_start(machine, haddr, end)
-    yield from machine.step(f"clear {TABLE_NAMES[level]} entry", lambda: _store(machine, ptr, 0))
-    yield from mmu_notifier_invalidate_range_end(machine, haddr, end)
+    yield from mmu_notifier_invalidate_range_start(mm, haddr, end)
+    yield from step(f"clear {TABLE_NAMES[level]} entry", lambda: _store(mm, ptr, 0))
+    yield from mmu_notifier_invalidate_range_end(mm, haddr, end)
     if old & _PAGE_PSE:
-        yield from machine.step("free the folio", lambda: machine.mm.mem.free(entry_pfn(old)))
+        yield from step("free the folio", lambda: mm.mem.free(entry_pfn(old)))
         return
-    yield from machine.rcu.synchronize()
-    yield from machine.step(
+    yield from mm.rcu.synchronize()
+    yield from step(
         f"free {TABLE_NAMES[level - 1]} table @{entry_pfn(old):#x} + what it mapped",
-        lambda: _free_tree(machine, entry_pfn(old)))
+        lambda: _free_tree(mm, entry_pfn(old)))
 
 
 def table_tree(mm: HostMm, hva_start: int, hva_end: int) -> list[dict]:
@@ -893,3 +1005,114 @@ def table_tree(mm: HostMm, hva_start: int, hva_end: int) -> list[dict]:
 
     visit(mm.pgd, PGD, 0)
     return out
+
+
+# --------------------------------------------------------------------------
+# Releasing memory, and reading and writing it through a user address
+
+def _unmap_range(mm, start: int, end: int) -> tuple:
+    # Clear every PTE of [start, end) and free its page; split nothing
+    # (the range must not cut a huge leaf).
+    freed = []
+    for hva in range(start, end, PAGE_SIZE):
+        found = host_translation(mm, hva)
+        if found is None:
+            continue
+        if found[1] != PG_LEVEL_4K:
+            raise ValueError(f"hva {hva:#x} is inside a {level_name(found[1])} leaf: "
+                             "punch_hole works on 4K pages")
+        mm.mem.store(mm.entry_ptr(hva, PTE), 0)
+        mm.mem.free(found[0])
+        freed.append(Hex(found[0]))
+    return tuple(freed)
+
+
+@cpu_code
+def punch_hole(mm, start: int, end: int):
+    """Release the anonymous pages of ``[start, end)``: the next touch gets zeroed pages.
+
+    Models: mm/madvise.c: madvise_dontneed_single_vma()
+
+    The notifier's range_start runs before the pages go away and range_end
+    after: the order every secondary MMU (KVM's SPTEs, its pfn caches)
+    relies on.  Returns the pfns freed.
+    """
+    _check_range(mm, start, end)
+    if start & (PAGE_SIZE - 1) or end & (PAGE_SIZE - 1):
+        raise ValueError(f"start and end must be page aligned, got {start:#x}, {end:#x}")
+    yield from mmu_notifier_invalidate_range_start(mm, start, end)
+    freed = yield from step(f"unmap and free hva [{start:#x}, {end:#x})",
+                            lambda: _unmap_range(mm, start, end))
+    yield from mmu_notifier_invalidate_range_end(mm, start, end)
+    return freed
+
+
+def _user_pfn(mm, hva: int):
+    # The page behind a user address, faulted in (zeroed) on first touch;
+    # None outside every mapping, or while the page is being migrated.
+    found = host_translation(mm, hva)
+    if found is not None:
+        return found[0]
+    if not mm.in_vma(hva):
+        return None
+    ptr = mm.entry_ptr(hva, PTE)
+    if ptr is not None and mm.mem.peek(ptr):
+        return None                     # a migration entry: gup would wait
+    return mm.map_folio(hva - hva % PAGE_SIZE, PG_LEVEL_4K)
+
+
+def _check_user(mm, hva) -> None:
+    _check_mm(mm)
+    check_hva("hva", hva)
+    if hva & 7:
+        raise ValueError(f"hva must be 8-byte aligned, got {hva:#x}")
+
+
+def __get_user(mm: HostMm, hva: int) -> tuple[int, int]:
+    """Read the u64 at user address ``hva``: ``(0, value)`` or ``(-EFAULT, 0)``.
+
+    Models: arch/x86/include/asm/uaccess.h: __get_user()
+
+    Plain computation on the memory: the caller makes it one step.
+    """
+    _check_user(mm, hva)
+    pfn = _user_pfn(mm, hva)
+    if pfn is None:
+        return -EFAULT, 0
+    return 0, mm.mem.read_data(pfn, hva & (PAGE_SIZE - 1))
+
+
+def __put_user(mm: HostMm, hva: int, value: int) -> int:
+    """Store the u64 ``value`` at user address ``hva``: 0 or -EFAULT.
+
+    Models: arch/x86/include/asm/uaccess.h: __put_user()
+    """
+    _check_user(mm, hva)
+    check_u64("value", value)
+    pfn = _user_pfn(mm, hva)
+    if pfn is None:
+        return -EFAULT
+    mm.mem.write_data(pfn, hva & (PAGE_SIZE - 1), value)
+    return 0
+
+
+def __try_cmpxchg_user(mm: HostMm, hva: int, old: int, new: int) -> tuple[int, int]:
+    """Compare-exchange the u64 at user address ``hva``.
+
+    Models: arch/x86/include/asm/uaccess.h: __try_cmpxchg_user()
+
+    Returns ``(0, old)`` on success, ``(1, current)`` if memory held another
+    value, ``(-EFAULT, 0)`` if nothing can be mapped there.
+    """
+    _check_user(mm, hva)
+    check_u64("old", old)
+    check_u64("new", new)
+    pfn = _user_pfn(mm, hva)
+    if pfn is None:
+        return -EFAULT, 0
+    offset = hva & (PAGE_SIZE - 1)
+    cur = mm.mem.read_data(pfn, offset)
+    if cur != old:
+        return 1, cur
+    mm.mem.write_data(pfn, offset, new)
+    return 0, old

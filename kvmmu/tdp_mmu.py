@@ -1,4 +1,4 @@
-"""The TDP MMU: a sparse EPT, the SPTE write primitives, the zaps, the fault path.
+"""The TDP MMU: the SPTE write primitives, removed tables, the fault's walk, zaps and roots.
 
 Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_map(), tdp_mmu_set_spte_atomic(), tdp_mmu_set_spte(), handle_changed_spte(), handle_removed_pt(), tdp_mmu_zap_spte_atomic()
 
@@ -8,611 +8,97 @@ is the code as it stood up to 6.12 (v6.13 removed it, commit 35ef80eb), and
 :func:`tdp_mmu_zap_spte_atomic_nofreeze` is the code Ben Gardon's 2021 patch
 replaced, kept to show the race.
 
-Beside it: the iterator and the SPTE accessors of tdp_iter.h/tdp_iter.c are
-in :mod:`kvmmu.tdp_iter`, the vCPUs' TLBs and the remote flush in
-:mod:`kvmmu.tlb`, the chapter's race scenarios and checks in
-:mod:`kvmmu.tdp_mmu_races`.  This module re-exports the first two's names,
-so ``kvmmu.tdp_mmu.TdpIter`` and ``kvmmu.tdp_mmu.TlbEntry`` still work.
+The page-table pages and the iterator are :mod:`kvmmu.tdp_iter`; the vCPUs'
+TLBs and the remote flush :mod:`kvmmu.tlb`; the VM these functions act on is
+a :class:`kvmmu.kvm_host.Kvm` (``kvm.ept`` its TDP page tables, ``kvm.tlbs``
+its vCPUs' TLBs, ``kvm.mmu_lock``); the fault path that calls
+:func:`kvm_tdp_mmu_map` is :mod:`kvmmu.mmu`.
 
 **Concurrency.**  Every access to shared memory (an SPTE read, write, xchg
 or cmpxchg; a TLB fill; a remote TLB flush; a lock operation) is one step of
-:mod:`kvmmu.explorer`: the modelled kernel functions are generators and the
-actors that call them ``yield from`` them, so the explorer can interleave two
-CPUs at every point where real CPUs could.  Plain computation between two
-steps (building an SPTE, bookkeeping) belongs to the step before it.  For
-worked examples and unit tests, :func:`run_to_completion` runs one actor
-alone, and :func:`map_gfn`, :func:`zap_gfn` and :func:`access` are plain
-wrappers.
-
-**The world.**  :class:`TdpMmuWorld` plays ``struct kvm`` plus the hardware
-the chapter needs: the paging structure (tables of 512 entries, allocated on
-demand, every entry ``SHADOW_NONPRESENT_VALUE`` until written; a table is
-named by a fake host page frame number so that ``make_nonleaf_spte`` and
-``spte_to_pfn`` work on it), ``mmu_lock``, the page statistics, and one TLB
-per vCPU caching gfn -> (pfn, the leaf SPTE it came from).
+:mod:`kvmmu.explorer`: the functions are CPU code (:mod:`kvmmu.cpu`), so the
+explorer can interleave two CPUs at every point where real CPUs could.
+Plain computation between two steps (building an SPTE, bookkeeping) belongs
+to the step before it.
 
 **Where the model simplifies.**
 
-- One root, one address space, Intel EPT with A/D bits (``kvmmu.spte.EPT_AD``);
-  no mirror (TDX) roots, no MMIO SPTEs, no NX huge page workaround, no
-  dirty logging.  ``fault.goal_level`` is given, not computed by
-  ``kvm_mmu_hugepage_adjust``, and ``fault.pfn`` is given, not faulted in
-  from the primary MMU (``kvm_mmu_faultin_pfn``); the staleness check
-  (``is_page_fault_stale``) is not modelled.
+- One address space, Intel EPT with A/D bits by default; no mirror (TDX)
+  roots, no NX huge page workaround, no dirty logging, no shadow MMU (so
+  ``kvm_unmap_gfn_range()``'s dispatch is this file's
+  :func:`kvm_tdp_mmu_unmap_gfn_range` alone).
 - RCU grace periods are not modelled: a removed table is marked
   ``unlinked`` and kept (the kernel frees it with ``call_rcu`` once every
-  walker has left), so a thread still holding a pointer into it keeps
-  reading and writing real memory, as it would in the kernel until the
-  grace period ends.  A walk's ``rcu_read_lock()`` section is recorded with
+  walker has left).  A walk's ``rcu_read_lock()`` section is recorded with
   the gfn range it covers (:func:`tdp_walk_begin`), which
   :func:`handle_removed_pt` uses to merge steps no other CPU can observe.
 - Page-table pages come from a shared allocator, one step each (the kernel
   uses a per-vCPU cache filled before taking ``mmu_lock``).
 - ``tdp_mmu_iter_cond_resched`` never yields (no contention, no
-  ``need_resched``).  The iterator's ``yielded`` flag stays False.
-- A vCPU's memory access and a remote flush are one step each; the TLB
-  caches final translations only (see :mod:`kvmmu.tlb`).
-- Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`;
-  actors built with :func:`kvmmu.tdp_mmu_races.actor` turn it into a failed
-  assertion, which the explorer reports as a violation.
+  ``need_resched``).
+- Zapping a whole root (:func:`tdp_mmu_zap_root`) zaps its top-level
+  entries, read in one step: no vCPU can fault into an invalid root, so
+  nobody can add an entry while the zap looks.  (The kernel first zaps at
+  1G level, only to bound how long it holds the lock between yields.)
+- Where the kernel WARNs or BUGs, the model raises :class:`~kvmmu.spte.KernelWarn`.
 """
 from dataclasses import dataclass
 from functools import partial
 
 from .checks import check_bool, check_int
-from .errno import (EBUSY, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
-                    RET_PF_WRITE_PROTECTED, ret_pf_name)
-from .explorer import Op, World, _Primitive, wait_until
-from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
-                     PG_LEVEL_4K, PT64_ROOT_4LEVEL, SPTE_ENT_PER_PAGE, SPTE_INDEX,
-                     gfn_round_for_level, level_name)
-from .spte import (ACC_ALL, EPT_AD, FROZEN_SPTE, PT_PRESENT_MASK,
-                   SHADOW_NONPRESENT_VALUE, KernelWarn, check_spte_writable_invariants,
-                   is_executable_pte, is_frozen_spte, is_large_pte, is_last_spte,
-                   is_mmio_spte, is_shadow_present_pte, is_writable_pte,
-                   leaf_spte_change_needs_tlb_flush, make_nonleaf_spte, make_small_spte,
-                   make_spte, spte_to_pfn)
-# The iterator and the TLBs live beside this module; their names stay
-# importable from here (the chapter and older code use kvmmu.tdp_mmu.X).
-from .tdp_iter import (Sptep, TdpIter, __kvm_tdp_mmu_write_spte,  # noqa: F401
-                       kvm_tdp_mmu_read_spte, kvm_tdp_mmu_spte_need_atomic_update,
-                       kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte_atomic, spte_to_child_pt,
-                       tdp_iter_next, tdp_iter_refresh_sptep, tdp_iter_restart, tdp_iter_start,
-                       try_step_down, try_step_side, try_step_up)
-from .tlb import (TlbEntry, VcpuTlbs, kvm_flush_remote_tlbs_gfn,  # noqa: F401
-                  kvm_flush_remote_tlbs_range)
-#: examples lives far below it, so a table pointer never looks like a page.
-TDP_PT_PFN_BASE = 0x100000
-
-#: The largest gfn the model accepts (a 4-level EPT maps 48 bits of GPA).
-GFN_MAX = (1 << 36) - 1
-
-
-@dataclass
-class KvmMmuPage:
-    """One page-table page of the TDP MMU.
-
-    Models: arch/x86/kvm/mmu/mmu_internal.h: struct kvm_mmu_page
-
-    ``spt`` is the table's pfn (the kernel keeps a pointer), ``level`` its
-    ``role.level``, ``gfn`` the first gfn it maps, ``ptep`` the parent
-    entry that points to it (None for the root).  ``unlinked`` is set by
-    :func:`handle_removed_pt`: the page waits for RCU and is never reused.
-    """
-
-    spt: int
-    level: int
-    gfn: int
-    ptep: Sptep | None
-    unlinked: bool = False
-
-
-def spte_name(value: int, level: int = PG_LEVEL_4K, cfg=EPT_AD) -> str:
-    """Return a short human name of an SPTE value at ``level``.
-
-    ``leaf 0x1234`` (a present leaf and its pfn), ``table 0x100002`` (a
-    present non-leaf and its table's pfn), ``FROZEN_SPTE``, ``non-present``
-    (SHADOW_NONPRESENT_VALUE), ``MMIO``, or the hex value.
-    """
-    if value == SHADOW_NONPRESENT_VALUE:
-        return "non-present"
-    if is_frozen_spte(value):
-        return "FROZEN_SPTE"
-    if is_shadow_present_pte(value):
-        if is_last_spte(value, level):
-            return f"leaf {spte_to_pfn(value):#x}"
-        return f"table {spte_to_pfn(value):#x}"
-    if is_mmio_spte(value, cfg):
-        return "MMIO"
-    return f"{value:#x}"
-
-
-# ---------------------------------------------------------------------------
-# The EPT's memory, one shared object of the explorer (the TLBs: kvmmu.tlb).
-# ---------------------------------------------------------------------------
-class EptMemory(_Primitive):
-    """The page-table pages of the TDP MMU, as one shared object of the explorer.
-
-    ``tables`` maps a table's pfn to its entries, sparsely: a missing index
-    holds SHADOW_NONPRESENT_VALUE, the value KVM fills new tables with.
-    ``sps`` maps the same pfn to its :class:`KvmMmuPage`.  Each method the
-    actors ``yield from`` is one atomic step; ``get``/``put`` and the other
-    plain methods are for set-up, views and invariants.
-    """
-
-    __slots__ = ("tables", "sps")
-
-    def __init__(self, world, name):
-        super().__init__(world, name)
-        self.tables: dict[int, dict[int, int]] = {}
-        self.sps: dict[int, KvmMmuPage] = {}
-
-    # -- plain access (no step) --
-    def new_table(self, level: int, gfn: int, ptep: Sptep | None) -> int:
-        """Add a table full of SHADOW_NONPRESENT_VALUE at the lowest free pfn; return the pfn.
-
-        The lowest free pfn: a table freed unlinked (a lost race) is reused,
-        so equal paging structures get equal pfns whatever the schedule.
-        """
-        pfn = TDP_PT_PFN_BASE
-        while pfn in self.sps:
-            pfn += 1
-        self.tables[pfn] = {}
-        self.sps[pfn] = KvmMmuPage(pfn, level, gfn, ptep)
-        return pfn
-
-    def free(self, pfn: int) -> None:
-        """Forget a table that was never linked."""
-        self.tables.pop(pfn, None)
-        self.sps.pop(pfn, None)
-
-    def get(self, sptep: Sptep) -> int:
-        """Return the SPTE at ``sptep`` (no step)."""
-        return self.tables[sptep.pt].get(sptep.index, SHADOW_NONPRESENT_VALUE)
-
-    def put(self, sptep: Sptep, value: int) -> None:
-        """Store ``value`` at ``sptep`` (no step)."""
-        table = self.tables[sptep.pt]
-        if value == SHADOW_NONPRESENT_VALUE:
-            table.pop(sptep.index, None)
-        else:
-            table[sptep.index] = value
-
-    def level(self, sptep: Sptep) -> int:
-        """The level of the table ``sptep`` points into."""
-        return self.sps[sptep.pt].level
-
-    def where(self, sptep: Sptep) -> str:
-        """Name an entry for step labels: ``L1[0x100]`` (table level, index)."""
-        return f"L{self.level(sptep)}[{sptep.index:#x}]"
-
-    def name_of(self, sptep: Sptep, value: int) -> str:
-        """Name ``value`` as an SPTE of ``sptep``'s table (see :func:`spte_name`)."""
-        return spte_name(value, self.level(sptep), self.world.cfg)
-
-    def span(self, sptep: Sptep) -> int:
-        """How many entries from ``sptep`` on no walk in progress covers (at least 1).
-
-        1 if the entry itself is covered; else the length of the run of
-        uncovered entries that starts there (see :func:`handle_removed_pt`).
-        """
-        sp = self.sps[sptep.pt]
-        pages = KVM_PAGES_PER_HPAGE(sp.level)
-        covers = self.world.walk_covers
-        i = sptep.index
-        if covers(sp.gfn + i * pages, pages):
-            return 1
-        j = i + 1
-        while j < SPTE_ENT_PER_PAGE and not covers(sp.gfn + j * pages, pages):
-            j += 1
-        return j - i
-
-    # -- the explorer's view --
-    def _state(self):
-        tables = tuple((pfn, tuple(sorted(t.items()))) for pfn, t in sorted(self.tables.items()))
-        sps = tuple((pfn, sp.level, sp.gfn, sp.ptep, sp.unlinked)
-                    for pfn, sp in sorted(self.sps.items()))
-        return (tables, sps)
-
-    def _load(self, st):
-        tables, sps = st
-        self.tables = {pfn: dict(entries) for pfn, entries in tables}
-        self.sps = {pfn: KvmMmuPage(pfn, level, gfn, ptep, unlinked)
-                    for pfn, level, gfn, ptep, unlinked in sps}
-
-    def _show(self):
-        return f"{len(self.tables)} tables"
-
-    # -- the steps --
-    def read(self, sptep: Sptep):
-        """Read one SPTE (one step)."""
-        return (yield Op(self, "read", (sptep,), _ept_read))
-
-    def write(self, sptep: Sptep, value: int):
-        """Store one SPTE (one step)."""
-        return (yield Op(self, "write", (sptep, value), _ept_write))
-
-    def xchg(self, sptep: Sptep, value: int):
-        """Exchange one SPTE and return the old value (one step)."""
-        return (yield Op(self, "xchg", (sptep, value), _ept_xchg))
-
-    def try_cmpxchg(self, sptep: Sptep, old: int, new: int):
-        """Store ``new`` if the SPTE is ``old``; return ``(ok, current)`` (one step)."""
-        return (yield Op(self, "try_cmpxchg", (sptep, old, new), _ept_cmpxchg))
-
-    def xchg_span(self, sptep: Sptep, value: int):
-        """Exchange the entries of :meth:`span` with ``value``; return their old values (one step)."""
-        return (yield Op(self, "xchg_span", (sptep, value), _ept_xchg_span))
-
-    def read_span(self, sptep: Sptep):
-        """Read the entries of :meth:`span` (one step)."""
-        return (yield Op(self, "read_span", (sptep,), _ept_read_span))
-
-    def alloc(self, level: int, gfn: int, ptep: Sptep, huge_spte: int | None = None):
-        """Allocate a table (one step); return its pfn.
-
-        Filled with SHADOW_NONPRESENT_VALUE, or, given ``huge_spte``, with the
-        512 small SPTEs that split it (make_small_spte).  Not yet linked.
-        """
-        return (yield Op(self, "alloc", (level, gfn, ptep, huge_spte), _ept_alloc))
-
-    def _run_where(self, sptep: Sptep, count: int) -> str:
-        last = Sptep(sptep.pt, sptep.index + count - 1)
-        return self.where(sptep) if count == 1 else f"{self.where(sptep)}..{self.where(last)}"
-
-    def _olds(self, sptep: Sptep, olds) -> str:
-        names = []
-        for v in olds:
-            name = self.name_of(sptep, v)
-            if name not in names:
-                names.append(name)
-        return ("all " if len(olds) > 1 and len(names) == 1 else "") + ", ".join(names)
-
-    def _what(self, kind, args):
-        if kind == "alloc":
-            return f"allocate an L{args[0]} table"
-        where = self.where(args[0])
-        if kind in ("read", "read_span"):
-            return f"read {where}" + (" and the entries after it no walk covers"
-                                      if kind == "read_span" else "")
-        if kind == "try_cmpxchg":
-            return (f"cmpxchg {where} {self.name_of(args[0], args[1])} -> "
-                    f"{self.name_of(args[0], args[2])}")
-        return f"{kind.split('_')[0]} {where} = {self.name_of(args[0], args[1])}"
-
-    def _label(self, kind, args, result, cpu):
-        if kind == "alloc":
-            how = " (split)" if args[3] is not None else ""
-            return f"allocate L{args[0]} table {result:#x}{how}"
-        sptep = args[0]
-        if kind in ("xchg_span", "read_span"):
-            n = len(result)
-            where = self._run_where(sptep, n)
-            more = f" ({n} entries no walk covers)" if n > 1 else ""
-            if kind == "read_span":
-                return f"read {where}{more}: {self._olds(sptep, result)}"
-            return f"xchg {where} = {self.name_of(sptep, args[1])}{more}, old {self._olds(sptep, result)}"
-        where = self.where(sptep)
-        if kind == "read":
-            return f"read {where} = {self.name_of(sptep, result)}"
-        if kind == "write":
-            return f"write {where} = {self.name_of(sptep, args[1])}"
-        if kind == "xchg":
-            return (f"xchg {where} = {self.name_of(sptep, args[1])}, "
-                    f"old {self.name_of(sptep, result)}")
-        ok, current = result
-        head = f"cmpxchg {where} {self.name_of(sptep, args[1])} -> {self.name_of(sptep, args[2])}"
-        return f"{head}: ok" if ok else f"{head}: fails, found {self.name_of(sptep, current)}"
-
-    def _why_blocked(self, kind, args, cpu):  # pragma: no cover - memory never blocks
-        return "never blocks"
-
-
-def _ept_read(mem, args, cpu, world):
-    return mem.get(args[0])
-
-
-def _ept_write(mem, args, cpu, world):
-    mem.put(args[0], args[1])
-
-
-def _ept_xchg(mem, args, cpu, world):
-    old = mem.get(args[0])
-    mem.put(args[0], args[1])
-    return old
-
-
-def _ept_cmpxchg(mem, args, cpu, world):
-    sptep, old, new = args
-    current = mem.get(sptep)
-    if current != old:
-        return (False, current)
-    mem.put(sptep, new)
-    return (True, old)
-
-
-def _ept_xchg_span(mem, args, cpu, world):
-    sptep, value = args
-    olds = []
-    for i in range(sptep.index, sptep.index + mem.span(sptep)):
-        olds.append(mem.get(Sptep(sptep.pt, i)))
-        mem.put(Sptep(sptep.pt, i), value)
-    return tuple(olds)
-
-
-def _ept_read_span(mem, args, cpu, world):
-    sptep = args[0]
-    return tuple(mem.get(Sptep(sptep.pt, i))
-                 for i in range(sptep.index, sptep.index + mem.span(sptep)))
-
-
-def _ept_alloc(mem, args, cpu, world):
-    level, gfn, ptep, huge_spte = args
-    pfn = mem.new_table(level, gfn, ptep)
-    if huge_spte is not None:
-        mem.tables[pfn] = {i: make_small_spte(huge_spte, level, i, cfg=world.cfg)
-                           for i in range(SPTE_ENT_PER_PAGE)}
-    return pfn
-
-
-class TdpMmuWorld(World):
-    """``struct kvm`` with a TDP MMU, plus the vCPUs' TLBs.
-
-    ``vcpus`` is the number of vCPUs (each has a TLB).  Traces and views
-    show the entries added with :meth:`watch_gfn`, then each TLB and
-    mmu_lock.
-    ``spin_on_frozen_child=False`` removes the wait of
-    :func:`handle_removed_pt` (an unsafe variant, for the R3.3 scenario).
-
-    Actors never read or write this world between two steps except for
-    bookkeeping no other CPU reads during the run (page statistics, the
-    processed-leaf record, the walk registry): that keeps every actor a
-    function of the values its steps returned, which the explorer's
-    snapshot engine relies on.
-    """
-
-    def __init__(self, vcpus: int = 2, *, cfg=EPT_AD,
-                 root_level: int = PT64_ROOT_4LEVEL, spin_on_frozen_child: bool = True):
-        super().__init__()
-        check_int("vcpus", vcpus, 1, 8)
-        check_int("root_level", root_level, 2, PT64_ROOT_4LEVEL)
-        check_bool("spin_on_frozen_child", spin_on_frozen_child)
-        self.cfg = cfg
-        self.mmu_lock = self.rwlock("mmu_lock")
-        self.ept = self._register(EptMemory(self, "EPT"))
-        self.tlbs = self._register(VcpuTlbs(self, "TLBs", vcpus))
-        self.root_level = root_level
-        self.root_pfn = self.ept.new_table(root_level, 0, None)
-        #: kvm->stat.pages[]: present leaf SPTEs per level, as KVM counts them.
-        self.page_stats = {level: 0 for level in range(PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL + 1)}
-        #: The model's ledger of leaf lifetimes, as (gfn, level, pfn): every leaf
-        #: that appeared (``installed``) and every leaf whose removal
-        #: handle_changed_spte processed (``processed``).
-        self.installed: list[tuple[int, int, int]] = []
-        self.processed: list[tuple[int, int, int]] = []
-        self.spin_on_frozen_child = spin_on_frozen_child
-        #: The gfn ranges [start, end) of the TDP MMU walks in progress (tdp_walk_begin).
-        self.walks: tuple[tuple[int, int], ...] = ()
-        #: (name, level, sptep) of the entries traces and views show.
-        self.watch: tuple[tuple[str, int, Sptep], ...] = ()
-
-    def watch_gfn(self, gfn: int, level: int = PG_LEVEL_4K, name: str | None = None) -> Sptep:
-        """Show, in traces and views, the entry that maps ``gfn`` at ``level`` now.
-
-        The entry is fixed when this is called (its table must exist): if
-        the table is later cut from the paging structure, the view keeps
-        showing the same entry of the removed table.
-        """
-        check_int("gfn", gfn, 0, GFN_MAX)
-        check_int("level", level, PG_LEVEL_4K, self.root_level)
-        sptep = self.sptep_of(gfn, level)
-        if sptep is None:
-            raise ValueError(f"no table maps gfn {gfn:#x} at level {level} yet")
-        name = name or f"{level_name(level)} SPTE of {gfn:#x}"
-        self.watch += ((name, level, sptep),)
-        return sptep
-
-    @property
-    def tlb(self) -> list[dict[int, TlbEntry]]:
-        """The vCPUs' TLBs: ``kvm.tlb[vcpu][gfn]`` is a TlbEntry."""
-        return self.tlbs.tlb
-
-    @property
-    def sps(self) -> dict[int, KvmMmuPage]:
-        """Every page-table page, by pfn."""
-        return self.ept.sps
-
-    @property
-    def root(self) -> KvmMmuPage:
-        """The root page-table page."""
-        return self.ept.sps[self.root_pfn]
-
-    # -- plain (non-step) access: for set-up, views and invariants --
-    def walk_covers(self, gfn: int, pages: int) -> bool:
-        """Return True if a walk in progress covers any gfn of ``[gfn, gfn + pages)``."""
-        return any(start < gfn + pages and gfn < end for start, end in self.walks)
-
-    def get(self, sptep: Sptep) -> int:
-        """Return the SPTE at ``sptep`` (no step: for views, invariants, set-up)."""
-        return self.ept.get(sptep)
-
-    def sptep_of(self, gfn: int, level: int) -> Sptep | None:
-        """Return the entry that maps ``gfn`` at ``level``, if the tables down to it exist."""
-        sp = self.root
-        while True:
-            sptep = Sptep(sp.spt, SPTE_INDEX(gfn << PAGE_SHIFT, sp.level))
-            if sp.level == level:
-                return sptep
-            value = self.get(sptep)
-            if not is_shadow_present_pte(value) or is_last_spte(value, sp.level):
-                return None
-            sp = self.sps[spte_to_pfn(value)]
-
-    def walk(self, gfn: int) -> list[tuple[Sptep, int, int]]:
-        """Return the hardware walk for ``gfn``: ``(sptep, value, level)`` from the root down.
-
-        The walk stops at the first entry that is not a present non-leaf.
-        """
-        check_int("gfn", gfn, 0, GFN_MAX)
-        path = []
-        sp = self.root
-        while True:
-            sptep = Sptep(sp.spt, SPTE_INDEX(gfn << PAGE_SHIFT, sp.level))
-            value = self.get(sptep)
-            path.append((sptep, value, sp.level))
-            if not is_shadow_present_pte(value) or is_last_spte(value, sp.level):
-                return path
-            sp = self.sps[spte_to_pfn(value)]
-
-    def translate(self, gfn: int) -> TlbEntry | None:
-        """Return what a hardware walk of the live EPT gives for ``gfn``, or None."""
-        sptep, value, level = self.walk(gfn)[-1]
-        if not is_shadow_present_pte(value):
-            return None
-        offset = gfn & (KVM_PAGES_PER_HPAGE(level) - 1)
-        return TlbEntry(spte_to_pfn(value) + offset, value)
-
-    def install(self, gfn: int, pfn: int, level: int = PG_LEVEL_4K) -> int:
-        """Set-up helper: map ``gfn`` to ``pfn`` at ``level`` directly (no steps).
-
-        Builds the missing tables with make_nonleaf_spte and the leaf with
-        make_spte, as faults would have, and counts the leaf in page_stats.
-        Returns the leaf SPTE.
-        """
-        check_int("gfn", gfn, 0, GFN_MAX)
-        check_int("level", level, PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL)
-        sp = self.root
-        while sp.level > level:
-            sptep = Sptep(sp.spt, SPTE_INDEX(gfn << PAGE_SHIFT, sp.level))
-            value = self.get(sptep)
-            if not is_shadow_present_pte(value):
-                child = self.ept.new_table(sp.level - 1, gfn_round_for_level(gfn, sp.level), sptep)
-                self.ept.put(sptep, make_nonleaf_spte(child << PAGE_SHIFT, cfg=self.cfg))
-                sp = self.sps[child]
-            elif is_last_spte(value, sp.level):
-                raise ValueError(f"gfn {gfn:#x} is already mapped by a {level_name(sp.level)} page")
-            else:
-                sp = self.sps[spte_to_pfn(value)]
-        sptep = Sptep(sp.spt, SPTE_INDEX(gfn << PAGE_SHIFT, level))
-        if is_shadow_present_pte(self.get(sptep)):
-            raise ValueError(f"gfn {gfn:#x} is already mapped at level {level}")
-        spte, _ = make_spte(level, ACC_ALL, pfn, cfg=self.cfg)
-        self.ept.put(sptep, spte)
-        self.page_stats[level] += 1
-        self.installed.append((gfn_round_for_level(gfn, level), level, pfn))
-        return spte
-
-    def fill_tlb(self, vcpu: int, gfn: int) -> TlbEntry | None:
-        """Set-up helper: let ``vcpu`` translate ``gfn`` once (no step)."""
-        check_int("vcpu", vcpu, 0, len(self.tlb) - 1)
-        check_int("gfn", gfn, 0, GFN_MAX)
-        return self.tlbs.lookup(vcpu, gfn)
-
-    # -- invariants and readable state --
-    def translations(self, gfn: int) -> dict[str, int]:
-        """Return every pfn ``gfn`` can be translated to now: per TLB, and the live EPT."""
-        out = {}
-        for vcpu, tlb in enumerate(self.tlb):
-            if gfn in tlb:
-                out[f"vCPU {vcpu} TLB"] = tlb[gfn].pfn
-        live = self.translate(gfn)
-        if live is not None:
-            out["EPT"] = live.pfn
-        return out
-
-    def stale_gfns(self) -> list[int]:
-        """Return the gfns that two translations map to different pfns, sorted."""
-        gfns = sorted({gfn for tlb in self.tlb for gfn in tlb})
-        return [gfn for gfn in gfns if len(set(self.translations(gfn).values())) > 1]
-
-    def live_leaves(self) -> list[tuple[int, int, int]]:
-        """Return the present leaves reachable from the root as (gfn, level, pfn), sorted."""
-        out = []
-
-        def visit(sp):
-            pages = KVM_PAGES_PER_HPAGE(sp.level)
-            for index, value in sorted(self.ept.tables[sp.spt].items()):
-                if not is_shadow_present_pte(value):
-                    continue
-                if is_last_spte(value, sp.level):
-                    out.append((sp.gfn + index * pages, sp.level, spte_to_pfn(value)))
-                else:
-                    visit(self.sps[spte_to_pfn(value)])
-        visit(self.root)
-        return sorted(out)
-
-    def reachable_leaves(self) -> dict[int, int]:
-        """Count the present leaf SPTEs reachable from the root, per level."""
-        counts = {level: 0 for level in self.page_stats}
-        for _, level, _ in self.live_leaves():
-            counts[level] += 1
-        return counts
-
-    def removed_tables_not_frozen(self) -> list[Sptep]:
-        """Return the entries of removed (unlinked) tables that are not FROZEN_SPTE."""
-        out = []
-        for pfn, sp in sorted(self.sps.items()):
-            if sp.unlinked:
-                table = self.ept.tables[pfn]
-                out += [Sptep(pfn, i) for i in range(SPTE_ENT_PER_PAGE)
-                        if table.get(i, SHADOW_NONPRESENT_VALUE) != FROZEN_SPTE]
-        return out
-
-    def snapshot_extra(self):
-        return (tuple(sorted(self.page_stats.items())), tuple(self.installed),
-                tuple(self.processed), self.walks)
-
-    def describe_spte(self, value: int, level: int = PG_LEVEL_4K) -> str:
-        """Name an SPTE value for people (see :func:`spte_name`)."""
-        return spte_name(value, level, self.cfg)
-
-    def snapshot(self) -> dict[str, str]:
-        """The watched SPTEs, each vCPU's TLB and mmu_lock, as short readable strings."""
-        out = {name: self.describe_spte(self.get(sptep), level)
-               for name, level, sptep in self.watch}
-        for vcpu in range(len(self.tlb)):
-            out[f"vCPU {vcpu} TLB"] = self.tlbs.show_one(vcpu)
-        out["mmu_lock"] = self.mmu_lock._show()
-        return out
-
-
-def run_to_completion(kvm: TdpMmuWorld, gen, cpu: str = "A"):
-    """Run one actor's generator alone, every step at once; return its result.
-
-    For worked examples and unit tests.  ``cpu`` is the letter the locks
-    record.  Raises RuntimeError if the actor blocks (nobody else can run
-    to unblock it) and re-raises what the model raises.
-    """
-    try:
-        op = next(gen)
-        while True:
-            if op.enabled is not None and not op.enabled(op.prim, op.args, cpu, kvm):
-                raise RuntimeError(f"{op.what()} blocks: {op.why_blocked(cpu, kvm)}")
-            op = gen.send(op.run(op.prim, op.args, cpu, kvm))
-    except StopIteration as stop:
-        return stop.value
+from .cpu import cpu_code
+from .errno import (EBUSY, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
+                    RET_PF_WRITE_PROTECTED)
+from .explorer import step, wait_until
+from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_4K,
+                     SPTE_ENT_PER_PAGE)
+from .mmu_internal import KvmPageFault, kvm_mmu_hugepage_adjust
+from .spte import (ACC_ALL, FROZEN_SPTE, PT_PRESENT_MASK, SHADOW_NONPRESENT_VALUE,
+                   KernelWarn, check_spte_writable_invariants, is_executable_pte,
+                   is_frozen_spte, is_large_pte, is_last_spte, is_mmio_spte,
+                   is_shadow_present_pte, is_writable_pte, leaf_spte_change_needs_tlb_flush,
+                   make_mmio_spte, make_nonleaf_spte, make_spte, spte_to_pfn)
+from .tdp_iter import (Sptep, TdpIter, __kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte,
+                       kvm_tdp_mmu_write_spte_atomic, spte_to_child_pt, tdp_iter_next,
+                       tdp_iter_start)
+from .tlb import kvm_flush_remote_tlbs_gfn
+
+__all__ = [
+    "kvm_update_page_stats", "handle_changed_spte", "tdp_mmu_unlink_sp", "handle_removed_pt",
+    "tdp_walk_begin", "tdp_walk_end", "__tdp_mmu_set_spte_atomic", "tdp_mmu_set_spte_atomic",
+    "tdp_mmu_set_spte", "tdp_mmu_iter_set_spte", "tdp_mmu_zap_spte_atomic",
+    "tdp_mmu_zap_spte_atomic_nofreeze", "is_access_allowed", "tdp_mmu_alloc_sp",
+    "tdp_mmu_free_sp", "tdp_mmu_link_sp", "tdp_mmu_split_huge_page",
+    "tdp_mmu_map_handle_target_level", "kvm_tdp_mmu_map", "tdp_mmu_zap_leafs",
+    "kvm_tdp_mmu_zap_leafs", "kvm_tdp_mmu_unmap_gfn_range", "KvmGfnRange",
+    "kvm_tdp_mmu_alloc_root", "kvm_tdp_mmu_invalidate_roots", "tdp_mmu_zap_root",
+    "kvm_tdp_mmu_zap_invalidated_roots", "kvm_tdp_mmu_put_root",
+]
+
+#: The largest gfn the model accepts (52-bit guest physical addresses).
+_GFN_MAX = (1 << 40) - 1
 
 
 # ---------------------------------------------------------------------------
 # Bookkeeping: handle_changed_spte and handle_removed_pt.
 # ---------------------------------------------------------------------------
-def kvm_update_page_stats(kvm: TdpMmuWorld, level: int, count: int) -> None:
+def kvm_update_page_stats(kvm, level: int, count: int) -> None:
     """Add ``count`` to the number of leaf SPTEs at ``level``.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_update_page_stats()
     """
-    kvm.page_stats[level] += count
+    kvm.ept.page_stats[level] += count
 
 
-def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int,
+def handle_changed_spte(kvm, gfn: int, old_spte: int, new_spte: int,
                         level: int, shared: bool):
     """Do the bookkeeping for one SPTE change; free the subtree a change removed.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: handle_changed_spte()
 
     The model's own ledger: a leaf that appears is appended to
-    ``kvm.installed`` and a leaf whose removal is processed to
-    ``kvm.processed``, so a check can see that each leaf is processed once.
+    ``kvm.ept.installed`` and a leaf whose removal is processed to
+    ``kvm.ept.processed``, so a check can see that each leaf is processed once.
     """
     was_present = is_shadow_present_pte(old_spte)
     is_present = is_shadow_present_pte(new_spte)
@@ -629,10 +115,10 @@ def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int
     if old_spte == new_spte:
         return
     if is_leaf:
-        check_spte_writable_invariants(new_spte, kvm.cfg)
+        check_spte_writable_invariants(new_spte, kvm.ept.cfg)
     if not was_present and not is_present:
         # Non-present to non-present is fine only with MMIO or a freeze.
-        if not (is_mmio_spte(old_spte, kvm.cfg) or is_mmio_spte(new_spte, kvm.cfg)
+        if not (is_mmio_spte(old_spte, kvm.ept.cfg) or is_mmio_spte(new_spte, kvm.ept.cfg)
                 or is_frozen_spte(new_spte)):
             raise KernelWarn(f"Unexpected SPTE change: non-present {old_spte:#x} -> "
                              f"{new_spte:#x} (gfn {gfn:#x}, level {level})")
@@ -640,9 +126,9 @@ def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int
     if is_leaf != was_leaf:
         kvm_update_page_stats(kvm, level, 1 if is_leaf else -1)
         if is_leaf:
-            kvm.installed.append((gfn, level, spte_to_pfn(new_spte)))
+            kvm.ept.installed += ((gfn, level, spte_to_pfn(new_spte)),)
         else:
-            kvm.processed.append((gfn, level, spte_to_pfn(old_spte)))
+            kvm.ept.processed += ((gfn, level, spte_to_pfn(old_spte)),)
     if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
         if is_present and not is_leaf and pfn_changed:
             raise KernelWarn(f"handle_changed_spte: table pointer changed {old_spte:#x} -> "
@@ -651,17 +137,17 @@ def handle_changed_spte(kvm: TdpMmuWorld, gfn: int, old_spte: int, new_spte: int
                                      shared)
 
 
-def tdp_mmu_unlink_sp(kvm: TdpMmuWorld, pt: int) -> None:
+def tdp_mmu_unlink_sp(kvm, pt: int) -> None:
     """Take a page-table page off the VM's lists (the model only marks it unlinked).
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_unlink_sp()
     """
-    sp = kvm.sps.get(pt)
+    sp = kvm.ept.sps.get(pt)
     if sp is not None:
         sp.unlinked = True
 
 
-def handle_removed_pt(kvm: TdpMmuWorld, pt: int, level: int, base_gfn: int, shared: bool):
+def handle_removed_pt(kvm, pt: int, level: int, base_gfn: int, shared: bool):
     """Freeze every entry of a table that was cut from the paging structure.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: handle_removed_pt()
@@ -703,7 +189,7 @@ def handle_removed_pt(kvm: TdpMmuWorld, pt: int, level: int, base_gfn: int, shar
             if shared:
                 # FROZEN_SPTE: another thread owns the entry; wait until its
                 # owner writes the real value, then take that value.
-                while is_frozen_spte(old_spte) and kvm.spin_on_frozen_child:
+                while is_frozen_spte(old_spte) and kvm.config.spin_on_frozen_child:
                     yield from wait_until(f"L{level}[{k:#x}] is not FROZEN_SPTE (spin)",
                                           partial(_not_frozen, sptep=sptep))
                     old_spte = yield from kvm_tdp_mmu_write_spte_atomic(kvm, sptep, FROZEN_SPTE)
@@ -718,7 +204,7 @@ def handle_removed_pt(kvm: TdpMmuWorld, pt: int, level: int, base_gfn: int, shar
     # call_rcu(): freed after every RCU walker has left; the model keeps it.
 
 
-def tdp_walk_begin(kvm: TdpMmuWorld, start: int, end: int) -> None:
+def tdp_walk_begin(kvm, start: int, end: int) -> None:
     """Enter a walk over ``[start, end)``: the model's rcu_read_lock() of the TDP MMU.
 
     The kernel's walks run inside rcu_read_lock(), which is what lets a
@@ -727,24 +213,24 @@ def tdp_walk_begin(kvm: TdpMmuWorld, start: int, end: int) -> None:
     :func:`handle_removed_pt` knows which entries no other CPU can reach.
     No step: entering a read section changes nothing another CPU can see.
     """
-    kvm.walks = tuple(sorted(kvm.walks + ((start, end),)))
+    kvm.ept.walks = tuple(sorted(kvm.ept.walks + ((start, end),)))
 
 
-def tdp_walk_end(kvm: TdpMmuWorld, start: int, end: int) -> None:
+def tdp_walk_end(kvm, start: int, end: int) -> None:
     """Leave a walk over ``[start, end)``: the model's rcu_read_unlock()."""
-    walks = list(kvm.walks)
+    walks = list(kvm.ept.walks)
     walks.remove((start, end))
-    kvm.walks = tuple(walks)
+    kvm.ept.walks = tuple(walks)
 
 
 # ---------------------------------------------------------------------------
 # The write primitives (tdp_mmu.c, 6.17).
 # ---------------------------------------------------------------------------
-def _not_frozen(kvm: TdpMmuWorld, sptep: Sptep) -> bool:
-    return not is_frozen_spte(kvm.get(sptep))
+def _not_frozen(kvm, sptep: Sptep) -> bool:
+    return not is_frozen_spte(kvm.ept.get(sptep))
 
 
-def __tdp_mmu_set_spte_atomic(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
+def __tdp_mmu_set_spte_atomic(kvm, it: TdpIter, new_spte: int):
     """Compare-exchange the iterator's SPTE from its snapshot; 0 or -EBUSY.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: __tdp_mmu_set_spte_atomic()
@@ -764,7 +250,7 @@ def __tdp_mmu_set_spte_atomic(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
     return 0
 
 
-def tdp_mmu_set_spte_atomic(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
+def tdp_mmu_set_spte_atomic(kvm, it: TdpIter, new_spte: int):
     """Set an SPTE under mmu_lock held for read, then do the bookkeeping; 0 or -EBUSY.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_set_spte_atomic()
@@ -776,7 +262,7 @@ def tdp_mmu_set_spte_atomic(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
     return 0
 
 
-def tdp_mmu_set_spte(kvm: TdpMmuWorld, sptep: Sptep, old_spte: int, new_spte: int,
+def tdp_mmu_set_spte(kvm, sptep: Sptep, old_spte: int, new_spte: int,
                      gfn: int, level: int):
     """Set an SPTE under mmu_lock held for write, then do the bookkeeping; return the old value.
 
@@ -793,7 +279,7 @@ def tdp_mmu_set_spte(kvm: TdpMmuWorld, sptep: Sptep, old_spte: int, new_spte: in
     return old_spte
 
 
-def tdp_mmu_iter_set_spte(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
+def tdp_mmu_iter_set_spte(kvm, it: TdpIter, new_spte: int):
     """Set the iterator's SPTE under the write lock and refresh its snapshot.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_iter_set_spte()
@@ -805,7 +291,7 @@ def tdp_mmu_iter_set_spte(kvm: TdpMmuWorld, it: TdpIter, new_spte: int):
 # ---------------------------------------------------------------------------
 # The atomic zap, up to 6.12, and the code it replaced.
 # ---------------------------------------------------------------------------
-def tdp_mmu_zap_spte_atomic(kvm: TdpMmuWorld, it: TdpIter):
+def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
     """Zap an SPTE under the read lock: freeze it, flush the TLBs, then make it non-present.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic()
@@ -836,10 +322,10 @@ def tdp_mmu_zap_spte_atomic(kvm: TdpMmuWorld, it: TdpIter):
     return 0
 
 
-def tdp_mmu_zap_spte_atomic_nofreeze(kvm: TdpMmuWorld, it: TdpIter):
+def tdp_mmu_zap_spte_atomic_nofreeze(kvm, it: TdpIter):
     """UNSAFE: zap an SPTE under the read lock by making it non-present, then flush.
 
-    Historical: arch/x86/kvm/mmu/tdp_mmu.c: the zap in kvm_tdp_mmu_map() before January 2021
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic() (before January 2021, unsafe: no freeze)
 
     The shape before Ben Gardon's patch "kvm: x86/mmu: Flush TLBs after zap
     in TDP MMU PF handler" (January 2021): between the cmpxchg and the
@@ -856,39 +342,11 @@ def tdp_mmu_zap_spte_atomic_nofreeze(kvm: TdpMmuWorld, it: TdpIter):
     return 0
 
 
+
 # ---------------------------------------------------------------------------
-# The fault path (mmu_lock held for read).
+# The fault's walk (mmu_lock held for read).
 # ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KvmPageFault:
-    """The parts of a page fault the TDP MMU reads.
-
-    Models: arch/x86/kvm/mmu/mmu_internal.h: struct kvm_page_fault
-
-    ``pfn`` is the host page the primary MMU gave (not faulted in here);
-    ``goal_level`` the level to map at (not computed here).
-    """
-
-    gfn: int
-    pfn: int
-    goal_level: int = PG_LEVEL_4K
-    write: bool = False
-    exec: bool = False
-    prefetch: bool = False
-    map_writable: bool = True
-
-    def __post_init__(self):
-        check_int("gfn", self.gfn, 0, GFN_MAX)
-        check_int("goal_level", self.goal_level, PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL)
-        check_int("pfn", self.pfn, 0, TDP_PT_PFN_BASE - 1)
-        if self.pfn & (KVM_PAGES_PER_HPAGE(self.goal_level) - 1):
-            raise ValueError(f"pfn must be aligned to goal_level {self.goal_level}, "
-                             f"got {self.pfn:#x}")
-        for name in ("write", "exec", "prefetch", "map_writable"):
-            check_bool(name, getattr(self, name))
-
-
-def is_access_allowed(fault: KvmPageFault, spte: int, cfg=EPT_AD) -> bool:
+def is_access_allowed(fault: KvmPageFault, spte: int, cfg) -> bool:
     """Return True if the present ``spte`` already allows the faulting access.
 
     Models: arch/x86/kvm/mmu/spte.h: is_access_allowed()
@@ -900,7 +358,7 @@ def is_access_allowed(fault: KvmPageFault, spte: int, cfg=EPT_AD) -> bool:
     return bool(spte & PT_PRESENT_MASK)
 
 
-def tdp_mmu_alloc_sp(kvm: TdpMmuWorld, it: TdpIter, huge_spte: int | None = None):
+def tdp_mmu_alloc_sp(kvm, it: TdpIter, huge_spte: int | None = None):
     """Allocate the child table for the iterator's entry, not yet linked; return its pfn.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_alloc_sp(), tdp_mmu_init_child_sp()
@@ -911,7 +369,7 @@ def tdp_mmu_alloc_sp(kvm: TdpMmuWorld, it: TdpIter, huge_spte: int | None = None
     return (yield from kvm.ept.alloc(it.level - 1, it.gfn, it.sptep, huge_spte))
 
 
-def tdp_mmu_free_sp(kvm: TdpMmuWorld, pt: int) -> None:
+def tdp_mmu_free_sp(kvm, pt: int) -> None:
     """Free a table that was never linked.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_free_sp()
@@ -919,12 +377,12 @@ def tdp_mmu_free_sp(kvm: TdpMmuWorld, pt: int) -> None:
     kvm.ept.free(pt)
 
 
-def tdp_mmu_link_sp(kvm: TdpMmuWorld, it: TdpIter, pt: int, shared: bool):
+def tdp_mmu_link_sp(kvm, it: TdpIter, pt: int, shared: bool):
     """Point the iterator's entry at the new table ``pt``; 0 or -EBUSY.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_link_sp()
     """
-    spte = make_nonleaf_spte(pt << PAGE_SHIFT, cfg=kvm.cfg)
+    spte = make_nonleaf_spte(pt << PAGE_SHIFT, cfg=kvm.ept.cfg)
     if shared:
         ret = yield from tdp_mmu_set_spte_atomic(kvm, it, spte)
         if ret:
@@ -934,7 +392,7 @@ def tdp_mmu_link_sp(kvm: TdpMmuWorld, it: TdpIter, pt: int, shared: bool):
     return 0
 
 
-def tdp_mmu_split_huge_page(kvm: TdpMmuWorld, it: TdpIter, pt: int, shared: bool):
+def tdp_mmu_split_huge_page(kvm, it: TdpIter, pt: int, shared: bool):
     """Link ``pt``, already filled with the small SPTEs of the huge SPTE at ``it``; 0 or -EBUSY.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_split_huge_page()
@@ -949,31 +407,43 @@ def tdp_mmu_split_huge_page(kvm: TdpMmuWorld, it: TdpIter, pt: int, shared: bool
         return ret
     kvm_update_page_stats(kvm, it.level - 1, SPTE_ENT_PER_PAGE)
     pages = KVM_PAGES_PER_HPAGE(it.level - 1)
-    kvm.installed += [(it.gfn + i * pages, it.level - 1, spte_to_pfn(huge_spte) + i * pages)
-                      for i in range(SPTE_ENT_PER_PAGE)]
+    kvm.ept.installed += tuple((it.gfn + i * pages, it.level - 1,
+                                spte_to_pfn(huge_spte) + i * pages)
+                               for i in range(SPTE_ENT_PER_PAGE))
     return 0
 
 
-def tdp_mmu_map_handle_target_level(kvm: TdpMmuWorld, fault: KvmPageFault, it: TdpIter):
+def _new_leaf(vcpu, fault: KvmPageFault, it: TdpIter):
+    # make_mmio_spte() without a slot, make_spte() with one: (new_spte, wrprot).
+    kvm = vcpu.kvm
+    if fault.slot is None:
+        gen = kvm.kvm_memslots(0).generation
+        return make_mmio_spte(it.gfn, ACC_ALL, gen & 0x7FFFF, cfg=kvm.ept.cfg), False
+    return make_spte(it.level, ACC_ALL, fault.pfn, cfg=kvm.ept.cfg, prefetch=fault.prefetch,
+                     synchronizing=False, host_writable=fault.map_writable,
+                     old_spte=it.old_spte)
+
+
+def tdp_mmu_map_handle_target_level(vcpu, fault: KvmPageFault, it: TdpIter):
     """Install the leaf SPTE for a fault at the goal level; return a RET_PF_* code.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_map_handle_target_level()
 
     6.17 behaviour: a present leaf that already allows the access is left
-    alone and the fault is RET_PF_SPURIOUS (the early check was added about
-    6.12/6.13; before it the SPTE was rebuilt and compared).
+    alone and the fault is RET_PF_SPURIOUS (the early check came in about
+    6.12/6.13; before it the SPTE was rebuilt and compared).  Without a
+    memslot the leaf is an MMIO SPTE and the fault RET_PF_EMULATE.
     """
+    kvm = vcpu.kvm
     ret = RET_PF_FIXED
     old = it.old_spte
-    if (is_shadow_present_pte(old) and (fault.prefetch or is_access_allowed(fault, old, kvm.cfg))
-            and is_last_spte(old, it.level)):
-        if fault.pfn != spte_to_pfn(old):
+    if (is_shadow_present_pte(old) and is_last_spte(old, it.level)
+            and (fault.prefetch or is_access_allowed(fault, old, kvm.ept.cfg))):
+        if fault.pfn != spte_to_pfn(old) and fault.slot is not None:
             raise KernelWarn(f"spurious fault for gfn {fault.gfn:#x} finds pfn "
                              f"{spte_to_pfn(old):#x}, expected {fault.pfn:#x}")
         return RET_PF_SPURIOUS
-    new_spte, wrprot = make_spte(it.level, ACC_ALL, fault.pfn, cfg=kvm.cfg,
-                                 prefetch=fault.prefetch, synchronizing=False,
-                                 host_writable=fault.map_writable, old_spte=old)
+    new_spte, wrprot = _new_leaf(vcpu, fault, it)
     if new_spte == old:
         ret = RET_PF_SPURIOUS
     elif (yield from tdp_mmu_set_spte_atomic(kvm, it, new_spte)):
@@ -981,33 +451,43 @@ def tdp_mmu_map_handle_target_level(kvm: TdpMmuWorld, fault: KvmPageFault, it: T
     elif is_shadow_present_pte(old):
         if not is_last_spte(old, it.level):
             yield from kvm_flush_remote_tlbs_gfn(kvm, it.gfn, it.level)
-        elif leaf_spte_change_needs_tlb_flush(old, new_spte, kvm.cfg):
+        elif leaf_spte_change_needs_tlb_flush(old, new_spte, kvm.ept.cfg):
             raise KernelWarn("a fault removed MMU-writable from a leaf SPTE")
     if wrprot and fault.write:
         ret = RET_PF_WRITE_PROTECTED
+    if is_mmio_spte(new_spte, kvm.ept.cfg):
+        ret = RET_PF_EMULATE
     return ret
 
 
-def kvm_tdp_mmu_map(kvm: TdpMmuWorld, fault: KvmPageFault):
-    """Handle a TDP page fault under mmu_lock held for read; return a RET_PF_* code.
+@cpu_code
+def kvm_tdp_mmu_map(vcpu, fault: KvmPageFault):
+    """Map the fault's gfn in the vCPU's root, under mmu_lock held for read; a RET_PF_* code.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_map()
 
-    Walks from the root towards ``fault.gfn``, linking missing tables (and
-    splitting huge pages above the goal level) with compare-exchange; gives
-    up with RET_PF_RETRY on a frozen SPTE or a lost compare-exchange, so
-    the guest re-executes the access and faults again.
+    Chooses the level first (``kvm_mmu_hugepage_adjust``), then walks from
+    the root towards ``fault.gfn``, linking missing tables (and splitting
+    huge pages above the goal level) with compare-exchange; gives up with
+    RET_PF_RETRY on a frozen SPTE or a lost compare-exchange, so the guest
+    re-executes the access and faults again.  The root is the one the vCPU
+    runs on (``fault.root``: see :class:`~kvmmu.mmu_internal.KvmPageFault`).
     """
+    if not isinstance(fault, KvmPageFault):
+        raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
+    kvm = vcpu.kvm
+    root = fault.root
+    yield from kvm_mmu_hugepage_adjust(vcpu, fault)
     ret = RET_PF_RETRY
     end = fault.gfn + 1
     tdp_walk_begin(kvm, fault.gfn, end)                # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, PG_LEVEL_4K, fault.gfn)
+    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_4K, fault.gfn)
     while it.valid and it.gfn < end:
         # Someone owns this SPTE: retry rather than allocate and free a table.
         if is_frozen_spte(it.old_spte):
             break
         if it.level == fault.goal_level:
-            ret = yield from tdp_mmu_map_handle_target_level(kvm, fault, it)
+            ret = yield from tdp_mmu_map_handle_target_level(vcpu, fault, it)
             break
         if not (is_shadow_present_pte(it.old_spte) and not is_large_pte(it.old_spte)):
             # Non-present, or a huge page to split: link a new table.
@@ -1028,69 +508,46 @@ def kvm_tdp_mmu_map(kvm: TdpMmuWorld, fault: KvmPageFault):
     return ret
 
 
-def kvm_tdp_mmu_page_fault(kvm: TdpMmuWorld, fault: KvmPageFault):
-    """Take mmu_lock for read, map the fault, drop the lock; return a RET_PF_* code.
-
-    Models: arch/x86/kvm/mmu/mmu.c: kvm_tdp_mmu_page_fault()
-
-    Without ``kvm_mmu_faultin_pfn`` (the pfn is in ``fault``) and without
-    the staleness check against mmu_notifier invalidations.
-    """
-    yield from kvm.mmu_lock.read_lock()
-    ret = yield from kvm_tdp_mmu_map(kvm, fault)
-    yield from kvm.mmu_lock.read_unlock()
-    return ret
-
-
 # ---------------------------------------------------------------------------
-# Zaps.
+# Zaps under mmu_lock held for write (the notifier's unmap, memslot zaps).
 # ---------------------------------------------------------------------------
-def zap_spte_shared(kvm: TdpMmuWorld, gfn: int, level: int = PG_LEVEL_4K, freeze: bool = True):
-    """Zap the SPTE mapping ``gfn`` at ``level`` under mmu_lock held for read; True if zapped.
+@dataclass(frozen=True)
+class KvmGfnRange:
+    """A gfn range of one memslot, as the MMU notifier hands it to the arch code.
 
-    Models: arch/x86/kvm/mmu/tdp_mmu.c: __tdp_mmu_zap_root()
-
-    The kernel's shared-mode zap loop (as in __tdp_mmu_zap_root() of 6.17),
-    reduced to the SPTE of one gfn at one level, zapping it the <= 6.12 way
-    (:func:`tdp_mmu_zap_spte_atomic`): skip an entry that is not present (a
-    FROZEN_SPTE is not present: its owner is zapping it already); on -EBUSY
-    look at the refreshed snapshot and try again.  ``freeze=False`` uses the
-    unsafe pre-2021 zap.  In the kernel such zaps ran for huge pages in the
-    fault path (2021), NX huge page recovery and collapsible SPTEs.
+    Models: include/linux/kvm_host.h: struct kvm_gfn_range
     """
-    check_int("gfn", gfn, 0, GFN_MAX)
-    check_int("level", level, PG_LEVEL_4K, kvm.root_level)
-    check_bool("freeze", freeze)
-    zap = tdp_mmu_zap_spte_atomic if freeze else tdp_mmu_zap_spte_atomic_nofreeze
-    zapped = False
-    end = gfn + 1
-    yield from kvm.mmu_lock.read_lock()
-    tdp_walk_begin(kvm, gfn, end)                      # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, level, gfn)
-    while it.valid and it.gfn < end:
-        if it.level == level:
-            # A FROZEN_SPTE is not present: its owner is zapping it already.
-            while is_shadow_present_pte(it.old_spte):
-                if (yield from zap(kvm, it)) == 0:
-                    zapped = True
-                    break
-                # -EBUSY: it.old_spte now holds the value found; look again.
-        yield from tdp_iter_next(kvm, it, end)
-    tdp_walk_end(kvm, gfn, end)                        # rcu_read_unlock()
-    yield from kvm.mmu_lock.read_unlock()
-    return zapped
+
+    slot: object
+    start: int
+    end: int
+    may_block: bool = True
+
+    def __post_init__(self):
+        check_int("start", self.start, 0, _GFN_MAX)
+        check_int("end", self.end, self.start + 1, _GFN_MAX + 1)
+        check_bool("may_block", self.may_block)
 
 
-def tdp_mmu_zap_leafs(kvm: TdpMmuWorld, start: int, end: int, flush: bool):
-    """Zap the leaf SPTEs mapping ``[start, end)`` under the write lock; True if a flush is due.
+def _valid_roots(kvm):
+    # for_each_valid_tdp_mmu_root(): the roots list, read in one step.
+    return (yield from step("for each valid root",
+                            lambda: tuple(r for r in kvm.ept.roots
+                                          if not kvm.ept.sps[r].invalid)))
+
+
+def tdp_mmu_zap_leafs(kvm, root: int, start: int, end: int, can_yield: bool, flush: bool):
+    """Zap the leaf SPTEs of ``root`` mapping ``[start, end)``; True if a flush is due.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_leafs()
 
     Under the write lock nobody can install an SPTE, so a plain write of
     SHADOW_NONPRESENT_VALUE is enough; the caller flushes before unlocking.
     """
+    check_int("start", start, 0, _GFN_MAX)
+    check_int("end", end, start + 1, _GFN_MAX + 1)
     tdp_walk_begin(kvm, start, end)                    # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, kvm.root_pfn, kvm.root_level, PG_LEVEL_4K, start)
+    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_4K, start)
     while it.valid and it.gfn < end:
         if is_shadow_present_pte(it.old_spte) and is_last_spte(it.old_spte, it.level):
             yield from tdp_mmu_iter_set_spte(kvm, it, SHADOW_NONPRESENT_VALUE)
@@ -1100,63 +557,118 @@ def tdp_mmu_zap_leafs(kvm: TdpMmuWorld, start: int, end: int, flush: bool):
     return flush
 
 
-def zap_gfn_range_exclusive(kvm: TdpMmuWorld, start: int, end: int):
-    """Zap ``[start, end)`` with mmu_lock held for write, flushing before unlock; True if zapped.
+def kvm_tdp_mmu_zap_leafs(kvm, start: int, end: int, flush: bool):
+    """Zap the leaves mapping ``[start, end)`` in every root; True if a flush is due.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_zap_leafs()
+
+    The caller holds mmu_lock for write and flushes before unlocking.
     """
-    check_int("start", start, 0, GFN_MAX)
-    check_int("end", end, start + 1, GFN_MAX + 1)
-    yield from kvm.mmu_lock.write_lock()
-    flush = yield from tdp_mmu_zap_leafs(kvm, start, end, False)
-    if flush:
-        yield from kvm_flush_remote_tlbs_range(kvm, start, end - start)
-    yield from kvm.mmu_lock.write_unlock()
+    for root in (yield from _valid_roots(kvm)):
+        flush = yield from tdp_mmu_zap_leafs(kvm, root, start, end, True, flush)
+    return flush
+
+
+@cpu_code
+def kvm_tdp_mmu_unmap_gfn_range(kvm, range_: KvmGfnRange, flush: bool):
+    """The MMU notifier's unmap: zap ``range_`` in every root; True if a flush is due.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_unmap_gfn_range()
+
+    Invalid roots are zapped too: their SPTEs still map the memory the
+    host is about to change.
+    """
+    if not isinstance(range_, KvmGfnRange):
+        raise TypeError(f"range_ must be a KvmGfnRange, got {type(range_).__name__}")
+    roots = yield from step("for each root", lambda: tuple(kvm.ept.roots))
+    for root in roots:
+        flush = yield from tdp_mmu_zap_leafs(kvm, root, range_.start, range_.end,
+                                             range_.may_block, flush)
     return flush
 
 
 # ---------------------------------------------------------------------------
-# The vCPU side (hardware).
+# Roots.
 # ---------------------------------------------------------------------------
-def vcpu_access(kvm: TdpMmuWorld, vcpu: int, gfn: int):
-    """One guest access by ``vcpu`` to ``gfn``: TLB hit, or EPT walk and TLB fill; None = EPT violation.
+def kvm_tdp_mmu_alloc_root(vcpu) -> int:
+    """Give the vCPU a root: a valid one if there is, else a new empty one; its pfn.
 
-    The CPU, not KVM: one step, because a remote flush waits until the vCPU
-    has left guest mode and so never lands in the middle of a walk.
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_alloc_root()
+
+    Plain computation: its caller (``kvm_mmu_load``) makes it part of a step.
     """
-    check_int("vcpu", vcpu, 0, len(kvm.tlb) - 1)
-    check_int("gfn", gfn, 0, GFN_MAX)
-    return (yield from kvm.tlbs.access(vcpu, gfn))
+    ept = vcpu.kvm.ept
+    for root in ept.roots:
+        if not ept.sps[root].invalid:
+            return root
+    root = ept.new_table(vcpu.kvm.config.root_level, 0, None)
+    ept.roots += (root,)
+    return root
 
 
-def vcpu_run(kvm: TdpMmuWorld, vcpu: int, gfn: int, pfn: int, level: int = PG_LEVEL_4K):
-    """A vCPU touches ``gfn``; on an EPT violation it faults (mapping ``pfn``) and touches it again.
+def kvm_tdp_mmu_invalidate_roots(kvm) -> None:
+    """Mark every root invalid (obsolete): vCPUs must stop using them.
 
-    Returns ``"hit <pfn>"`` or the fault's RET_PF_* name followed by what
-    the second access found.  One fault at most: a RET_PF_RETRY would make
-    the guest fault again later, which the actor does not wait for.
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_invalidate_roots()
+
+    Plain computation under mmu_lock held for write (``kvm_mmu_zap_all_fast``).
     """
-    hit = yield from vcpu_access(kvm, vcpu, gfn)
-    if hit is not None:
-        return f"hit {hit.pfn:#x}"
-    ret = yield from kvm_tdp_mmu_page_fault(kvm, KvmPageFault(gfn, pfn, level))
-    hit = yield from vcpu_access(kvm, vcpu, gfn)
-    return f"{ret_pf_name(ret)}, then " + (f"hit {hit.pfn:#x}" if hit else "EPT violation")
+    for root in kvm.ept.roots:
+        kvm.ept.sps[root].invalid = True
 
 
-# ---------------------------------------------------------------------------
-# Plain wrappers for worked examples.
-# ---------------------------------------------------------------------------
-def map_gfn(kvm: TdpMmuWorld, gfn: int, pfn: int, level: int = PG_LEVEL_4K) -> int:
-    """Fault ``gfn`` in (to ``pfn``) with nobody else running; return the RET_PF_* code."""
-    return run_to_completion(kvm, kvm_tdp_mmu_page_fault(kvm, KvmPageFault(gfn, pfn, level)))
+def tdp_mmu_zap_root(kvm, root: int, shared: bool):
+    """Zap every entry of ``root``: its top-level entries, and with them every table below.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_root(), __tdp_mmu_zap_root()
+    """
+    check_bool("shared", shared)
+    level = kvm.config.root_level
+    present = yield from step(f"root {root:#x}: present entries",
+                              lambda: tuple(sorted(kvm.ept.tables[root])))
+    for index in present:
+        it = TdpIter(index * KVM_PAGES_PER_HPAGE(level), level, level)
+        it.pt_path[level - 1] = root
+        it.level, it.gfn, it.valid = level, index * KVM_PAGES_PER_HPAGE(level), True
+        it.sptep = Sptep(root, index)
+        it.old_spte = yield from kvm.ept.read(it.sptep)
+        while is_shadow_present_pte(it.old_spte):
+            if not shared:
+                yield from tdp_mmu_iter_set_spte(kvm, it, SHADOW_NONPRESENT_VALUE)
+                break
+            if (yield from tdp_mmu_set_spte_atomic(kvm, it, SHADOW_NONPRESENT_VALUE)) == 0:
+                break
 
 
-def zap_gfn(kvm: TdpMmuWorld, gfn: int, level: int = PG_LEVEL_4K, freeze: bool = True) -> bool:
-    """Zap the SPTE of ``gfn`` at ``level`` under the read lock, alone; True if zapped."""
-    return run_to_completion(kvm, zap_spte_shared(kvm, gfn, level, freeze))
+@cpu_code
+def kvm_tdp_mmu_zap_invalidated_roots(kvm, shared: bool):
+    """Zap the roots made invalid, under mmu_lock held for read if ``shared``.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_zap_invalidated_roots()
+    """
+    check_bool("shared", shared)
+    lock = kvm.mmu_lock
+    yield from (lock.read_lock() if shared else lock.write_lock())
+    roots = yield from step("for each invalid root",
+                            lambda: tuple(r for r in kvm.ept.roots if kvm.ept.sps[r].invalid))
+    for root in roots:
+        yield from tdp_mmu_zap_root(kvm, root, shared)
+    yield from (lock.read_unlock() if shared else lock.write_unlock())
 
 
-def access(kvm: TdpMmuWorld, vcpu: int, gfn: int) -> TlbEntry | None:
-    """Let ``vcpu`` touch ``gfn`` once, alone; the translation used, or None (EPT violation)."""
-    return run_to_completion(kvm, vcpu_access(kvm, vcpu, gfn))
+def kvm_tdp_mmu_put_root(kvm, root: int) -> None:
+    """Free an invalid root that no vCPU uses any more.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_put_root()
+
+    The model counts a root's references by looking at the vCPUs (plain
+    computation, inside its caller's step).
+    """
+    ept = kvm.ept
+    sp = ept.sps.get(root)
+    if sp is None or not sp.invalid or root not in ept.roots:
+        return
+    if any(kvm.vcpu_root(v) == root for v in range(kvm.nr_vcpus)):
+        return
+    ept.roots = tuple(r for r in ept.roots if r != root)
+    sp.unlinked = True

@@ -42,10 +42,14 @@ class _Primitive:
                         "holding it cannot be restored")
 
 
-#: The public name for building a custom primitive (chapters 3 and 5 do, for
-#: an EPT memory, TLBs and pfn caches): subclass it, register the instance
-#: with ``World._register``, and give it ``_state()`` (a hashable snapshot),
-#: ``_load(state)`` (restore in place) and ``_show()`` (readable text).
+#: The public name for building a custom primitive (the model does, for its
+#: EPT memory, TLBs, host memory, memslots...): subclass it, register the
+#: instance with ``World._register``, and give it ``_state()`` (a hashable
+#: snapshot), ``_load(state)`` (restore in place) and ``_show()`` (readable
+#: text).  A primitive that sets the class attribute ``_sealed = True``
+#: promises that no actor ever keeps an object from inside it across a step
+#: (actors keep ints, tuples and handles), which spares the snapshot engine
+#: from walking its contents when it checks actors for stale references.
 Primitive = _Primitive
 
 

@@ -219,7 +219,7 @@ class World:
         copy the world no longer holds: the snapshot engine checks for it.
         """
         extras = self._extras()
-        if not extras and all(type(p) in _BUILTIN_PRIMITIVES for p in self._prims):
+        if not extras and all(_sealed(p) for p in self._prims):
             return set()
         todo = []
         for v in extras.values():
@@ -228,7 +228,7 @@ class World:
             else:
                 todo.append(v)
         for p in self._prims:
-            if type(p) not in _BUILTIN_PRIMITIVES:
+            if not _sealed(p):
                 todo.extend(_children(p))
         ids, kept = set(), set()
         memo = None
@@ -256,6 +256,13 @@ class World:
         for p in self._prims:
             memo[id(p)] = p
         return memo
+
+
+def _sealed(p) -> bool:
+    # A built-in primitive, or a custom one that declares ``_sealed = True``:
+    # its ``_load`` restores it in place and no actor ever holds an object
+    # from inside it, so a restore cannot leave an actor with a stale copy.
+    return type(p) in _BUILTIN_PRIMITIVES or getattr(type(p), "_sealed", False)
 
 
 def _immutable_scalar(x) -> bool:

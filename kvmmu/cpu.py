@@ -1,0 +1,159 @@
+"""CPU code: one source for a plain call and for the explorer's steps.
+
+Every piece of the model that runs on a CPU (a KVM function, an mm
+operation, a guest access) is a generator function that ``yield``s one
+:class:`kvmmu.explorer.Op` per step: each shared-memory access and each lock
+operation.  The same generator serves two purposes:
+
+- an explorer actor runs it with ``yield from f(kvm, ...)``, and the explorer
+  may switch CPUs at every step;
+- a plain call runs it alone: ``run_alone(kvm, f(kvm, ...))`` performs each
+  step at once and returns what the function returns.  Nothing can
+  interleave, so a step that would wait can never be satisfied:
+  :class:`ModelHang` says what it waits for.
+
+**Zoom.**  A chapter that does not teach a function can run it as one step
+instead of many: decorate it with :func:`cpu_code` and list its name in the
+world's ``zoom`` set (``Kvm(zoom={"kvm_mmu_faultin_pfn"})``).  Called with
+that world, the function then yields a single step that runs its whole body
+at once.  A zoomed function must not wait inside its step (a lock another
+CPU holds, a grace period): the model raises :class:`ZoomError` if it would,
+because one indivisible step cannot wait half-way.  Zoom changes how finely
+the explorer interleaves, never what the function computes.
+"""
+from __future__ import annotations
+
+import functools
+
+from .explorer import Op, World
+
+__all__ = ["ModelHang", "ZoomError", "run_alone", "cpu_code", "world_of", "Handle", "step_when"]
+
+
+class ModelHang(RuntimeError):
+    """Code run alone would wait forever: only another CPU could let it go on.
+
+    A real kernel would hang (or spin) at that point; the message says what
+    the code was waiting for.
+    """
+
+
+class ZoomError(RuntimeError):
+    """A function zoomed out to one step would have to wait inside that step."""
+
+
+def world_of(obj):
+    """Return the world ``obj`` belongs to: a World itself, or its ``.kvm``/``.world``/``.owner``."""
+    if isinstance(obj, World):
+        return obj
+    for name in ("kvm", "world", "owner"):
+        owner = getattr(obj, name, None)
+        if isinstance(owner, World):
+            return owner
+    return None
+
+
+def _perform(op: Op, cpu: str, world, error=ModelHang):
+    # One step on one CPU: it must be able to happen now.
+    if op.enabled is not None and not op.enabled(op.prim, op.args, cpu, world):
+        raise error(f"{op.what()} would wait forever: {op.why_blocked(cpu, world)}")
+    return op.run(op.prim, op.args, cpu, world)
+
+
+def run_alone(world, gen, cpu: str = "A", *, _error=ModelHang):
+    """Run CPU code alone, every step at once, and return its result.
+
+    ``world`` is the world the code runs in (the one its steps act on);
+    ``cpu`` is the letter the locks record as holder.  Raises
+    :class:`ModelHang` if a step would wait (nobody else can run to end the
+    wait), and re-raises whatever the model raises.
+    """
+    if not isinstance(world, World):
+        raise TypeError(f"world must be a kvmmu.explorer.World, got {type(world).__name__}")
+    if not hasattr(gen, "send"):
+        raise TypeError(f"gen must be a generator (CPU code called with its arguments), "
+                        f"got {type(gen).__name__}")
+    try:
+        value = None
+        while True:
+            y = gen.send(value)
+            value = _perform(y, cpu, world, _error) if type(y) is Op else None
+    except StopIteration as stop:
+        return stop.value
+
+
+def _step_when_run(prim, args, cpu, world):
+    return args[1]()
+
+
+def _step_when_enabled(prim, args, cpu, world):
+    return bool(args[2](world))
+
+
+def step_when(label: str, predicate, fn):
+    """One step that can only happen once ``predicate(world)`` is true, and then runs ``fn()``.
+
+    The wait and the action are one indivisible step: what the kernel does
+    when it re-checks a condition under the lock that keeps it true (for
+    instance ``kvm_swap_active_memslots()`` waiting for
+    ``mn_active_invalidate_count`` to be zero under ``mn_invalidate_lock``).
+    """
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"label must be a non-empty string, got {label!r}")
+    if not callable(predicate) or not callable(fn):
+        raise TypeError("predicate and fn must be callable")
+    return (yield Op(None, "step", (label, fn, predicate), _step_when_run, _step_when_enabled))
+
+
+def _run_whole(prim, args, cpu, world):
+    # The single step of a zoomed function: its whole body, on this CPU.
+    return run_alone(world, args[1](), cpu, _error=ZoomError)
+
+
+def _one_step(label: str, factory):
+    return (yield Op(None, "step", (label, factory), _run_whole))
+
+
+def cpu_code(fn):
+    """Let ``fn`` (a generator function of CPU code) be zoomed out to one step.
+
+    The decorated function is called exactly like ``fn``.  If its first
+    argument belongs to a world whose ``zoom`` set names ``fn``, the call
+    returns a generator of a single step that runs all of ``fn`` at once;
+    otherwise it returns ``fn``'s own generator.
+    """
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        world = world_of(args[0]) if args else None
+        if world is not None and name in getattr(world, "zoom", ()):
+            return _one_step(name, functools.partial(fn, *args, **kwargs))
+        return fn(*args, **kwargs)
+
+    return call
+
+
+class Handle:
+    """A reference to state that lives in a world's shared objects (a vCPU, an mm).
+
+    A CPU may keep a handle across steps: copying it copies nothing (the
+    state it names is in the world), and two handles are equal when they
+    name the same thing, so an explorer's state key holds the name, not the
+    object.  Subclasses set ``_key`` to that name.
+    """
+
+    __slots__ = ()
+    _key: tuple = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._key == self._key
+
+    def __hash__(self):
+        return hash((type(self).__name__, self._key))

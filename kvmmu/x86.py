@@ -1,0 +1,85 @@
+"""KVM_RUN: a vCPU runs its guest, which touches memory; an EPT violation comes back to KVM.
+
+Models: arch/x86/kvm/x86.c: vcpu_run(), vcpu_enter_guest()
+
+Reference version: Linux 6.17 (read at v6.17-rc3).  The guest is reduced to
+one memory access; what matters is what KVM does around it: before each
+entry it handles pending requests and makes sure the vCPU has a usable root
+(``kvm_mmu_reload``), the guest runs *outside* ``kvm->srcu``, and an EPT
+violation is handled under ``kvm->srcu`` by the one fault path
+(:func:`kvmmu.mmu.kvm_mmu_page_fault`).  ``RET_PF_RETRY`` re-enters the
+guest, which repeats the access.
+
+**Where the model simplifies.**  No instruction emulation: ``RET_PF_EMULATE``
+ends the run as an MMIO exit.  A retry waits until something the fault read
+has changed (:func:`kvmmu.mmu.retry_wait`), or, with ``faults`` given,
+gives up after that many faults (a guest that moves on).
+"""
+from .checks import check_bool, check_int
+from .cpu import cpu_code
+from .errno import RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_RETRY_INVALID_SLOT
+from .errno import RET_PF_SPURIOUS, RET_PF_WRITE_PROTECTED, errno_name, ret_pf_name
+from .explorer import step
+from .kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KvmVcpu, kvm_check_request
+from .levels import PAGE_SHIFT
+from .mmu import kvm_mmu_free_obsolete_roots, kvm_mmu_page_fault, kvm_mmu_reload, retry_wait
+from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_WRITE_MASK
+
+__all__ = ["vcpu_enter_guest_requests", "vcpu_run"]
+
+
+def vcpu_enter_guest_requests(vcpu: KvmVcpu) -> int:
+    """What KVM does before entering the guest: pending requests, then a usable root.
+
+    Models: arch/x86/kvm/x86.c: vcpu_enter_guest()
+
+    Plain computation: the caller makes it one step.
+    """
+    if kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu):
+        kvm_mmu_free_obsolete_roots(vcpu)
+    return kvm_mmu_reload(vcpu)
+
+
+@cpu_code
+def vcpu_run(vcpu: KvmVcpu, gpa: int, write: bool = False, faults: int | None = None):
+    """KVM_RUN with a guest that reads (or writes) ``gpa`` once; what the run ended with.
+
+    Models: arch/x86/kvm/x86.c: vcpu_run()
+
+    Returns ``"hit <pfn>"`` once the guest's access went through, the
+    fault's result name when it ends the run (``"KVM_EXIT_MMIO"`` for
+    RET_PF_EMULATE, a -errno), or, with ``faults``, ``"RET_PF_RETRY"`` after
+    that many faults without success.
+    """
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    check_int("gpa", gpa, 0, (1 << 52) - 1)
+    check_bool("write", write)
+    if faults is not None:
+        check_int("faults", faults, 1, 16)
+    kvm, gfn = vcpu.kvm, gpa >> PAGE_SHIFT
+    error_code = PFERR_GUEST_FINAL_MASK | (PFERR_WRITE_MASK if write else 0)
+    taken = 0
+    while True:
+        yield from step("vcpu_enter_guest: requests, kvm_mmu_reload",
+                        lambda: vcpu_enter_guest_requests(vcpu))
+        hit = yield from kvm.tlbs.access(vcpu.vcpu_id, gfn, write)
+        if hit is not None:
+            return f"hit {hit.pfn:#x}"
+        # The EPT violation exits to KVM, which handles it under kvm->srcu.
+        vcpu.srcu_idx = yield from kvm.srcu.read_lock()
+        r = yield from kvm_mmu_page_fault(vcpu, gpa, error_code)
+        yield from kvm.srcu.read_unlock(vcpu.srcu_idx)
+        vcpu.srcu_idx = None
+        taken += 1
+        if r in (RET_PF_FIXED, RET_PF_SPURIOUS, RET_PF_WRITE_PROTECTED):
+            continue                            # re-enter: the access goes through now
+        if r == RET_PF_EMULATE:
+            return "KVM_EXIT_MMIO"
+        if r < 0:
+            return errno_name(r)
+        if r not in (RET_PF_RETRY, RET_PF_RETRY_INVALID_SLOT):
+            return ret_pf_name(r)
+        if faults is not None and taken >= faults:
+            return ret_pf_name(r)
+        yield from retry_wait(vcpu, "RET_PF_RETRY: the guest re-executes the access")
