@@ -324,6 +324,22 @@ class Kvm(World):
         self.ept = self._register(EptMemory(self, "EPT", self.config.cfg))
         self.tlbs = self._register(VcpuTlbs(self, "TLBs", 0))
         self.vcpu_state = self._register(VcpuState(self))
+        #: What traces and views show of this VM: (label, function of the VM).
+        self.shown: tuple = ()
+
+    def show(self, label: str, fn) -> None:
+        """Show ``fn(kvm)`` under ``label`` in traces and views (instead of every shared object)."""
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"label must be a non-empty string, got {label!r}")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        self.shown += ((label, fn),)
+
+    def snapshot(self) -> dict:
+        """The VM as readable text: what :meth:`show` asked for, else every shared object."""
+        if not self.shown:
+            return super().snapshot()
+        return {label: str(fn(self)) for label, fn in self.shown}
 
     def snapshot_extra(self):
         # Every piece of shared state is in a shared object; the rest is

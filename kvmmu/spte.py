@@ -48,7 +48,7 @@ predefined ``EPT_AD``, ``EPT_NO_AD`` and ``NPT``.
   configuration's ``shadow_mmio_value``.  TDX, SEV and SME are not modelled.
 - The lost-Dirty-bit race of Documentation/virt/kvm/locking.rst, the reason
   ``spte_needs_atomic_update`` exists, is a scenario of the explorer in
-  :mod:`kvmmu.spte_races` (``dirty_race_scenario``): one write-protect
+  :mod:`kvmmu.scenarios.spte` (``dirty_race_scenario``): one write-protect
   against one guest write on one SPTE.  It lives there so that importing
   the SPTE format does not import the explorer (``kvmmu.spte`` depends on
   the small shared core only).

@@ -99,26 +99,26 @@ def test_show_source_is_the_real_source():
 def test_lpage_info_for_the_selftest_slot():
     # kernel-facts §2.4: 513 pages at a 2M-aligned gpa: the first 2M page may be huge, the last page not.
     slot = KvmMemorySlot(id=0, base_gfn=0x40000, npages=513, userspace_addr=0x7F0000000000)
-    assert slot.lpage_info[0] == [0, 1]
+    assert slot.lpage_info[0] == (0, 1)
     assert lpage_info_slot(0x40000, slot, levels.PG_LEVEL_2M) == 0
     assert lpage_info_slot(0x40000 + 512, slot, levels.PG_LEVEL_2M) == 1
-    assert slot.lpage_info[1] == [1]  # the slot does not cover a whole 1G page
+    assert slot.lpage_info[1] == (1,)  # the slot does not cover a whole 1G page
 
 
 def test_lpage_info_misaligned_host_address_disallows_everything():
     slot = KvmMemorySlot(id=1, base_gfn=0, npages=2048, userspace_addr=0x7F0000001000)
-    assert slot.lpage_info[0] == [1, 1, 1, 1]
+    assert slot.lpage_info[0] == (1, 1, 1, 1)
 
 
 def test_disallow_counts_nest():
+    # Slots are values: each call returns the updated slot, the original is unchanged.
     slot = KvmMemorySlot(id=0, base_gfn=0, npages=1024, userspace_addr=0x7F0000000000)
-    kvm_mmu_gfn_disallow_lpage(slot, 5)
-    kvm_mmu_gfn_disallow_lpage(slot, 5)
-    kvm_mmu_gfn_allow_lpage(slot, 5)
-    assert lpage_info_slot(5, slot, levels.PG_LEVEL_2M) == 1
-    kvm_mmu_gfn_allow_lpage(slot, 5)
+    twice = kvm_mmu_gfn_disallow_lpage(kvm_mmu_gfn_disallow_lpage(slot, 5), 5)
+    once = kvm_mmu_gfn_allow_lpage(twice, 5)
+    assert lpage_info_slot(5, once, levels.PG_LEVEL_2M) == 1
+    assert lpage_info_slot(5, slot, levels.PG_LEVEL_2M) == 0
     with pytest.raises(ValueError, match="negative"):
-        kvm_mmu_gfn_allow_lpage(slot, 5)
+        kvm_mmu_gfn_allow_lpage(kvm_mmu_gfn_allow_lpage(once, 5), 5)
 
 
 def test_memslot_lookup_and_bad_input():

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kvmmu import spte as S
-from kvmmu import spte_races as SR
+from kvmmu.scenarios import spte as SR
 from kvmmu.bits import U64_MAX, bits_set
 from kvmmu.levels import KVM_PAGES_PER_HPAGE
 
@@ -402,7 +402,7 @@ def test_dirty_race_bad_input():
 
 
 def test_spte_format_does_not_import_the_explorer():
-    # The race lives in kvmmu.spte_races so the SPTE format stays a leaf module.
+    # The race lives in kvmmu.scenarios.spte so the SPTE format stays a leaf module.
     import subprocess
     import sys
     code = "import sys, kvmmu.spte; print('kvmmu.explorer' in sys.modules)"
