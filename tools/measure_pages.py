@@ -94,8 +94,12 @@ _MEASURE_JS = r"""
     words,
     sideways,
     shrunk,
-    widget_roots: document.querySelectorAll('.jupyter-widgets.widget-container, '
-      + '.cell_output .jupyter-widgets:not(.jupyter-widgets .jupyter-widgets)').length,
+    widget_views: document.querySelectorAll(
+      'script[type="application/vnd.jupyter.widget-view+json"]').length,
+    widget_roots: [...document.querySelectorAll(
+      'script[type="application/vnd.jupyter.widget-view+json"]')]
+      .map(s => [...s.parentElement.children].filter(c => c.classList.contains('widget-subarea')).length)
+      .reduce((a, b) => a + b, 0),
     internal: (text.match(new RegExp(%s, 'g')) || []),
     answers,
   };
@@ -154,6 +158,7 @@ def measure(html: Path, pages: list[str], browser=None) -> dict:
                     "sideways": len(raw["sideways"]),
                     "widest": max([s["scroll"] for s in raw["sideways"]], default=0),
                     "shrunk": len(raw["shrunk"]),
+                    "widget_views": raw["widget_views"],
                     "widget_roots": raw["widget_roots"],
                     "internal": len(raw["internal"]),
                     "answers_visible": raw["answers"],
@@ -168,8 +173,8 @@ def measure(html: Path, pages: list[str], browser=None) -> dict:
 
 def table(results: dict) -> str:
     """The figures as a Markdown table, one row per page."""
-    cols = ["screens", "prose_words", "sideways", "widest", "shrunk", "widget_roots",
-            "internal", "answers_visible"]
+    cols = ["screens", "prose_words", "sideways", "widest", "shrunk", "widget_views",
+            "widget_roots", "internal", "answers_visible"]
     lines = ["| page | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for page, r in results.items():
         lines.append(f"| {page} | " + " | ".join(str(r[c]) for c in cols) + " |")
