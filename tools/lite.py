@@ -172,6 +172,16 @@ def _lite_config() -> dict:
         "jupyter-lite-schema-version": 0,
         "jupyter-config-data": {
             "appName": "kvmmu live",
+            "disabledExtensions": [
+                # JupyterLite 0.8.6's REPL app ships this plugin without the
+                # notebook tracker it requires: it fails to start, loudly.
+                "@jupyterlab/codemirror-extension:commands",
+                # No service worker: it only syncs files between the browser's
+                # storage and Python, and the live cells need no files.  Without
+                # it every request is the page's own, and none bypasses the
+                # browser's (or a test's) view of the network.
+                "@jupyterlite/application-extension:service-worker-manager",
+            ],
             "litePluginSettings": {KERNEL_PLUGIN: {
                 "pyodideUrl": "./static/pyodide/pyodide.mjs",
                 "disablePyPIFallback": True,
@@ -224,7 +234,7 @@ def build(html_dir: Path) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         _run([sys.executable, "-m", "jupyter", "lite", "build", "--lite-dir", str(lite),
               "--output-dir", str(out), "--apps", "repl", "--no-sourcemaps",
-              "--no-unused-shared-packages", "--ignore-sys-prefix",
+              "--ignore-sys-prefix",
               f"--FederatedExtensionAddon.extra_labextensions_path={lite.parent / 'labextensions'}"],
              cwd=lite)
     return out
