@@ -91,16 +91,32 @@ def _pypi_wheels(dest: Path) -> dict[str, Path]:
     return {canonicalize_name(parse_wheel_filename(w.name)[0]): w for w in dest.glob("*.whl")}
 
 
-def _kvmmu_wheel(dest: Path) -> Path:
-    """Build kvmmu's wheel from the working tree (from a copy: no build/ left behind)."""
-    shutil.rmtree(dest, ignore_errors=True)
+def _kvmmu_sources() -> list[Path]:
+    skip = ("__pycache__", ".pyc")
+    files = [p for p in (ROOT / "kvmmu").rglob("*")
+             if p.is_file() and not any(s in p.as_posix() for s in skip)]
+    return sorted(files) + [ROOT / "pyproject.toml", ROOT / "README.md"]
+
+
+def _kvmmu_wheel(cache: Path) -> Path:
+    """kvmmu's wheel built from the working tree; rebuilt only when its sources change.
+
+    Built from a copy of the sources, so no build/ folder is left in the tree.
+    """
+    digest = hashlib.sha256()
+    for path in _kvmmu_sources():
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    dest = cache / digest.hexdigest()[:16]
+    built = list(dest.glob("kvmmu-*.whl"))
+    if built:
+        return built[0]
+    shutil.rmtree(cache, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(ROOT / name, src / name)
-        shutil.copytree(ROOT / "kvmmu", src / "kvmmu",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for path in _kvmmu_sources():
+            target = src / path.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
               "--no-deps", "-w", str(dest), str(src)])
     return next(dest.glob("kvmmu-*.whl"))
@@ -204,13 +220,13 @@ def _kernel_wheels() -> dict[str, Path]:
 
 
 def stage(work: Path) -> Path:
-    """Lay out what ``jupyter lite build`` reads; return the lite directory."""
-    npm = web_assets.install(spec=ASSETS, vendor=CACHE / "npm")
+    """Lay out what ``jupyter lite build`` reads in ``work`` (the cache); return the lite directory."""
+    npm = web_assets.install(spec=ASSETS, vendor=work / "npm")
     lite = work / "lite-dir"
     shutil.rmtree(lite, ignore_errors=True)
     pyodide = lite / "static" / "pyodide"
     shutil.copytree(npm / "pyodide", pyodide)
-    wheels = {**_kernel_wheels(), **_pypi_wheels(CACHE / "wheels")}
+    wheels = {**_kernel_wheels(), **_pypi_wheels(work / "wheels")}
     kvmmu = _kvmmu_wheel(work / "kvmmu-wheel")
     wheels["kvmmu"] = kvmmu
     lock = site_lock(json.loads((pyodide / "pyodide-lock.json").read_text()), wheels)
@@ -226,11 +242,11 @@ def stage(work: Path) -> Path:
     return lite
 
 
-def build(html_dir: Path) -> Path:
-    """Build the lite site into ``html_dir``/lite; return that folder."""
+def build(html_dir: Path, cache: Path = CACHE) -> Path:
+    """Build the lite site into ``html_dir``/lite, downloads cached in ``cache``; return the site."""
     out = html_dir.resolve() / SITE
-    with _locked(CACHE):
-        lite = stage(CACHE)
+    with _locked(cache):
+        lite = stage(cache)
         shutil.rmtree(out, ignore_errors=True)
         _run([sys.executable, "-m", "jupyter", "lite", "build", "--lite-dir", str(lite),
               "--output-dir", str(out), "--apps", "repl", "--no-sourcemaps",

@@ -22,8 +22,9 @@ from sphinx.util.osutil import relative_uri
 LIVE_TAG = "live"
 #: The lite site's REPL, relative to the book's root (tools/lite.py writes it).
 LITE_REPL = "lite/repl/index.html"
-#: The REPL's options: run the code at once, show its output, not the code.
-REPL_OPTIONS = {"kernel": "python", "toolbar": "0", "showBanner": "0",
+#: The REPL's options: run the code at once, show its output, not the code (and
+#: no toolbar: the REPL shows one whenever the address names it, even as 0).
+REPL_OPTIONS = {"kernel": "python", "showBanner": "0",
                 "hideCodeInput": "1", "execute": "1"}
 
 
