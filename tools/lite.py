@@ -14,11 +14,15 @@ Everything is pinned and comes from the package registries at build time:
   (tools/lite-wheels.txt, pip's --require-hashes);
 - kvmmu itself built as a wheel from the working tree.
 Pyodide's lock lists hundreds of packages whose wheels its npm package does not
-ship, with the hashes of Pyodide's repacked wheels; the site's lock keeps only
-the packages the kernel needs and points them at the PyPI wheels it serves.
-(The kernel addon's ``--pyodide-lock`` does that through pyodide-lock and uv,
-but the pyodide-lock that reads Pyodide 314's lock needs Python 3.12, and the
-book is built with 3.11.)  Downloads are cached in _build/lite-cache/.
+ship, with the hashes of Pyodide's repacked wheels.  The site's lock keeps only
+what the kernel and the live cells load, each pointing at a wheel the site
+serves: the lock's own packages at the lock's versions from PyPI, and kvmmu, the
+widget library and the kernel's own wheels with entries made from their
+metadata, so Pyodide loads all of them at once when it starts (no piplite
+installs one by one; PyPI fallback is off).  The kernel addon's
+``--pyodide-lock`` would do this through pyodide-lock and uv, but the
+pyodide-lock that reads Pyodide 314's lock needs Python 3.12, and the book is
+built with 3.11.  Downloads are cached in _build/lite-cache/.
 """
 import contextlib
 import fcntl
@@ -160,6 +164,9 @@ def site_lock(npm_lock: dict, wheels: dict[str, Path]) -> dict:
     ``wheels``: an npm-lock package keeps its entry with the PyPI wheel's file
     and hash, any other gets an entry from the wheel's own metadata.
     """
+    if not npm_lock["info"]["python"].startswith(BROWSER_ENV["python_version"] + "."):
+        raise SystemExit(f"Pyodide runs Python {npm_lock['info']['python']}, tools/lite.py "
+                         f"expects {BROWSER_ENV['python_version']}: update BROWSER_ENV")
     upstream = {canonicalize_name(k): v for k, v in npm_lock["packages"].items()}
     todo, out = list(LIVE_PACKAGES), {}
     while todo:
