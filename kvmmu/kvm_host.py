@@ -324,11 +324,36 @@ class Kvm(World):
         self.ept = self._register(EptMemory(self, "EPT", self.config.cfg))
         self.tlbs = self._register(VcpuTlbs(self, "TLBs", 0))
         self.vcpu_state = self._register(VcpuState(self))
+        #: (name, show) pairs that traces show besides the shared objects (:meth:`watch`).
+        self._watches: tuple = ()
 
     def snapshot_extra(self):
         # Every piece of shared state is in a shared object; the rest is
         # configuration and handles, fixed when the VM was built.
         return None
+
+    # -- what traces show --
+    def watch(self, name: str, show) -> None:
+        """Show ``show(kvm)`` (a short text) under ``name`` in every trace of this VM.
+
+        A chapter's view of state the VM already holds (one SPTE, one vCPU's
+        TLB), added when the VM is set up: it adds no state, so it is not part
+        of the explorer's state key.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not callable(show):
+            raise TypeError(f"show must be callable (kvm -> text), got {type(show).__name__}")
+        if name in self.snapshot():
+            raise ValueError(f"name {name!r} is already shown in this VM's traces")
+        self._watches += ((name, show),)
+
+    def snapshot(self) -> dict:
+        """The shared state as readable text, then what :meth:`watch` added."""
+        out = super().snapshot()
+        for name, show in self._watches:
+            out[name] = show(self)
+        return out
 
     # -- configuration and handles --
     @property
