@@ -301,6 +301,15 @@ class KvmVcpu(Handle):
         return f"KvmVcpu({self.vcpu_id})"
 
 
+class _Watches(tuple):
+    """The (name, show) pairs of :meth:`Kvm.watch`: configuration, never copied with the state."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class Kvm(World):
     """A VM: its host mm, memslots, locks, SRCU, MMU-notifier fields, TDP MMU and vCPUs.
 
@@ -325,7 +334,7 @@ class Kvm(World):
         self.tlbs = self._register(VcpuTlbs(self, "TLBs", 0))
         self.vcpu_state = self._register(VcpuState(self))
         #: (name, show) pairs that traces show besides the shared objects (:meth:`watch`).
-        self._watches: tuple = ()
+        self._watches = _Watches()
 
     def snapshot_extra(self):
         # Every piece of shared state is in a shared object; the rest is
@@ -346,7 +355,7 @@ class Kvm(World):
             raise TypeError(f"show must be callable (kvm -> text), got {type(show).__name__}")
         if name in self.snapshot():
             raise ValueError(f"name {name!r} is already shown in this VM's traces")
-        self._watches += ((name, show),)
+        self._watches = _Watches(self._watches + ((name, show),))
 
     def snapshot(self) -> dict:
         """The shared state as readable text, then what :meth:`watch` added."""
