@@ -401,7 +401,7 @@ def _one_access(kvm):
 def _zap_and_touch():
     return Scenario(
         "zap vs one access", R.race_world,
-        [R.actor("A", "zap", R.zap_gfn_shared, BASE, G, 1, True),
+        [R.actor("A", "zap", R.zap_gfn_shared, R.ROOT, G, 1, True),
          Actor("B", "vCPU 1 reads", _one_access)],
         invariants=[Invariant(R.NO_STALE_TRANSLATION, R.no_stale_translation)],
         final_check=R.bookkeeping_ok)

@@ -55,14 +55,14 @@ from ..levels import PAGE_SHIFT, PG_LEVEL_2M, PG_LEVEL_4K, level_name
 from ..mmu import kvm_mmu_page_fault, kvm_mmu_reload
 from ..pferr import PFERR_GUEST_FINAL_MASK
 from ..spte import KernelWarn, is_shadow_present_pte
-from ..tdp_iter import tdp_iter_next, tdp_iter_start
+from ..tdp_iter import TDP_PT_PFN_BASE, tdp_iter_next, tdp_iter_start
 from ..tdp_mmu import (tdp_mmu_zap_spte_atomic, tdp_mmu_zap_spte_atomic_nofreeze,
                        tdp_walk_begin, tdp_walk_end)
 from ..x86 import vcpu_run
 from . import ScenarioEntry
 
 __all__ = [
-    "RACE_GFN", "OLD_PFN", "NEW_PFN", "HVA", "ZOOM", "NO_STALE_TRANSLATION", "SPTE_KEY",
+    "RACE_GFN", "OLD_PFN", "NEW_PFN", "HVA", "ROOT", "ZOOM", "NO_STALE_TRANSLATION", "SPTE_KEY",
     "TABLE_KEY", "race_world", "zap_gfn_shared", "touch", "actor", "translations",
     "stale_gfns", "no_stale_translation", "bookkeeping_ok", "zap_vs_fault",
     "removers_collide", "fault_into_removed_table", "SCENARIOS",
@@ -77,6 +77,8 @@ HVA = 0x7F0000000000 + (RACE_GFN << PAGE_SHIFT)
 #: put there instead when the race starts (see the module docstring).
 OLD_PFN = 0x40100
 NEW_PFN = 0x40300
+#: The root both vCPUs run on: the first table the VM allocates.
+ROOT = TDP_PT_PFN_BASE
 #: The functions the chapter runs as one step.
 ZOOM = frozenset({"kvm_mmu_faultin_pfn"})
 
@@ -130,12 +132,12 @@ def race_world(*, same_pfn: bool = False, spin_on_frozen_child: bool = True,
         new = _replace_host_page(kvm, HVA)
         if new != NEW_PFN:                             # pragma: no cover - set-up guard
             raise RuntimeError(f"the host gave page {new:#x}, not NEW_PFN {NEW_PFN:#x}")
-    if hit != f"hit {OLD_PFN:#x}":                     # pragma: no cover - set-up guard
-        raise RuntimeError(f"vCPU 0's first touch gave {hit!r}, not OLD_PFN {OLD_PFN:#x}")
-    root = vcpu0.root
-    _watch_spte(kvm, root, RACE_GFN, PG_LEVEL_4K)
+    if hit != f"hit {OLD_PFN:#x}" or vcpu1.root != ROOT:  # pragma: no cover - set-up guard
+        raise RuntimeError(f"vCPU 0's first touch gave {hit!r}, not OLD_PFN {OLD_PFN:#x}, "
+                           f"on root {vcpu1.root}")
+    _watch_spte(kvm, ROOT, RACE_GFN, PG_LEVEL_4K)
     if watch_table:
-        _watch_spte(kvm, root, RACE_GFN, PG_LEVEL_2M)
+        _watch_spte(kvm, ROOT, RACE_GFN, PG_LEVEL_2M)
     for vcpu in range(kvm.nr_vcpus):
         kvm.watch(f"vCPU {vcpu} TLB", partial(_show_tlb, vcpu=vcpu))
     return kvm
@@ -219,15 +221,6 @@ def actor(letter: str, title: str, fn, *args) -> Actor:
     if not callable(fn):
         raise TypeError(f"fn must be CPU code (a generator function), got {type(fn).__name__}")
     return Actor(letter, title, partial(_guard, fn, args))
-
-
-def _root(kvm: Kvm) -> int:
-    # The one root both vCPUs run on (fixed at set-up).
-    return kvm.vcpu_root(0)
-
-
-def _zapper(kvm: Kvm, level: int, freeze: bool):
-    return (yield from zap_gfn_shared(kvm, _root(kvm), RACE_GFN, level, freeze))
 
 
 # ---------------------------------------------------------------------------
@@ -327,7 +320,7 @@ def zap_vs_fault(freeze: bool = True, actors: int = 2, same_pfn: bool = False) -
     check_int("actors", actors, 2, 3)
     check_bool("same_pfn", same_pfn)
     how = "freeze, flush, non-present" if freeze else "non-present, then flush"
-    cast = [actor("A", f"zap ({how})", _zapper, PG_LEVEL_4K, freeze),
+    cast = [actor("A", f"zap ({how})", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_4K, freeze),
             actor("B", "vCPU 1 touches gfn", touch, 1, RACE_GFN)]
     if actors == 3:
         cast.append(actor("C", "vCPU 0 touches gfn", touch, 0, RACE_GFN))
@@ -351,8 +344,8 @@ def removers_collide(spin: bool = True, fault: bool = False) -> Scenario:
     """
     check_bool("spin", spin)
     check_bool("fault", fault)
-    cast = [actor("A", "zap the 4K leaf", _zapper, PG_LEVEL_4K, True),
-            actor("B", "zap its table", _zapper, PG_LEVEL_2M, True)]
+    cast = [actor("A", "zap the 4K leaf", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_4K, True),
+            actor("B", "zap its table", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_2M, True)]
     if fault:
         cast.append(actor("C", "vCPU 1 touches gfn", touch, 1, RACE_GFN))
     return Scenario(
@@ -373,7 +366,7 @@ def fault_into_removed_table() -> Scenario:
     return Scenario(
         "fault into a removed table",
         partial(race_world, watch_table=True),
-        [actor("A", "zap the table", _zapper, PG_LEVEL_2M, True),
+        [actor("A", "zap the table", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_2M, True),
          actor("B", "vCPU 1 touches a new gfn", touch, 1, RACE_GFN + 1)],
         **_checks(description="A mapping installed in a table after it was scanned "
                               "would live on unseen."))
