@@ -147,6 +147,12 @@ def _show_tlb(kvm: Kvm, vcpu: int) -> str:
     return kvm.tlbs.show_one(vcpu)
 
 
+def _check_kvm(kvm) -> Kvm:
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a Kvm (kvmmu.kvm_main.kvm_create_vm), got {type(kvm).__name__}")
+    return kvm
+
+
 # ---------------------------------------------------------------------------
 # The cast
 # ---------------------------------------------------------------------------
@@ -164,6 +170,8 @@ def zap_gfn_shared(kvm: Kvm, root: int, gfn: int, level: int = PG_LEVEL_4K,
     In the kernel such zaps ran in the fault path (2021), for NX huge page
     recovery and for collapsible SPTEs.
     """
+    _check_kvm(kvm)
+    check_int("root", root, TDP_PT_PFN_BASE)
     check_int("gfn", gfn, 0, (1 << 40) - 1)
     check_int("level", level, PG_LEVEL_4K, kvm.config.root_level)
     check_bool("freeze", freeze)
@@ -196,7 +204,7 @@ def touch(kvm: Kvm, vcpu_id: int, gfn: int):
     fault at most: after RET_PF_RETRY the guest would fault again later,
     which the actor does not wait for.
     """
-    check_int("vcpu_id", vcpu_id, 0, kvm.nr_vcpus - 1)
+    check_int("vcpu_id", vcpu_id, 0, _check_kvm(kvm).nr_vcpus - 1)
     check_int("gfn", gfn, 0, (1 << 40) - 1)
     vcpu = kvm.vcpus[vcpu_id]
     hit = yield from kvm.tlbs.access(vcpu_id, gfn)
@@ -218,6 +226,8 @@ def _guard(fn, args, kvm):
 
 def actor(letter: str, title: str, fn, *args) -> Actor:
     """An explorer Actor running ``fn(kvm, *args)``; a KernelWarn becomes a violation."""
+    if not isinstance(letter, str) or not isinstance(title, str):
+        raise TypeError("letter and title must be strings")
     if not callable(fn):
         raise TypeError(f"fn must be CPU code (a generator function), got {type(fn).__name__}")
     return Actor(letter, title, partial(_guard, fn, args))
@@ -228,6 +238,7 @@ def actor(letter: str, title: str, fn, *args) -> Actor:
 # ---------------------------------------------------------------------------
 def translations(kvm: Kvm, gfn: int) -> dict[str, int]:
     """Every pfn ``gfn`` translates to now: per vCPU TLB, and the live EPT of each valid root."""
+    _check_kvm(kvm)
     check_int("gfn", gfn, 0, (1 << 40) - 1)
     out = {}
     for vcpu, tlb in enumerate(kvm.tlbs.tlb):
@@ -242,7 +253,7 @@ def translations(kvm: Kvm, gfn: int) -> dict[str, int]:
 
 def stale_gfns(kvm: Kvm) -> list[int]:
     """The gfns that two translations map to different pfns, sorted."""
-    gfns = sorted({gfn for tlb in kvm.tlbs.tlb for gfn in tlb})
+    gfns = sorted({gfn for tlb in _check_kvm(kvm).tlbs.tlb for gfn in tlb})
     return [gfn for gfn in gfns if len(set(translations(kvm, gfn).values())) > 1]
 
 
@@ -270,7 +281,7 @@ def bookkeeping_ok(kvm: Kvm, results=None) -> bool | str:
       into it any more);
     - mmu_lock is free, and the model recorded no WARN.
     """
-    live = _leaves(kvm)
+    live = _leaves(_check_kvm(kvm))
     installed, processed = Counter(kvm.ept.installed), Counter(kvm.ept.processed)
     ledger = processed + Counter(live)
     if installed != ledger:
