@@ -334,12 +334,17 @@ def test_an_exclusive_removal_reads_and_freezes_only_present_children():
     assert kvm.ept.processed == ((G, 1, X),) and kvm.ept.page_stats[1] == 0
 
 
-def test_the_write_lock_zap_of_a_range_flushes_before_it_unlocks():
+def _two_gfns_cached():
+    # G mapped and in vCPU 0's TLB, G + 1 mapped and in vCPU 1's.
     kvm = vm()
-    fault(kvm, G, vcpu=0)
-    fault(kvm, G + 1)
-    access(kvm, 0, G)
-    access(kvm, 1, G + 1)
+    for vcpu, gfn in ((0, G), (1, G + 1)):
+        fault(kvm, gfn, vcpu)
+        access(kvm, vcpu, gfn)
+    return kvm
+
+
+def test_the_write_lock_zap_of_a_range_flushes_before_it_unlocks():
+    kvm = _two_gfns_cached()
     ret, kinds = ops_of(kvm, kvm_zap_gfn_range(kvm, G, G + 2))
     assert ret is True
     assert kinds[0] == "write_lock" and kinds[-2:] == ["flush", "write_unlock"]
@@ -349,11 +354,7 @@ def test_the_write_lock_zap_of_a_range_flushes_before_it_unlocks():
 
 
 def test_a_tlb_flush_drops_only_the_range():
-    kvm = vm()
-    fault(kvm, G, vcpu=0)
-    fault(kvm, G + 1)
-    access(kvm, 0, G)
-    access(kvm, 1, G + 1)
+    kvm = _two_gfns_cached()
     run_alone(kvm, TLB.kvm_flush_remote_tlbs_gfn(kvm, G, 1))
     assert kvm.tlbs.tlb[0] == {} and list(kvm.tlbs.tlb[1]) == [G + 1]
     run_alone(kvm, TLB.kvm_flush_remote_tlbs_gfn(kvm, G + 1, 2))   # the whole 2M page
