@@ -193,6 +193,10 @@ def handle_removed_pt(kvm, pt: int, level: int, base_gfn: int, shared: bool):
                     yield from wait_until(f"L{level}[{k:#x}] is not FROZEN_SPTE (spin)",
                                           partial(_not_frozen, sptep=sptep))
                     old_spte = yield from kvm_tdp_mmu_write_spte_atomic(kvm, sptep, FROZEN_SPTE)
+                if old_spte == SHADOW_NONPRESENT_VALUE:
+                    # Non-present to FROZEN_SPTE: handle_changed_spte() would
+                    # return at once (most of the 512 entries; the model's shortcut).
+                    continue
             else:
                 if not is_shadow_present_pte(old_spte):
                     continue
