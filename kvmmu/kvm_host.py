@@ -351,7 +351,7 @@ class Kvm(World):
         of the explorer's state key.  ``only=True``: traces show the watched
         views alone, not the shared objects (chapter 1's one SPTE).
         """
-        check_bool(only, "only")
+        check_bool("only", only)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if not callable(show):
