@@ -391,7 +391,9 @@ def kvm_mmu_do_page_fault(vcpu: KvmVcpu, gpa: int, error_code: int, prefetch: bo
     check_u64("error_code", error_code)
     check_bool("prefetch", prefetch)
     kwargs = {} if max_level is None else {"max_level": max_level}
-    fault = KvmPageFault(addr=gpa, error_code=error_code, prefetch=prefetch, **kwargs)
+    # is_nx_huge_page_enabled(): the module parameter, here the VM's configuration.
+    fault = KvmPageFault(addr=gpa, error_code=error_code, prefetch=prefetch,
+                         nx_huge_page_workaround_enabled=vcpu.kvm.config.nx_huge_pages, **kwargs)
 
     def lookup():
         # srcu_dereference(kvm->memslots) + kvm_vcpu_gfn_to_memslot().  Record

@@ -421,7 +421,7 @@ def _new_leaf(vcpu, fault: KvmPageFault, it: TdpIter):
         return make_mmio_spte(it.gfn, ACC_ALL, gen & 0x7FFFF, cfg=kvm.ept.cfg), False
     return make_spte(it.level, ACC_ALL, fault.pfn, cfg=kvm.ept.cfg, prefetch=fault.prefetch,
                      synchronizing=False, host_writable=fault.map_writable,
-                     old_spte=it.old_spte)
+                     nx_huge_pages=kvm.config.nx_huge_pages, old_spte=it.old_spte)
 
 
 def tdp_mmu_map_handle_target_level(vcpu, fault: KvmPageFault, it: TdpIter):
