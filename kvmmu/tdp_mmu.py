@@ -49,7 +49,7 @@ from .checks import check_bool, check_int
 from .cpu import cpu_code
 from .errno import (EBUSY, ENOENT, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
                     RET_PF_WRITE_PROTECTED)
-from .explorer import step, wait_until
+from .explorer import World, step, wait_until
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_2M,
                      PG_LEVEL_4K,
                      SPTE_ENT_PER_PAGE)
@@ -605,10 +605,12 @@ def _collapsible(it: TdpIter, start: int, end: int) -> bool:
             and not is_last_spte(it.old_spte, it.level) and start <= it.gfn < end)
 
 
-def _check_slot(slot) -> KvmMemorySlot:
+def _check_kvm_slot(kvm, slot) -> None:
+    # kvm_host.Kvm sits above this module: a world with TDP page tables will do.
+    if not (isinstance(kvm, World) and hasattr(kvm, "ept")):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
-    return slot
 
 
 def zap_collapsible_spte_range(kvm, root: int, slot: KvmMemorySlot):
@@ -624,7 +626,7 @@ def zap_collapsible_spte_range(kvm, root: int, slot: KvmMemorySlot):
     (6.12's ``kvm_mmu_max_mapping_level()`` took ``max_level`` and
     ``is_private`` too; for shared memory it gives the same answer.)
     """
-    _check_slot(slot)
+    _check_kvm_slot(kvm, slot)
     start, end = slot.base_gfn, slot.end_gfn
     tdp_walk_begin(kvm, start, end)                    # rcu_read_lock()
     it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_2M, start)
@@ -646,7 +648,7 @@ def kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot: KvmMemorySlot):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_zap_collapsible_sptes() (up to 6.12)
     """
-    _check_slot(slot)
+    _check_kvm_slot(kvm, slot)
     for root in (yield from _valid_roots(kvm)):
         yield from zap_collapsible_spte_range(kvm, root, slot)
 
@@ -691,7 +693,7 @@ def recover_huge_pages_range(kvm, root: int, slot: KvmMemorySlot):
     turned off (``kvm_mmu_slot_apply_flags()``); dirty logging still on is a
     WARN.
     """
-    _check_slot(slot)
+    _check_kvm_slot(kvm, slot)
     start, end = slot.base_gfn, slot.end_gfn
     if kvm_slot_dirty_track_enabled(slot):
         kvm.warn("WARN_ON_ONCE: recover_huge_pages_range with dirty logging on")
@@ -722,7 +724,7 @@ def kvm_tdp_mmu_recover_huge_pages(kvm, slot: KvmMemorySlot):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_recover_huge_pages()
     """
-    _check_slot(slot)
+    _check_kvm_slot(kvm, slot)
     for root in (yield from _valid_roots(kvm)):
         yield from recover_huge_pages_range(kvm, root, slot)
 

@@ -175,6 +175,8 @@ def kvm_flush_remote_tlbs_memslot(kvm, slot: KvmMemorySlot):
     The kernel asserts that ``slots_lock`` is held (its callers update
     memslots); the model does not check it.
     """
+    if not isinstance(getattr(kvm, "tlbs", None), VcpuTlbs):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
     yield from kvm_flush_remote_tlbs_range(kvm, slot.base_gfn, slot.npages)
