@@ -65,7 +65,7 @@ _BACKING_TEXT = {"4K": "4 KiB pages", "2M": "transparent huge pages (2 MiB)",
 
 def problem(seed: int) -> Problem:
     """Return seeded problem number ``seed``: the level KVM maps a gfn at, and why."""
-    check_int("seed", seed, 0)
+    check_int("seed", seed, 0, (1 << 32) - 1)
     rng = random.Random(seed)
     p = _draw(rng)
     kvm = make_host_vm(**p)

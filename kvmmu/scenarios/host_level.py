@@ -55,6 +55,7 @@ from ..mmu import (describe_found_slot, is_page_fault_stale, kvm_mmu_do_page_fau
 from ..mmu_internal import (KvmPageFault, _host_mapping_level_walk, _read_once,
                             host_pfn_mapping_level, local_irq_restore, local_irq_save)
 from ..pferr import PFERR_FETCH_MASK, PFERR_GUEST_FINAL_MASK
+from ..spte import SHADOW_NONPRESENT_VALUE
 from ..tdp_mmu import kvm_tdp_mmu_map
 from . import ScenarioEntry
 
@@ -67,7 +68,7 @@ __all__ = [
     "FAULTS", "host_migrates", "host_collapses", "host_splits", "HOSTS", "fault_vs_host",
     "consume_under_lock", "rule2_checked", "rule2_unchecked", "rule2_vs_migration",
     "recover_huge_pages", "recovery_vs_split", "zap_collapsible", "hint_vs_split",
-    "final_outcomes", "HOST_EVENTS", "make_host_vm", "SCENARIOS",
+    "recovery_ending", "zap_ending", "final_outcomes", "HOST_EVENTS", "make_host_vm", "SCENARIOS",
 ]
 
 #: The guest frames and host addresses every scenario uses: both 1 GiB aligned.
@@ -517,6 +518,26 @@ def hint_vs_split() -> Scenario:
 
 # --------------------------------------------------------------------------
 # Endings
+
+def recovery_ending(w: Kvm, results=None) -> str:
+    """How a recovery run ended: did KVM ever install the 2M leaf?
+
+    The split zaps whatever KVM maps by the end, so the answer is in the
+    TDP MMU's ledger of the leaves that appeared.
+    """
+    if any(level == PG_LEVEL_2M for _g, level, _p in _check_world(w).ept.installed):
+        return "recovered a 2M leaf"
+    return "found no 4K leaf: nothing recovered"
+
+
+def zap_ending(w: Kvm, results=None) -> str:
+    """How a collapsible-zap run ended: is the 4K table still linked at the 2M entry?"""
+    vcpu = _vcpu(_check_world(w))
+    path = w.ept.walk(vcpu.root, FAULT_GFN)
+    if len(path) >= 3 and path[2][2] == PG_LEVEL_2M and path[2][1] != SHADOW_NONPRESENT_VALUE:
+        return "kept the 4K table"
+    return "zapped the 4K table"
+
 
 def final_outcomes(scenario: Scenario, outcome=None, **explore_kw) -> tuple:
     """Explore ``scenario`` fully; return ``(result, Counter of the endings)``.
