@@ -63,7 +63,7 @@ __all__ = [
     "GFN_BASE", "HVA_BASE", "SLOT_ID", "FAULT_GFN", "FAULT_HVA", "FAULT_GPA", "ZOOM",
     "WALK_ZOOM", "race_slot", "host_level_world", "kvm_leaf_of", "no_bad_reads",
     "kvm_maps_what_host_maps", "no_kernel_warnings", "NO_BAD_READS", "KVM_MATCHES_HOST",
-    "NO_WARNINGS", "walker", "walker_rereading", "walker_irqs_on", "host_promotes_pud",
+    "NO_WARNINGS", "read_entry", "walker", "walker_rereading", "walker_irqs_on", "host_promotes_pud",
     "WALKERS", "walk_vs_promotion", "fault_rule1", "fault_no_check", "fault_check_then_relock",
     "FAULTS", "host_migrates", "host_collapses", "host_splits", "HOSTS", "fault_vs_host",
     "consume_under_lock", "rule2_checked", "rule2_unchecked", "rule2_vs_migration",
@@ -241,8 +241,16 @@ def walker(w: Kvm):
     return (yield from host_pfn_mapping_level(w, FAULT_GFN, race_slot(_PAGES_1G)))
 
 
-def _reread(kvm: Kvm, ptr, table_level: int):
-    # A plain *pXdp: the shared entry read again, as one step.
+def read_entry(kvm: Kvm, ptr, table_level: int, again: bool = False):
+    """Load one host page-table entry, as one step: ``READ_ONCE(*pXdp)``, or a plain re-read.
+
+    ``again`` is a plain ``*pXdp`` of an entry already read: what a walk
+    that passes pointers into the shared tables does at every use.
+    """
+    _check_world(kvm)
+    check_bool("again", again)
+    if not again:
+        return (yield from _read_once(kvm, ptr, table_level))
     name = TABLE_NAMES[table_level].lower()
     return (yield from step(f"*{name}p (re-read)",
                             lambda: Hex(kvm.mm.mem.load(ptr, table_level))))
@@ -255,16 +263,16 @@ def walker_rereading(w: Kvm):
     yield from local_irq_save(w)
     pgdp = pgd_offset(w.mm, hva)
     level = PG_LEVEL_4K
-    if not pgd_none((yield from _read_once(w, pgdp, PGD))):
-        pudp = pud_offset((yield from _reread(w, pgdp, PGD)), hva)
-        if not pud_none((yield from _read_once(w, pudp, PUD))) and \
-                pud_present((yield from _reread(w, pudp, PUD))):
-            if pud_leaf((yield from _reread(w, pudp, PUD))):
+    if not pgd_none((yield from read_entry(w, pgdp, PGD))):
+        pudp = pud_offset((yield from read_entry(w, pgdp, PGD, again=True)), hva)
+        if not pud_none((yield from read_entry(w, pudp, PUD))) and \
+                pud_present((yield from read_entry(w, pudp, PUD, again=True))):
+            if pud_leaf((yield from read_entry(w, pudp, PUD, again=True))):
                 level = PG_LEVEL_1G
             else:
                 # pmd_offset(pudp, hva) dereferences *pudp once more.
-                pmdp = pmd_offset((yield from _reread(w, pudp, PUD)), hva)
-                pmd = yield from _read_once(w, pmdp, PMD)
+                pmdp = pmd_offset((yield from read_entry(w, pudp, PUD, again=True)), hva)
+                pmd = yield from read_entry(w, pmdp, PMD)
                 if not pmd_none(pmd) and pmd_present(pmd) and pmd_leaf(pmd):
                     level = PG_LEVEL_2M
     yield from local_irq_restore(w)
