@@ -1,4 +1,4 @@
-"""The MMU notifier's invalidation protocol: kvm_host's bracket and retry checks, kvm_main's callbacks."""
+"""The MMU notifier's protocol: kvm_host's bracket and retry checks, kvm_main's callbacks."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -23,7 +23,7 @@ def bench_explore(repeat: int = 3) -> None:
     from kvmmu.scenarios.host_level import SCENARIOS
 
     print(f"exhaustive checks (explore, full search, best of {repeat}; target <= {TARGET:.1f} s;"
-          " wall and this process's CPU seconds: on a busy machine the CPU figure is the fair one):")
+          " wall and this process's CPU seconds; on a busy machine CPU is the fair one):")
     worst = 0.0
     for name, entry in SCENARIOS.items():
         best = cpu = None

@@ -38,10 +38,10 @@ from ..checks import check_bool, check_choice, check_int
 from ..cpu import run_alone
 from ..errno import RET_PF_CONTINUE, RET_PF_RETRY, ret_pf_name
 from ..explorer import Actor, Invariant, Scenario, explore, step
-from ..host_mm import (BACKINGS, PMD, PTE, PUD, TABLE_NAMES, Hex, __split_huge_pmd,
+from ..host_mm import (BACKINGS, PGD, PMD, PTE, PUD, TABLE_NAMES, Hex, __split_huge_pmd,
                        collapse_huge_page, describe_entry, host_maps_range, host_populate,
                        migrate_page, pgd_none, pgd_offset, pmd_leaf, pmd_none, pmd_offset,
-                       pmd_present, pud_leaf, pud_none, pud_offset, pud_present, PGD)
+                       pmd_present, pud_leaf, pud_none, pud_offset, pud_present)
 from ..kvm_host import (Kvm, KvmVcpu, hva_to_pfn, is_error_pfn, kvm_vcpu_gfn_to_memslot,
                         mmu_invalidate_retry_gfn)
 from ..kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
@@ -49,12 +49,12 @@ from ..levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M,
                       level_name)
 from ..memslots import (GFN_MAX, KVM_MEM_LOG_DIRTY_PAGES, KvmMemorySlot, __gfn_to_hva_memslot,
                         kvm_mmu_gfn_disallow_lpage)
-from ..mmu import (describe_found_slot, is_page_fault_stale, kvm_mmu_do_page_fault, kvm_mmu_faultin_pfn,
-                   kvm_mmu_finish_page_fault, kvm_mmu_page_fault, kvm_mmu_recover_huge_pages,
-                   kvm_mmu_reload, kvm_mmu_zap_collapsible_sptes)
+from ..mmu import (describe_found_slot, is_page_fault_stale, kvm_mmu_do_page_fault,
+                   kvm_mmu_faultin_pfn, kvm_mmu_finish_page_fault, kvm_mmu_page_fault,
+                   kvm_mmu_recover_huge_pages, kvm_mmu_reload, kvm_mmu_zap_collapsible_sptes)
 from ..mmu_internal import (KvmPageFault, _host_mapping_level_walk, _read_once,
                             host_pfn_mapping_level, local_irq_restore, local_irq_save)
-from ..pferr import PFERR_FETCH_MASK, PFERR_GUEST_FINAL_MASK
+from ..pferr import PFERR_GUEST_FINAL_MASK
 from ..spte import SHADOW_NONPRESENT_VALUE
 from ..tdp_mmu import kvm_tdp_mmu_map
 from . import ScenarioEntry
@@ -63,12 +63,13 @@ __all__ = [
     "GFN_BASE", "HVA_BASE", "SLOT_ID", "FAULT_GFN", "FAULT_HVA", "FAULT_GPA", "ZOOM",
     "WALK_ZOOM", "race_slot", "host_level_world", "kvm_leaf_of", "no_bad_reads",
     "kvm_maps_what_host_maps", "no_kernel_warnings", "NO_BAD_READS", "KVM_MATCHES_HOST",
-    "NO_WARNINGS", "read_entry", "walker", "walker_rereading", "walker_irqs_on", "host_promotes_pud",
-    "WALKERS", "walk_vs_promotion", "fault_rule1", "fault_no_check", "fault_check_then_relock",
-    "FAULTS", "host_migrates", "host_collapses", "host_splits", "HOSTS", "fault_vs_host",
-    "consume_under_lock", "rule2_checked", "rule2_unchecked", "rule2_vs_migration",
-    "recover_huge_pages", "recovery_vs_split", "zap_collapsible", "hint_vs_split",
-    "recovery_ending", "zap_ending", "final_outcomes", "HOST_EVENTS", "make_host_vm", "SCENARIOS",
+    "NO_WARNINGS", "read_entry", "walker", "walker_rereading", "walker_irqs_on",
+    "host_promotes_pud", "WALKERS", "walk_vs_promotion", "fault_rule1", "fault_no_check",
+    "fault_check_then_relock", "FAULTS", "host_migrates", "host_collapses", "host_splits",
+    "HOSTS", "fault_vs_host", "consume_under_lock", "rule2_checked", "rule2_unchecked",
+    "rule2_vs_migration", "recover_huge_pages", "recovery_vs_split", "zap_collapsible",
+    "hint_vs_split", "recovery_ending", "zap_ending", "final_outcomes", "HOST_EVENTS",
+    "make_host_vm", "SCENARIOS",
 ]
 
 #: The guest frames and host addresses every scenario uses: both 1 GiB aligned.
@@ -185,7 +186,7 @@ def _maps_text(kvm: Kvm) -> str:
 
 
 def kvm_leaf_of(kvm: Kvm, gfn: int) -> tuple | None:
-    """The live leaf SPTE that maps ``gfn`` in any root, as ``(level, pfn of gfn)``; None if none."""
+    """The live leaf SPTE mapping ``gfn`` in any root, as ``(level, pfn of gfn)``; else None."""
     if not isinstance(kvm, Kvm):
         raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
     check_int("gfn", gfn, 0, GFN_MAX)
@@ -342,6 +343,15 @@ def _fault_with_slot(vcpu: KvmVcpu):
     return fault
 
 
+def _faultin(w: Kvm):
+    # The fault's part before mmu_lock, as the kernel has it: the memslot
+    # lookup of kvm_mmu_do_page_fault(), then kvm_mmu_faultin_pfn() (the
+    # snapshot, the pre-checks, gup).  Returns (vcpu, fault, RET_PF_*).
+    vcpu = _vcpu(w)
+    fault = yield from _fault_with_slot(vcpu)
+    return vcpu, fault, (yield from kvm_mmu_faultin_pfn(vcpu, fault))
+
+
 def fault_rule1(w: Kvm):
     """Rule 1, the kernel's fault path: snapshot, look up, lock, check, consume."""
     _check_world(w)
@@ -351,9 +361,7 @@ def fault_rule1(w: Kvm):
 def fault_no_check(w: Kvm):
     """UNSAFE: consumes the pfn and the host level under mmu_lock without is_page_fault_stale()."""
     _check_world(w)
-    vcpu = _vcpu(w)
-    fault = yield from _fault_with_slot(vcpu)
-    r = yield from kvm_mmu_faultin_pfn(vcpu, fault)
+    vcpu, fault, r = yield from _faultin(w)
     if r != RET_PF_CONTINUE:
         return ret_pf_name(r)
     yield from w.mmu_lock.read_lock()
@@ -366,9 +374,7 @@ def fault_no_check(w: Kvm):
 def fault_check_then_relock(w: Kvm):
     """UNSAFE: checks under mmu_lock, drops it, consumes under a second hold."""
     _check_world(w)
-    vcpu = _vcpu(w)
-    fault = yield from _fault_with_slot(vcpu)
-    r = yield from kvm_mmu_faultin_pfn(vcpu, fault)
+    vcpu, fault, r = yield from _faultin(w)
     if r != RET_PF_CONTINUE:
         return ret_pf_name(r)
     yield from w.mmu_lock.read_lock()
@@ -491,16 +497,22 @@ def recover_huge_pages(w: Kvm):
     yield from kvm_mmu_recover_huge_pages(w, race_slot())
 
 
-def recovery_vs_split() -> Scenario:
-    """Rule 2 via an existing 4K leaf (huge-page recovery), against the host splitting its THP."""
+def _against_split(name: str, title: str, kvm_path) -> Scenario:
+    # KVM maps the gfn 4K (as dirty logging made it) over the host's THP,
+    # which the host splits while ``kvm_path`` runs.
     return Scenario(
-        name="huge page recovery (existing leaf) vs split",
+        name=name,
         world=lambda: host_level_world(backing="2M", kvm_maps=PG_LEVEL_4K, touched=False,
                                        watch=(PMD,)),
-        actors=[Actor("A", "KVM: recover huge pages", recover_huge_pages),
-                Actor("B", "host: split the THP", host_splits)],
+        actors=[Actor("A", title, kvm_path), Actor("B", "host: split the THP", host_splits)],
         invariants=[KVM_MATCHES_HOST, NO_WARNINGS],
     )
+
+
+def recovery_vs_split() -> Scenario:
+    """Rule 2 via an existing 4K leaf (huge-page recovery), against the host splitting its THP."""
+    return _against_split("huge page recovery (existing leaf) vs split",
+                          "KVM: recover huge pages", recover_huge_pages)
 
 
 # --------------------------------------------------------------------------
@@ -514,14 +526,8 @@ def zap_collapsible(w: Kvm):
 
 def hint_vs_split() -> Scenario:
     """Rule 3: a zap decided from the host level, against a THP split."""
-    return Scenario(
-        name="collapsible zap (hint only) vs split",
-        world=lambda: host_level_world(backing="2M", kvm_maps=PG_LEVEL_4K, touched=False,
-                                       watch=(PMD,)),
-        actors=[Actor("A", "KVM: zap what could be huge (6.12)", zap_collapsible),
-                Actor("B", "host: split the THP", host_splits)],
-        invariants=[KVM_MATCHES_HOST, NO_WARNINGS],
-    )
+    return _against_split("collapsible zap (hint only) vs split",
+                          "KVM: zap what could be huge (6.12)", zap_collapsible)
 
 
 # --------------------------------------------------------------------------
