@@ -130,8 +130,10 @@ class KvmConfig:
     ``prefault_policy``: one of :data:`PREFAULT_POLICIES`;
     ``pre_fault_allowed``: ``kvm->arch.pre_fault_allowed``;
     ``kvm_can_access_gmem``: whether KVM can read guest_memfd memory (the
-    chapter 5 RFC's switch); ``zoom``: names of CPU code that runs as one
-    step (:mod:`kvmmu.cpu`).
+    chapter 5 RFC's switch); ``nx_huge_pages``: the ``kvm.nx_huge_pages``
+    iTLB-multihit workaround (an instruction fetch maps 4K, a huge leaf is
+    not executable); ``zoom``: names of CPU code that runs as one step
+    (:mod:`kvmmu.cpu`).
     """
 
     nr_as_ids: int = 1
@@ -144,6 +146,7 @@ class KvmConfig:
     prefault_policy: str = "6.18"
     pre_fault_allowed: bool = True
     kvm_can_access_gmem: bool = True
+    nx_huge_pages: bool = False
     zoom: frozenset = frozenset()
 
     def __post_init__(self):
@@ -154,7 +157,7 @@ class KvmConfig:
         check_choice("max_huge_page_level", self.max_huge_page_level,
                      (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
         for name in ("spin_on_frozen_child", "slot_zap_all", "reload_frees_obsolete_roots",
-                     "pre_fault_allowed", "kvm_can_access_gmem"):
+                     "pre_fault_allowed", "kvm_can_access_gmem", "nx_huge_pages"):
             check_bool(name, getattr(self, name))
         check_choice("prefault_policy", self.prefault_policy, PREFAULT_POLICIES)
         if isinstance(self.zoom, str) or not all(isinstance(z, str) for z in self.zoom):
