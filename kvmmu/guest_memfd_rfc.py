@@ -197,8 +197,11 @@ class GmemMappableFile(GmemFile):
         return STATE_NAMES[self.mappable_offsets[self.check_index(index)]]
 
     def _show(self):
+        # The states, then every folio (a truncated one too: its ledger is
+        # where a miscount shows), then the instruments that are not zero.
         states = " ".join(STATE_NAMES[s] for s in self.mappable_offsets)
-        text = f"{states} | {super()._show()}"
+        folios = "; ".join(f"{f!r}@{f.index} {f.short()}" for f in self.folios) or "no folio"
+        text = f"{states} | {folios}"
         if self.callbacks:
             text += f" | callbacks={self.callbacks}"
         if self.oops:

@@ -42,7 +42,7 @@ from . import ScenarioEntry
 
 __all__ = [
     "SLOT", "GPA", "GFN", "HVA", "FILE", "ZOOM", "ACTIONS", "SETUP_CLEAR", "gmem_world",
-    "gmem_file", "gmem_slot", "apply_action", "replay", "host_access", "private_is_private",
+    "gmem_file", "gmem_slot", "register_note", "apply_action", "replay", "host_access", "private_is_private",
     "refs_accounted", "no_oops", "transitions_follow_table", "INVARIANTS", "check_invariants",
     "at_baseline", "guest_mapped", "explore_outcomes", "scenario_naive_unshare",
     "scenario_pin", "scenario_comment", "scenario_speculative",
@@ -147,7 +147,8 @@ def _held(file, holder: str, what: str):
     raise KernelWarn(f"{holder.split(':', 1)[1]} holds no {what} reference to put")
 
 
-def _register_note(ret, was_mapped: bool, was_pending: bool) -> str:
+def register_note(ret, was_mapped: bool, was_pending: bool) -> str:
+    """Say what the register call's return means, given what the folio was before it."""
     if ret == 0:
         return "0: no foreign reference, the page is GUEST now"
     if ret == -EAGAIN and was_mapped:
@@ -198,7 +199,7 @@ def _run_action(kvm: Kvm, action: str, variant: dict):
         if ret[1] is None:
             return ret, msg + f" (stored {file.state(0)})"
         return ret, msg + ("; stored NONE; kvm_slot_gmem_register_callback -> "
-                           + _register_note(ret[1], was_mapped, was_pending))
+                           + register_note(ret[1], was_mapped, was_pending))
     if action == "share again":
         ret = run_alone(kvm, gmem_set_mappable(file, 0, 1, "kvm"))
         return ret, f"gmem_set_mappable -> {errno_name(ret)}"
