@@ -585,3 +585,13 @@ def test_random_console_walk_is_deterministic():
             state, msgs = v.state, msgs + [v.message]
         return state, msgs
     assert walk(3) == walk(3)
+
+
+def test_run_alone_can_record_each_step():
+    kvm = held()
+    trace = []
+    ret = run_alone(kvm, R.gmem_clear_mappable(file_of(kvm), 0, 1), trace=trace)
+    assert ret == 0 and trace[0] == "write_lock(gmem0.invalidate_lock)"
+    assert "folio_ref_count -> 2" in trace and trace[-1] == "write_unlock(gmem0.invalidate_lock)"
+    with pytest.raises(TypeError, match="trace"):
+        run_alone(kvm, R.gmem_set_mappable(file_of(kvm), 0, 1), trace=())
