@@ -7,8 +7,9 @@
 Prints; asserts nothing (the target is <= 1 s per exhaustive check).  Each
 check is a named scenario of ``kvmmu.scenarios.guest_memfd`` explored
 exhaustively (stop_at_first=False, as the chapter's comparison tables do)
-three times; the best wall time is reported beside the explorer's own counts
-and the engine it ran on.
+three times; the best wall time and the best CPU time of this process
+(``time.process_time``: what a loaded machine does not inflate) are reported
+beside the explorer's own counts and the engine it ran on.
 """
 import subprocess
 import sys
@@ -22,20 +23,23 @@ from kvmmu.scenarios import guest_memfd as S  # noqa: E402
 
 
 def bench_explore():
-    worst = 0.0
+    worst = worst_cpu = 0.0
     for name, entry in S.SCENARIOS.items():
-        best = None
+        best = cpu = None
         for _ in range(3):
             sc = entry.build()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             res, _outcomes = S.explore_outcomes(sc, stop_at_first=False)
-            took = time.perf_counter() - started
+            took, used = time.perf_counter() - started, time.process_time() - cpu_started
             best = took if best is None else min(best, took)
+            cpu = used if cpu is None else min(cpu, used)
         worst = max(worst, best)
+        worst_cpu = max(worst_cpu, cpu)
         kinds = ", ".join(n for n, _ in res.violations) or "holds"
-        print(f"{name:40s} {best * 1000:7.1f} ms  {res.states:5d} states "
-              f"{res.transitions:5d} transitions  {res.method:8s} {kinds}")
-    print(f"slowest exhaustive check: {worst * 1000:.1f} ms (target <= 1000 ms)")
+        print(f"{name:40s} {best * 1000:7.1f} ms wall {cpu * 1000:7.1f} ms CPU "
+              f"{res.states:5d} states {res.transitions:5d} transitions  {res.method:8s} {kinds}")
+    print(f"slowest exhaustive check: {worst * 1000:.1f} ms wall, {worst_cpu * 1000:.1f} ms CPU "
+          "(target <= 1000 ms)")
 
 
 def bench_nbval():

@@ -13,8 +13,9 @@ done) and the scenarios, by name in :data:`SCENARIOS`.  It also runs the
 folio console's actions on one CPU (:func:`apply_action`, :func:`replay`),
 which the chapter's worked examples, its widget and its exercises share.
 
-Zoom: the TDP MMU's map (``kvm_tdp_mmu_map``, chapter 3) runs as one step;
-everything else of the fault path keeps its steps.
+Zoom (:data:`ZOOM`): the TDP MMU's map (``kvm_tdp_mmu_map``, chapter 3)
+and a punched hole's invalidation bracket (``kvm_gmem_invalidate_begin`` and
+``_end``, chapter 2) run as one step each; everything else keeps its steps.
 """
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ GFN = GPA >> PAGE_SHIFT
 HVA = 0x7F0000000000
 #: The name of the file in the VM.
 FILE = "gmem0"
-#: What chapter 4 runs as one step: the TDP MMU's part of the fault.
-ZOOM = frozenset({"kvm_tdp_mmu_map"})
+#: What chapter 4 runs as one step: the TDP MMU's part of the fault (chapter
+#: 3) and the invalidation a punched hole brackets its truncation with
+#: (chapter 2).  Neither waits in this chapter's worlds: only a punched hole
+#: takes mmu_lock for write, and never while a vCPU faults.
+ZOOM = frozenset({"kvm_tdp_mmu_map", "kvm_gmem_invalidate_begin", "kvm_gmem_invalidate_end"})
 
 #: A private read of the gfn, as the x86 exit handler passes it for a
 #: software-protected VM's private memory.
