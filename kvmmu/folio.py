@@ -49,7 +49,7 @@ runs.
   the module that owns a page type fills in: mm's code does not import KVM's
   (CONTRIBUTING.md, "Layers").
 """
-from .checks import KernelWarn, check_int
+from .checks import KernelWarn, check_int, check_name
 from .explorer import Violation, step
 
 __all__ = [
@@ -223,6 +223,17 @@ for _name in _FIELDS:
 del _name
 
 
+def _check_folio(folio) -> Folio:
+    if not isinstance(folio, Folio):
+        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
+    return folio
+
+
+def _check_holder(holder) -> str:
+    # The ledger's name for who holds the references ("filemap", "gup:host"...).
+    return check_name("holder", holder)
+
+
 def _ledger(folio: Folio, holder: str, delta: int) -> None:
     """Move ``holder``'s entry by ``delta``; the ledger stays sorted and without zeros."""
     held = dict(folio.holders)
@@ -235,6 +246,7 @@ def folio_nr_pages(folio: Folio) -> int:
 
     Models: include/linux/mm.h: folio_nr_pages()
     """
+    _check_folio(folio)
     return 1 << folio.order
 
 
@@ -243,6 +255,7 @@ def folio_ref_count(folio: Folio) -> int:
 
     Models: include/linux/page_ref.h: folio_ref_count()
     """
+    _check_folio(folio)
     return folio.refcount
 
 
@@ -251,6 +264,7 @@ def folio_mapped(folio: Folio) -> bool:
 
     Models: include/linux/mm.h: folio_mapped()
     """
+    _check_folio(folio)
     return folio.mapcount > 0
 
 
@@ -259,6 +273,7 @@ def folio_test_locked(folio: Folio) -> bool:
 
     Models: include/linux/page-flags.h: folio_test_locked()
     """
+    _check_folio(folio)
     return folio.locked_by is not None
 
 
@@ -267,6 +282,7 @@ def folio_test_guestmem(folio: Folio) -> bool:
 
     Models: include/linux/page-flags.h: folio_test_guestmem()
     """
+    _check_folio(folio)
     return folio.page_type == PGTY_guestmem
 
 
@@ -275,6 +291,7 @@ def __folio_set_guestmem(folio: Folio) -> None:
 
     Models: include/linux/page-flags.h: __folio_set_guestmem()
     """
+    _check_folio(folio)
     if folio.page_type is not None:
         raise KernelWarn(f"__folio_set_guestmem: folio {folio.fid} already has a page type")
     folio.page_type = PGTY_guestmem
@@ -285,6 +302,7 @@ def __folio_clear_guestmem(folio: Folio) -> None:
 
     Models: include/linux/page-flags.h: __folio_clear_guestmem()
     """
+    _check_folio(folio)
     if folio.page_type != PGTY_guestmem:
         raise KernelWarn(f"__folio_clear_guestmem: folio {folio.fid} is not a guestmem folio")
     folio.page_type = None
@@ -295,6 +313,8 @@ def folio_ref_add(folio: Folio, nr: int, holder: str) -> None:
 
     Models: include/linux/page_ref.h: folio_ref_add()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     folio.refcount += nr
     _ledger(folio, holder, nr)
@@ -305,6 +325,8 @@ def folio_ref_sub_return(folio: Folio, nr: int, holder: str) -> int:
 
     Models: include/linux/page_ref.h: folio_ref_sub_return()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     if folio.refcount < nr:
         raise KernelWarn(f"folio_ref_sub_return: folio {folio.fid} has {folio.refcount} "
@@ -323,6 +345,8 @@ def folio_try_get(folio: Folio, holder: str) -> bool:
     walker, GUP-fast before its recheck, the page cache's own lookup) gets one:
     it never resurrects a folio whose count reached zero.
     """
+    _check_folio(folio)
+    _check_holder(holder)
     if folio.refcount == 0:
         return False
     folio.refcount += 1
@@ -335,6 +359,8 @@ def folio_get(folio: Folio, holder: str) -> None:
 
     Models: include/linux/mm.h: folio_get()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     if folio.refcount <= 0:
         raise KernelWarn(f"folio_get: folio {folio.fid} has refcount {folio.refcount} "
                          "(VM_BUG_ON_FOLIO: get on a free folio)")
@@ -361,6 +387,8 @@ def folio_add_file_rmap_pte(folio: Folio, holder: str) -> None:
     The mapping keeps the reference the fault took: in the ledger it moves
     from ``holder`` to "pte".
     """
+    _check_folio(folio)
+    _check_holder(holder)
     if folio.holders.get(holder, 0) <= 0:
         raise KernelWarn(f"folio_add_file_rmap_pte: {holder} holds no reference to {folio!r}")
     folio.mapcount += 1
@@ -377,6 +405,7 @@ def folio_remove_rmap_pte(folio: Folio) -> None:
     (the zap batches the puts), so the count can still include it while the
     mapcount no longer does.  Raises :class:`KernelWarn` if nothing maps it.
     """
+    _check_folio(folio)
     if folio.mapcount <= 0:
         raise KernelWarn(f"folio_remove_rmap_pte: {folio!r} is not mapped")
     folio.mapcount -= 1
@@ -390,6 +419,8 @@ def folio_put_refs(folio: Folio, nr: int, holder: str):
     Returns the new count (0: this put was the final one).  The decrement is
     one step; the final put's work (``__folio_put``) runs on the same CPU.
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     what = "folio_put" if nr == 1 else f"folio_put_refs({nr})"
     count = yield from step(f"{what} by {holder}: refcount",
@@ -404,6 +435,8 @@ def folio_put(folio: Folio, holder: str):
 
     Models: include/linux/mm.h: folio_put()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     return (yield from folio_put_refs(folio, 1, holder))
 
 
@@ -414,6 +447,8 @@ def put_page(folio: Folio, holder: str):
 
     The kernel's ``put_page(page)`` is ``folio_put(page_folio(page))``.
     """
+    _check_folio(folio)
+    _check_holder(holder)
     return (yield from folio_put_refs(folio, 1, holder))
 
 
@@ -422,6 +457,7 @@ def __folio_put(folio: Folio):
 
     Models: mm/swap.c: __folio_put()
     """
+    _check_folio(folio)
     ptype = yield from step("__folio_put: page type",
                             lambda: _PGTY_NAMES.get(folio.page_type, "none"))
     if ptype != "none":
@@ -440,6 +476,9 @@ def free_typed_folio(folio: Folio, ptype: str):
     call from core mm into KVM is what Sean Christopherson objected to in
     review: mm/swap.c cannot call a function of a module (CONFIG_KVM=m).
     """
+    _check_folio(folio)
+    if not isinstance(ptype, str):
+        raise TypeError(f"ptype must be a page type name, got {type(ptype).__name__}")
     handler = FREE_TYPED_FOLIO.get(ptype)
     if handler is None:
         raise KernelWarn(f"free_typed_folio: unknown page type {ptype}")

@@ -43,13 +43,14 @@ be mapped).
 """
 from __future__ import annotations
 
-from .checks import KernelWarn, check_int
+from .checks import KernelWarn, check_int, check_name
 from .cpu import cpu_code
 from .errno import EAGAIN, EFAULT, EIO
 from .explorer import Primitive, step, wait_until
 from .folio import (FILEMAP, FOLIO_FIELDS, PTE, Folio, folio_nr_pages, folio_put, folio_put_refs,
                     folio_ref_add, folio_try_get)
-from .kvm_host import kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end, kvm_mmu_unmap_gfn_range
+from .kvm_host import (Kvm, kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
+                       kvm_mmu_unmap_gfn_range)
 from .levels import PG_LEVEL_4K
 from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
 from .tdp_mmu import KvmGfnRange
@@ -180,6 +181,36 @@ class GmemFile(Primitive):
                          if f.mapping is not None) or "empty"
 
 
+def _check_kvm(kvm):
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
+    return kvm
+
+
+def _check_file(file) -> GmemFile:
+    if not isinstance(file, GmemFile):
+        raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
+    return file
+
+
+def _check_folio(folio) -> Folio:
+    if not isinstance(folio, Folio):
+        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
+    return folio
+
+
+def _check_who(who) -> str:
+    # The CPU's or holder's name, which the folio lock and the ledger record.
+    return check_name("who", who)
+
+
+def _check_range(kvm, file, start: int, end: int) -> None:
+    _check_kvm(kvm)
+    _check_file(file)
+    check_int("start", start, 0, file.size - 1)
+    check_int("end", end, start + 1, file.size)
+
+
 def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> GmemFile:
     """Create a guest_memfd file of ``size`` pages for ``kvm`` (KVM_CREATE_GUEST_MEMFD).
 
@@ -187,6 +218,7 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> 
 
     Set-up, not CPU code: the file is a new shared object of the VM.
     """
+    _check_kvm(kvm)
     check_int("size", size, 1, 1 << 20)
     n = sum(1 for p in kvm._prims if isinstance(p, GmemFile))
     return kvm._register(GmemFile(kvm, name or f"gmem{n}", size, order))
@@ -194,6 +226,7 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> 
 
 def kvm_gmem_file(kvm, slot: KvmMemorySlot) -> GmemFile | None:
     """The guest_memfd file a memslot is bound to (``slot->gmem.file``), or None."""
+    _check_kvm(kvm)
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
     if slot.gmem is None:
@@ -208,6 +241,7 @@ def kvm_gmem_bind(kvm, slot: KvmMemorySlot) -> None:
 
     Plain computation: the memslot update runs it inside a step.
     """
+    _check_kvm(kvm)
     file = kvm_gmem_file(kvm, slot)
     if file is None or not slot.flags & KVM_MEM_GUEST_MEMFD:
         raise ValueError(f"slot {slot.id} has no guest_memfd file")
@@ -219,8 +253,7 @@ def kvm_gmem_bind(kvm, slot: KvmMemorySlot) -> None:
 
 
 def _check_mappable_file(file, index: int) -> None:
-    if not isinstance(file, GmemFile):
-        raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
+    _check_file(file)
     if not file.mappability:
         raise ValueError(f"{file.name} has no mappability states (a 6.17 file): "
                          "make it with kvmmu.guest_memfd_rfc.kvm_gmem_create")
@@ -260,6 +293,8 @@ def folio_lock(folio: Folio, who: str):
 
     Models: include/linux/pagemap.h: folio_lock()
     """
+    _check_folio(folio)
+    _check_who(who)
     while not (yield from step(f"folio_lock({folio!r})", lambda: _try_lock(folio, who))):
         yield from wait_until(f"folio {folio.fid} unlocked", lambda w: folio.locked_by is None)
 
@@ -269,6 +304,8 @@ def folio_unlock(folio: Folio, who: str):
 
     Models: mm/filemap.c: folio_unlock()
     """
+    _check_folio(folio)
+    _check_who(who)
     def unlock():
         if folio.locked_by != who:
             raise KernelWarn(f"folio_unlock: {folio!r} is locked by {folio.locked_by}, not {who}")
@@ -285,6 +322,8 @@ def filemap_get_entry(file: GmemFile, index: int, holder: str):
     zero is on its way out: the kernel retries until the count is raised
     again or the entry is gone, and so does the model (a wait).
     """
+    _check_file(file)
+    _check_who(holder)
     file.check_index(index)
     first = index - index % file.nr_pages
 
@@ -310,6 +349,8 @@ def filemap_lock_folio(file: GmemFile, index: int, who: str):
     After the lock, a folio that truncation removed meanwhile is dropped and
     the lookup retried, as ``__filemap_get_folio`` does.
     """
+    _check_file(file).check_index(index)
+    _check_who(who)
     while True:
         folio = yield from filemap_get_entry(file, index, who)
         if folio is None:
@@ -327,6 +368,8 @@ def kvm_gmem_get_folio(file: GmemFile, index: int, who: str):
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_get_folio()
     """
+    _check_file(file).check_index(index)
+    _check_who(who)
     folio = yield from filemap_lock_folio(file, index, who)
     if folio is not None:
         return folio
@@ -362,6 +405,8 @@ def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
     a page the guest may not map (NONE: on its way to private) gives
     -EAGAIN: the vCPU retries later.
     """
+    _check_kvm(kvm)
+    _check_who(who)
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
     check_int("gfn", gfn, slot.base_gfn, slot.end_gfn - 1)
@@ -414,6 +459,7 @@ def kvm_gmem_invalidate_begin(kvm, file: GmemFile, start: int, end: int):
     ``kvm_mmu_invalidate_begin`` (once), ``kvm_mmu_unmap_gfn_range``, and a
     flush if anything was zapped.
     """
+    _check_range(kvm, file, start, end)
     ranges = yield from step("bound slots overlapping the range",
                              lambda: _bound_ranges(file, start, end))
     if not ranges:
@@ -437,6 +483,7 @@ def kvm_gmem_invalidate_end(kvm, file: GmemFile, start: int, end: int):
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_invalidate_end()
     """
+    _check_range(kvm, file, start, end)
     ranges = yield from step("bound slots overlapping the range",
                              lambda: _bound_ranges(file, start, end))
     if not ranges:
@@ -454,6 +501,8 @@ def filemap_remove_folio(file: GmemFile, folio: Folio):
     ``folio->mapping`` becomes NULL, then ``folio_put_refs(nr_pages)`` runs
     unconditionally.
     """
+    _check_file(file)
+    _check_folio(folio)
     def delete():
         del file.page_cache[folio.index]
         folio.mapping = None
@@ -486,6 +535,10 @@ Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5 as posted), gmem_
     (the RFC's) has mappings to remove; the model skips that step for the
     others, where there is never anything to unmap.
     """
+    _check_file(file)
+    check_int("start", start, 0, file.size - 1)
+    check_int("end", end, start + 1, file.size)
+    _check_who(who)
     holder = f"truncate:{who}"
     first = start - start % file.nr_pages
     for index in range(first, end, file.nr_pages):
@@ -506,10 +559,8 @@ def kvm_gmem_punch_hole(kvm, file: GmemFile, start: int, end: int, who: str = "v
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_punch_hole()
     """
-    if not isinstance(file, GmemFile):
-        raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
-    check_int("start", start, 0, file.size - 1)
-    check_int("end", end, start + 1, file.size)
+    _check_range(kvm, file, start, end)
+    _check_who(who)
     yield from file.invalidate_lock.write_lock()
     yield from kvm_gmem_invalidate_begin(kvm, file, start, end)
     yield from truncate_inode_pages_range(file, start, end, who)

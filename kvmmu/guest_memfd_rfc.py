@@ -71,7 +71,7 @@ taken through it, and a speculative reference taken by pfn.
 """
 from __future__ import annotations
 
-from .checks import KernelWarn, check_bool, check_choice, check_int
+from .checks import KernelWarn, check_bool, check_choice, check_int, check_name
 from .cpu import cpu_code
 from .errno import EAGAIN, EFAULT, ENOENT
 from .explorer import step, wait_until
@@ -84,6 +84,7 @@ from .guest_memfd import (KVM_GMEM_ALL_MAPPABLE, KVM_GMEM_GUEST_MAPPABLE, KVM_GM
                           GmemFile, filemap_lock_folio, folio_unlock, gmem_is_mappable,
                           kvm_gmem_file, kvm_gmem_get_folio, kvm_gmem_invalidate_begin,
                           kvm_gmem_invalidate_end, truncate_inode_pages_range)
+from .kvm_host import Kvm
 from .memslots import KvmMemorySlot
 
 __all__ = [
@@ -116,7 +117,7 @@ def state_name(state: int) -> str:
 
 def vm_fault_name(ret: int) -> str:
     """Name the host fault handler's result: ``0x2`` -> ``'VM_FAULT_SIGBUS'``."""
-    check_int("ret", ret, 0)
+    check_int("ret", ret, 0, (1 << 32) - 1)
     return {VM_FAULT_SIGBUS: "VM_FAULT_SIGBUS", VM_FAULT_LOCKED: "VM_FAULT_LOCKED"}.get(ret, hex(ret))
 
 
@@ -218,6 +219,7 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, state="ALL", name: str | Non
     NONE unless it is created with its flag to start mappable (ALL); the
     model lets the caller pick.  Set-up, not CPU code.
     """
+    _check_kvm(kvm)
     if isinstance(state, str):
         check_choice("state", state, STATE_BY_NAME)
         state = STATE_BY_NAME[state]
@@ -237,6 +239,12 @@ def _xa_store(file: GmemMappableFile, index: int, value: int, function: str) -> 
         file.history += ((index, old, new, function),)
         if not transition_allowed(old, new, function):
             file.bad_transitions += (f"{index}: {old} -> {new} by {function}",)
+
+
+def _check_kvm(kvm) -> Kvm:
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
+    return kvm
 
 
 def _check_file(file) -> GmemMappableFile:
@@ -345,6 +353,7 @@ def kvm_slot_gmem_register_callback(kvm, slot: KvmMemorySlot, gfn: int, who: str
     the final one: it runs the callback, which takes the same lock on the
     same CPU.  ``put_after_unlock=True`` drops the reference after the unlock.
     """
+    check_name("who", who)
     file, index = _slot_index(kvm, slot, gfn)
     check_bool("put_after_unlock", put_after_unlock)
     yield from file.invalidate_lock.write_lock()
@@ -419,6 +428,7 @@ def gmem_clear_mappable(file: GmemMappableFile, start: int, end: int, who: str =
     :func:`kvm_slot_gmem_register_callback`.  ``check_refs=False`` is the
     unsafe variant the RFC exists to avoid: store GUEST without looking.
     """
+    check_name("who", who)
     _check_range(file, start, end)
     check_bool("check_refs", check_refs)
     yield from file.invalidate_lock.write_lock()
@@ -443,6 +453,7 @@ def gmem_set_mappable(file: GmemMappableFile, start: int, end: int, who: str = "
 
     Models: virt/kvm/guest_memfd.c: gmem_set_mappable() (RFC v5 as posted)
     """
+    check_name("who", who)
     _check_range(file, start, end)
     yield from file.invalidate_lock.write_lock()
     r = 0
@@ -483,6 +494,7 @@ def kvm_gmem_fault(file: GmemMappableFile, index: int, who: str = "host"):
     keep (``vmf->page``); mm installs the PTE and unlocks it
     (:func:`host_fault`).  Returns ``(VM_FAULT_SIGBUS, None)`` on failure.
     """
+    check_name("who", who)
     _check_file(file)
     file.check_index(index)
     yield from file.invalidate_lock.read_lock()
@@ -542,6 +554,8 @@ def kvm_gmem_punch_hole_fixed(kvm, file: GmemMappableFile, start: int, end: int,
     truncation; the kernel's final form of that fix is not known to this
     book.
     """
+    _check_kvm(kvm)
+    check_name("who", who)
     _check_range(file, start, end)
     yield from file.invalidate_lock.write_lock()
     yield from kvm_gmem_invalidate_begin(kvm, file, start, end)
@@ -568,6 +582,7 @@ def convert_to_private(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
     Returns ``(clear_ret, register_ret)``; ``register_ret`` is None when the
     page went straight to GUEST.
     """
+    check_name("who", who)
     file, index = _slot_index(kvm, slot, gfn)
     check_bool("check_refs", check_refs)
     r1 = yield from gmem_clear_mappable(file, index, index + 1, who, check_refs=check_refs)
@@ -599,6 +614,7 @@ def unshare_and_wait(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
     run (the scenario's set-up stored NONE): start with the register call.
     Returns the list of return codes it saw.
     """
+    check_name("who", who)
     file, index = _slot_index(kvm, slot, gfn)
     check_bool("trust_comment", trust_comment)
     check_bool("cleared", cleared)
@@ -634,6 +650,7 @@ def host_fault(file: GmemMappableFile, index: int, who: str = "host"):
     (``finish_fault``: the rmap counts the mapping, which keeps the fault's
     reference) and unlocks the folio.  Returns the vm_fault code.
     """
+    check_name("who", who)
     _check_file(file)
     file.check_index(index)
     ret, folio = yield from kvm_gmem_fault(file, index, who)
@@ -685,6 +702,7 @@ def host_gup(file: GmemMappableFile, index: int, who: str = "host"):
     and the grab retried.  Returns ``(0, folio)``, or ``(-EFAULT, None)``
     when the host may not map the page.  Holder: ``gup:<who>``.
     """
+    check_name("who", who)
     _check_file(file)
     file.check_index(index)
     holder = f"gup:{who}"
@@ -718,6 +736,7 @@ def speculative_get(file: GmemMappableFile, index: int, who: str = "spec", *,
     which the invariant counts as host access).  Returns the folio, or None
     (no folio, or its count is 0).
     """
+    check_name("who", who)
     _check_file(file)
     file.check_index(index)
     check_bool("writes", writes)
@@ -728,6 +747,7 @@ def speculative_get(file: GmemMappableFile, index: int, who: str = "spec", *,
 
 def speculative_put(folio: Folio, who: str = "spec", *, writes: bool = False):
     """Drop the speculative reference; may be the final put (and run the callback)."""
+    check_name("who", who)
     _check_folio(folio)
     check_bool("writes", writes)
     return (yield from folio_put(folio, _spec_holder(who, writes)))

@@ -595,3 +595,30 @@ def test_run_alone_can_record_each_step():
     assert "folio_ref_count -> 2" in trace and trace[-1] == "write_unlock(gmem0.invalidate_lock)"
     with pytest.raises(TypeError, match="trace"):
         run_alone(kvm, R.gmem_set_mappable(file_of(kvm), 0, 1), trace=())
+
+
+@pytest.mark.parametrize("module", ["kvmmu.folio", "kvmmu.guest_memfd", "kvmmu.guest_memfd_rfc",
+                                    "kvmmu.scenarios.guest_memfd", "kvmmu.viz.guest_memfd",
+                                    "kvmmu.exercises.guest_memfd"])
+@pytest.mark.parametrize("bad", [None, -1, 1.5, "x", 2**70])
+def test_every_exported_function_rejects_bad_arguments_by_name(module, bad):
+    """Each exported function given a bad value for every argument it needs raises
+    TypeError/ValueError (a generator before its first step), never anything else."""
+    import importlib
+    import inspect
+    m = importlib.import_module(module)
+    checked = 0
+    for name in m.__all__:
+        fn = getattr(m, name)
+        if inspect.isclass(fn) or not callable(fn):
+            continue
+        need = [p for p in inspect.signature(fn).parameters.values()
+                if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+        if not need:
+            continue
+        with pytest.raises((TypeError, ValueError)):
+            out = fn(*[bad] * len(need))
+            if inspect.isgenerator(out):
+                next(out)
+        checked += 1
+    assert checked >= 1

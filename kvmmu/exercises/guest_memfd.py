@@ -122,7 +122,7 @@ def _register_problem(seed: int, rng: random.Random) -> Problem:
 
 def problem(seed: int, kind: str | None = None) -> Problem:
     """Return the problem for ``seed`` (its kind drawn from the seed unless given)."""
-    check_int("seed", seed)
+    check_int("seed", seed, 0, (1 << 63) - 1)
     if kind is not None:
         check_choice("kind", kind, KINDS)
     rng = random.Random(seed)

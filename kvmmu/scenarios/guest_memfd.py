@@ -25,7 +25,7 @@ from ..checks import KernelWarn, check_bool, check_choice, check_int
 from ..cpu import run_alone
 from ..errno import EAGAIN, errno_name, ret_pf_name
 from ..explorer import Actor, Invariant, Scenario, explore
-from ..folio import (FILEMAP, PTE, Oops, folio_mapped, folio_nr_pages, folio_put,
+from ..folio import (FILEMAP, PTE, Folio, Oops, folio_mapped, folio_nr_pages, folio_put,
                      folio_test_guestmem, put_page)
 from ..guest_memfd import folio_unlock, kvm_gmem_get_folio, kvm_gmem_punch_hole
 from ..guest_memfd_rfc import (VM_FAULT_LOCKED,
@@ -45,7 +45,9 @@ __all__ = [
     "SLOT", "GPA", "GFN", "HVA", "FILE", "ZOOM", "ACTIONS", "SETUP_CLEAR", "gmem_world",
     "gmem_file", "gmem_slot", "register_note", "apply_action", "replay", "host_access", "private_is_private",
     "refs_accounted", "no_oops", "transitions_follow_table", "INVARIANTS", "check_invariants",
-    "at_baseline", "guest_mapped", "explore_outcomes", "scenario_naive_unshare",
+    "at_baseline", "guest_mapped", "host_unpin", "host_refault_then_release", "host_munmap",
+    "speculative_ref", "unshare", "register_only", "unshare_waiting", "vcpu_fault", "punch",
+    "share_again", "ends_private", "ends_truncated", "explore_outcomes", "scenario_naive_unshare",
     "scenario_pin", "scenario_comment", "scenario_speculative",
     "scenario_host_fault_during_none", "scenario_truncate_pending",
     "scenario_share_again_vs_final_put", "SCENARIOS",
@@ -73,18 +75,34 @@ _PRIVATE_READ = PFERR_GUEST_FINAL_MASK | PFERR_PRIVATE_ACCESS
 # --------------------------------------------------------------------------
 # The world
 # --------------------------------------------------------------------------
+def _check_kvm(kvm) -> Kvm:
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
+    return kvm
+
+
+def _check_folio(folio) -> Folio:
+    if not isinstance(folio, Folio):
+        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
+    return folio
+
+
 def gmem_file(kvm: Kvm):
     """The VM's guest_memfd file."""
+    _check_kvm(kvm)
     return kvm.primitive(FILE)
 
 
 def gmem_slot(kvm: Kvm):
     """The memslot bound to the file (it never changes in chapter 4's worlds)."""
+    _check_kvm(kvm)
     return kvm.kvm_memslots(0).id_to_memslot(SLOT)
 
 
 def guest_mapped(kvm: Kvm, index: int = 0) -> bool:
     """Whether the vCPU's root maps the gfn of file offset ``index`` (an SPTE is present)."""
+    _check_kvm(kvm)
+    check_int("index", index, 0, gmem_file(kvm).size - 1)
     gfn = GFN + index
     root = kvm.vcpus[0].root
     return root is not None and any(g == gfn for g, _lv, _pfn in kvm.ept.live_leaves(root))
@@ -153,6 +171,9 @@ def _held(file, holder: str, what: str):
 
 def register_note(ret, was_mapped: bool, was_pending: bool) -> str:
     """Say what the register call's return means, given what the folio was before it."""
+    check_int("ret", ret, -4095, 0)
+    check_bool("was_mapped", was_mapped)
+    check_bool("was_pending", was_pending)
     if ret == 0:
         return "0: no foreign reference, the page is GUEST now"
     if ret == -EAGAIN and was_mapped:
@@ -228,8 +249,7 @@ def apply_action(kvm: Kvm, action: str, **variant) -> tuple:
     ``variant``: ``alternative`` and ``put_after_unlock`` go to the
     conversion, ``fix_pending`` picks the punch hole with this book's fix.
     """
-    if not isinstance(kvm, Kvm):
-        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+    _check_kvm(kvm)
     check_choice("action", action, ACTIONS)
     for name, value in variant.items():
         check_choice("variant", name, ("alternative", "put_after_unlock", "fix_pending"))
@@ -274,6 +294,7 @@ def _real_holder(holder: str) -> bool:
 
 def host_access(folio) -> list[str]:
     """The host's ways into the folio's data: mappings and data-touching references."""
+    _check_folio(folio)
     out = [f"{folio.mapcount} host mapping(s)"] if folio.mapcount else []
     out += [f"{h} x{n}" for h, n in sorted(folio.holders.items())
             if n > 0 and h != PTE and _real_holder(h)]
@@ -286,6 +307,7 @@ def private_is_private(kvm: Kvm) -> bool:
     GUEST is where the guest may map the page as private memory; the RFC
     exists so that the host can no longer read or write it then.
     """
+    _check_kvm(kvm)
     file = gmem_file(kvm)
     for i in range(file.size):
         if file.state(i) != "GUEST":
@@ -298,6 +320,7 @@ def private_is_private(kvm: Kvm) -> bool:
 
 def refs_accounted(kvm: Kvm) -> bool:
     """Invariant: every folio's count equals the references someone holds, none negative."""
+    _check_kvm(kvm)
     for folio in gmem_file(kvm).folios:
         if folio.refcount < 0 or any(n < 0 for n in folio.holders.values()):
             return False
@@ -308,11 +331,13 @@ def refs_accounted(kvm: Kvm) -> bool:
 
 def no_oops(kvm: Kvm) -> bool:
     """Invariant: the modelled kernel never dereferenced NULL."""
+    _check_kvm(kvm)
     return not gmem_file(kvm).oops
 
 
 def transitions_follow_table(kvm: Kvm) -> bool:
     """Invariant: every state change so far is a row of the RFC's transition table."""
+    _check_kvm(kvm)
     return not gmem_file(kvm).bad_transitions
 
 
@@ -326,6 +351,7 @@ INVARIANTS = (
 
 def check_invariants(kvm: Kvm) -> list[str]:
     """Return the names of the invariants that do not hold (empty: all hold)."""
+    _check_kvm(kvm)
     return [name for name, inv in INVARIANTS if not inv(kvm)]
 
 
@@ -336,6 +362,7 @@ def at_baseline(kvm: Kvm) -> str | None:
     exactly the page cache's ``nr_pages`` references, has no callback pending
     and is unlocked.  Returns None, or what is wrong.
     """
+    _check_kvm(kvm)
     for folio in gmem_file(kvm).folios:
         others = {h: n for h, n in folio.holders.items() if n and h != FILEMAP}
         if others or folio.mapping is None:
@@ -360,11 +387,13 @@ def _folio0(kvm: Kvm):
 
 def host_unpin(kvm: Kvm):
     """Actor: the host VMM's I/O completes and drops its GUP reference."""
+    _check_kvm(kvm)
     return (yield from put_page(_folio0(kvm), "gup:host"))
 
 
 def host_refault_then_release(kvm: Kvm):
     """Actor: the host touches the page again (a fault), then unmaps and drops its GUP reference."""
+    _check_kvm(kvm)
     file = gmem_file(kvm)
     ret = yield from host_fault(file, 0, "host")
     if ret == VM_FAULT_LOCKED:
@@ -375,11 +404,14 @@ def host_refault_then_release(kvm: Kvm):
 
 def host_munmap(kvm: Kvm):
     """Actor: the host VMM unmaps the page (munmap)."""
+    _check_kvm(kvm)
     return (yield from host_unmap(gmem_file(kvm), 0))
 
 
 def speculative_ref(kvm: Kvm, writes: bool = False):
     """Actor: a pfn walker takes a speculative reference and drops it (optionally writing)."""
+    _check_kvm(kvm)
+    check_bool("writes", writes)
     folio = yield from speculative_get(gmem_file(kvm), 0, "S", writes=writes)
     if folio is not None:
         yield from speculative_put(folio, "S", writes=writes)
@@ -388,17 +420,20 @@ def speculative_ref(kvm: Kvm, writes: bool = False):
 
 def unshare(kvm: Kvm, **variant):
     """Actor: the unshare of the page (clear_mappable, then register if NONE)."""
+    _check_kvm(kvm)
     return (yield from convert_to_private(kvm, gmem_slot(kvm), GFN, "kvm", **variant))
 
 
 def register_only(kvm: Kvm, **variant):
     """Actor: the register call alone, on a page the set-up already stored NONE."""
+    _check_kvm(kvm)
     return (yield from kvm_slot_gmem_register_callback(kvm, gmem_slot(kvm), GFN, "kvm",
                                                        **variant))
 
 
 def unshare_waiting(kvm: Kvm, **variant):
     """Actor: an unshare that must see the page private before it returns."""
+    _check_kvm(kvm)
     return (yield from unshare_and_wait(kvm, gmem_slot(kvm), GFN, "kvm", **variant))
 
 
@@ -408,18 +443,22 @@ def vcpu_fault(kvm: Kvm):
     Returns the fault's result by name: ``"RET_PF_FIXED"`` (mapped),
     ``"-EAGAIN"`` (NONE: retry later)...
     """
+    _check_kvm(kvm)
     r, _level = yield from kvm_mmu_do_page_fault(kvm.vcpus[0], GPA, _PRIVATE_READ, False)
     return ret_pf_name(r)
 
 
 def punch(kvm: Kvm, fix_pending: bool = False):
     """Actor: the VMM punches a hole over offset 0."""
+    _check_kvm(kvm)
+    check_bool("fix_pending", fix_pending)
     hole = kvm_gmem_punch_hole_fixed if fix_pending else kvm_gmem_punch_hole
     return (yield from hole(kvm, gmem_file(kvm), 0, 1, "vmm"))
 
 
 def share_again(kvm: Kvm):
     """Actor: the guest shares the page again."""
+    _check_kvm(kvm)
     return (yield from gmem_set_mappable(gmem_file(kvm), 0, 1, "kvm"))
 
 
@@ -428,6 +467,7 @@ def share_again(kvm: Kvm):
 # --------------------------------------------------------------------------
 def ends_private(kvm: Kvm, results: dict):
     """Final check: back at baseline, offset 0 GUEST, at most one callback."""
+    _check_kvm(kvm)
     wrong = at_baseline(kvm)
     if wrong:
         return wrong
@@ -452,6 +492,7 @@ def _ends_private_callback_iff_pending(kvm: Kvm, results: dict):
 
 def ends_truncated(kvm: Kvm, results: dict):
     """Final check: every truncated folio is freed and nothing else is off baseline."""
+    _check_kvm(kvm)
     for folio in gmem_file(kvm).folios:
         if folio.mapping is None and not folio.freed:
             return f"{folio!r} left the file but was never freed (refcount {folio.refcount})"

@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 
 from .. import guest_memfd_rfc as R
-from ..checks import KernelWarn, check_int
+from ..checks import KernelWarn, check_bool, check_int
 from ..cpu import ModelHang
+from ..explorer import Trace
 from ..folio import PGTY_guestmem
 from ..scenarios import guest_memfd as S
 
@@ -46,6 +47,7 @@ def state_machine_figure(show_unguarded: bool = True):
     punch-hole fix.  The legend under the drawing gives each number's
     function and condition.
     """
+    check_bool("show_unguarded", show_unguarded)
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -116,8 +118,18 @@ def file_column(text: str) -> tuple:
     if not isinstance(text, str):
         raise TypeError(f"text must be the file's column of a trace, got {type(text).__name__}")
     head, _, rest = text.partition(" | ")
+    states = tuple(head.split())
+    if not states or any(s not in R.STATE_BY_NAME for s in states):
+        raise ValueError(f"text must start with the offsets' states (ALL, GUEST, NONE), "
+                         f"got {text[:40]!r}")
     folios = {int(m.group(1)): m.group(2).strip() for m in _FOLIO.finditer(rest)}
-    return tuple(head.split()), folios
+    return states, folios
+
+
+def _check_trace(trace) -> Trace:
+    if not isinstance(trace, Trace):
+        raise TypeError(f"trace must be a kvmmu.explorer.Trace, got {type(trace).__name__}")
+    return trace
 
 
 def refcount_timeline_rows(trace, folio: int = 0) -> list[tuple]:
@@ -125,10 +137,14 @@ def refcount_timeline_rows(trace, folio: int = 0) -> list[tuple]:
 
     ``state`` is offset 0's; ``refcount`` is None once the folio left the trace's view.
     """
+    _check_trace(trace)
     check_int("folio", folio, 0)
     rows = []
     for snap in trace.snapshots():
-        states, folios = file_column(snap["state"].get(S.FILE, ""))
+        if S.FILE not in snap["state"]:
+            raise ValueError(f"trace must be one of chapter 4's (a {S.FILE} column), "
+                             f"got {trace.scenario!r}")
+        states, folios = file_column(snap["state"][S.FILE])
         text = folios.get(folio, "")
         m = re.match(r"ref=(\d+)", text)
         rows.append((snap["index"], snap["actor"] or "-", snap["label"],
@@ -139,9 +155,9 @@ def refcount_timeline_rows(trace, folio: int = 0) -> list[tuple]:
 
 def refcount_timeline(trace, folio: int = 0):
     """Plot folio ``folio``'s count (steps) and offset 0's state (bands) along ``trace``."""
+    rows = refcount_timeline_rows(trace, folio)
     import matplotlib.pyplot as plt
 
-    rows = refcount_timeline_rows(trace, folio)
     colours = {"ALL": "#a8dadc", "NONE": "#f4a261", "GUEST": "#e63946"}
     fig, ax = plt.subplots(figsize=(11, 3.6))
     xs = [r[0] for r in rows]
