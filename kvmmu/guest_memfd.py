@@ -47,9 +47,9 @@ from .checks import KernelWarn, check_int, check_name
 from .cpu import cpu_code
 from .errno import EAGAIN, EFAULT, EIO
 from .explorer import Primitive, step, wait_until
-from .folio import (FILEMAP, FOLIO_FIELDS, PTE, Folio, folio_nr_pages, folio_put, folio_put_refs,
-                    folio_ref_add, folio_try_get)
-from .kvm_host import (Kvm, kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
+from .folio import (FILEMAP, FOLIO_FIELDS, PTE, Folio, _check_folio, folio_nr_pages, folio_put,
+                    folio_put_refs, folio_ref_add, folio_try_get)
+from .kvm_host import (_check_kvm, kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
                        kvm_mmu_unmap_gfn_range)
 from .levels import PG_LEVEL_4K
 from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
@@ -181,22 +181,10 @@ class GmemFile(Primitive):
                          if f.mapping is not None) or "empty"
 
 
-def _check_kvm(kvm):
-    if not isinstance(kvm, Kvm):
-        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
-    return kvm
-
-
 def _check_file(file) -> GmemFile:
     if not isinstance(file, GmemFile):
         raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
     return file
-
-
-def _check_folio(folio) -> Folio:
-    if not isinstance(folio, Folio):
-        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
-    return folio
 
 
 def _check_who(who) -> str:

@@ -84,7 +84,7 @@ from .guest_memfd import (KVM_GMEM_ALL_MAPPABLE, KVM_GMEM_GUEST_MAPPABLE, KVM_GM
                           GmemFile, filemap_lock_folio, folio_unlock, gmem_is_mappable,
                           kvm_gmem_file, kvm_gmem_get_folio, kvm_gmem_invalidate_begin,
                           kvm_gmem_invalidate_end, truncate_inode_pages_range)
-from .kvm_host import Kvm
+from .kvm_host import _check_kvm
 from .memslots import KvmMemorySlot
 
 __all__ = [
@@ -239,12 +239,6 @@ def _xa_store(file: GmemMappableFile, index: int, value: int, function: str) -> 
         file.history += ((index, old, new, function),)
         if not transition_allowed(old, new, function):
             file.bad_transitions += (f"{index}: {old} -> {new} by {function}",)
-
-
-def _check_kvm(kvm) -> Kvm:
-    if not isinstance(kvm, Kvm):
-        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
-    return kvm
 
 
 def _check_file(file) -> GmemMappableFile:

@@ -25,7 +25,7 @@ from ..checks import KernelWarn, check_bool, check_choice, check_int
 from ..cpu import run_alone
 from ..errno import EAGAIN, errno_name, ret_pf_name
 from ..explorer import Actor, Invariant, Scenario, explore
-from ..folio import (FILEMAP, PTE, Folio, Oops, folio_mapped, folio_nr_pages, folio_put,
+from ..folio import (FILEMAP, PTE, Oops, _check_folio, folio_mapped, folio_nr_pages, folio_put,
                      folio_test_guestmem, put_page)
 from ..guest_memfd import folio_unlock, kvm_gmem_get_folio, kvm_gmem_punch_hole
 from ..guest_memfd_rfc import (VM_FAULT_LOCKED,
@@ -33,7 +33,7 @@ from ..guest_memfd_rfc import (VM_FAULT_LOCKED,
                                host_fault, host_gup, host_unmap, kvm_gmem_create,
                                kvm_gmem_punch_hole_fixed, kvm_slot_gmem_register_callback,
                                speculative_get, speculative_put, unshare_and_wait, vm_fault_name)
-from ..kvm_host import Kvm
+from ..kvm_host import Kvm, _check_kvm
 from ..kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from ..levels import PAGE_SHIFT
 from ..memslots import KVM_MEM_GUEST_MEMFD
@@ -75,18 +75,6 @@ _PRIVATE_READ = PFERR_GUEST_FINAL_MASK | PFERR_PRIVATE_ACCESS
 # --------------------------------------------------------------------------
 # The world
 # --------------------------------------------------------------------------
-def _check_kvm(kvm) -> Kvm:
-    if not isinstance(kvm, Kvm):
-        raise TypeError(f"kvm must be a kvmmu.kvm_host.Kvm, got {type(kvm).__name__}")
-    return kvm
-
-
-def _check_folio(folio) -> Folio:
-    if not isinstance(folio, Folio):
-        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
-    return folio
-
-
 def gmem_file(kvm: Kvm):
     """The VM's guest_memfd file."""
     _check_kvm(kvm)
