@@ -4,6 +4,8 @@ Each scenario's verdict is what the chapter says it is; counterexamples replay
 to the same violation; the fixed variants hold exhaustively; every scenario
 runs on the snapshot engine.
 """
+import functools
+
 import pytest
 
 from kvmmu.errno import EAGAIN
@@ -21,6 +23,12 @@ def verdict(sc, **kw):
     res, outcomes = S.explore_outcomes(sc, stop_at_first=False, **kw)
     assert res.exhaustive and res.method == "snapshot", res.note
     return res, {name for name, _ in res.violations}, outcomes
+
+
+@functools.lru_cache(maxsize=None)
+def named(name):
+    """The verdict of a registered check, explored once per test process."""
+    return verdict(scenario(name))
 
 
 def replays(sc, res):
@@ -53,8 +61,7 @@ def test_the_chapter_registers_its_sixteen_checks():
 def test_each_check_ends_as_the_book_says_on_the_snapshot_engine_and_stays_small():
     # Counts, not time: the bench measures seconds (tools/bench_ch4.py).
     for name, entry in S.SCENARIOS.items():
-        res = explore(scenario(name), stop_at_first=False)
-        assert res.exhaustive and res.method == "snapshot", (name, res.note)
+        res = named(name)[0]
         assert bool(res.violations) == (entry.expect == "violated"), (name, res.summary())
         assert res.states < 1500, (name, res.states)
 
@@ -71,7 +78,7 @@ def test_unshare_without_refcount_check_exposes_private_memory():
 
 def test_pin_across_unshare_as_posted_self_deadlocks():
     sc = S.scenario_pin()
-    res, kinds, _ = verdict(sc)
+    res, kinds, _ = named("gmem-pin")
     assert kinds == {"deadlock"}
     replays(sc, res)
     trace = res.counterexample
@@ -84,7 +91,7 @@ def test_pin_across_unshare_as_posted_self_deadlocks():
 
 
 def test_pin_across_unshare_fixed_holds_and_callback_fires_iff_pending():
-    res, kinds, outcomes = verdict(S.scenario_pin(put_after_unlock=True))
+    res, kinds, outcomes = named("gmem-pin-put-after-unlock")
     assert kinds == set()
     assert {state for _r, state, _c in outcomes} == {"GUEST"}
     for results, _state, callbacks in outcomes:
@@ -162,13 +169,13 @@ def test_host_cannot_fault_during_none():
 
 
 def test_reviewers_alternative_compared():
-    _posted, k1, o1 = verdict(S.scenario_pin(put_after_unlock=True))
-    _alt, k2, o2 = verdict(S.scenario_pin(put_after_unlock=True, alternative=True))
+    _posted, k1, o1 = named("gmem-pin-put-after-unlock")
+    _alt, k2, o2 = named("gmem-pin-alternative-put-after-unlock")
     assert k1 == k2 == set()
     # The alternative never completes in the register call: the callback always does it.
     assert {dict(r)["B"][1] for r, _s, _c in o2} <= {None, "-EAGAIN"}
     assert any(dict(r)["B"][1] == 0 for r, _s, _c in o1)
-    _, k3, _ = verdict(S.scenario_pin(alternative=True))          # posted lock order
+    _, k3, _ = named("gmem-pin-alternative")                      # posted lock order
     assert k3 == {"deadlock"}
 
 
