@@ -371,6 +371,12 @@ class Kvm(World):
             out[name] = show(self)
         return out
 
+    def _extras(self) -> dict:
+        # For the same reason there is nothing outside the shared objects to
+        # save and restore: the explorer need not deep-copy the configuration
+        # and the mm handle at every state (most of a save's time otherwise).
+        return {}
+
     # -- configuration and handles --
     @property
     def zoom(self) -> frozenset:
