@@ -1,12 +1,13 @@
-"""The classroom pipeline, end to end, as a teacher runs it (tools/classroom.py, nbgrader).
+"""The classroom pipeline, end to end, as a teacher and two students run it.
 
-In a temporary course: build the source notebooks and release them with
-``nbgrader generate_assignment``; check that no solution or hidden test is in
-a release notebook; submit, for every assignment, one student's correct
-answers (typed as literals, as a student would) and another's wrong ones;
-``nbgrader autograde``; the first gets full marks, the second zero.
+In a temporary course (tools/classroom.py, then nbgrader's own commands with a
+temporary exchange folder): build the source notebooks and generate the
+release; check that no solution or hidden test is in a release notebook;
+release each assignment; two students fetch it, one types the right answers
+(as literals, as a student would), the other wrong ones; both submit; the
+teacher collects, autogrades and generates feedback: full marks and zero
+marks, and the second student's feedback says what was wrong.
 """
-import os
 import random
 import subprocess
 import sys
@@ -32,8 +33,7 @@ def course(tmp_path_factory):
 
 
 def _nbgrader(course_dir: Path, *args):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(classroom.nbgrader(*args), cwd=course_dir, env=env,
+    result = subprocess.run(classroom.nbgrader(*args), cwd=course_dir, env=classroom.nbgrader_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -47,17 +47,15 @@ def _wrong(problem, rng):
     return {**answer, f.name: f.perturb(answer[f.name], rng)}
 
 
-def _submit(course_dir: Path, chapter: str, student: str, answers: dict):
-    release = course_dir / "release" / chapter / f"{chapter}.ipynb"
-    nb = nbformat.read(release, as_version=4)
+def _answer(notebook: Path, answers: dict):
+    """Type ``answers`` into the answer cells of the fetched ``notebook``."""
+    nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
         if grade_id.startswith("answer_"):
             n = int(grade_id.split("_")[1])
             cell.source = f"answer_{n} = {answers[n]!r}"
-    folder = course_dir / "submitted" / student / chapter
-    folder.mkdir(parents=True)
-    nbformat.write(nb, folder / f"{chapter}.ipynb")
+    nbformat.write(nb, notebook)
 
 
 def test_every_declared_assignment_is_built(course):
@@ -80,21 +78,31 @@ def test_release_has_no_solutions(course):
         assert answers and all("raise NotImplementedError()" in c.source for c in answers)
 
 
-def test_autograde_gives_full_and_zero_marks(course):
+def test_release_submit_collect_autograde_feedback(course, tmp_path):
     from nbgrader.api import Gradebook
 
     out, timings = course
+    exchange = f"--Exchange.root={tmp_path / 'exchange'}"
     rng = random.Random(13)
     for chapter, spec in classroom.assignments().items():
-        right = {n: p.answer() for n, p in enumerate(spec.handout(RIGHT).problems, 1)}
-        wrong = {n: _wrong(p, rng) for n, p in enumerate(spec.handout(WRONG).problems, 1)}
-        _submit(out, chapter, RIGHT, right)
-        _submit(out, chapter, WRONG, wrong)
-        _nbgrader(out, "autograde", chapter, "--force")
+        _nbgrader(out, "release_assignment", chapter, exchange)
+        for student, answers in [
+                (RIGHT, {n: p.answer() for n, p in enumerate(spec.handout(RIGHT).problems, 1)}),
+                (WRONG, {n: _wrong(p, rng) for n, p in enumerate(spec.handout(WRONG).problems, 1)})]:
+            home = tmp_path / student
+            home.mkdir(exist_ok=True)
+            _nbgrader(home, "fetch_assignment", chapter, f"--course={classroom.COURSE_ID}", exchange)
+            _answer(home / chapter / f"{chapter}.ipynb", answers)
+            _nbgrader(home, "submit", chapter, f"--course={classroom.COURSE_ID}", exchange,
+                      f"--student={student}")
+        _nbgrader(out, "collect", chapter, exchange)
+        _nbgrader(out, "autograde", chapter)
+        _nbgrader(out, "generate_feedback", chapter)
         with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
             full = gb.find_submission(chapter, RIGHT)
             zero = gb.find_submission(chapter, WRONG)
             assert full.max_score == spec.points() > 0
             assert (full.score, zero.score) == (spec.points(), 0), chapter
-        graded = (out / "autograded" / WRONG / chapter / f"{chapter}.ipynb").read_text()
-        assert "Not yet" in graded          # the feedback the hidden tests print
+        feedback = (out / "feedback" / WRONG / chapter / f"{chapter}.html").read_text()
+        assert "Not yet" in feedback        # what the hidden tests say, for the student to read
+        assert "Not yet" not in (out / "feedback" / RIGHT / chapter / f"{chapter}.html").read_text()

@@ -104,17 +104,22 @@ def source_notebook(spec) -> nbformat.NotebookNode:
                  "### END HIDDEN TESTS",
                  metadata=_meta(f"test_{n}", grade=True, points=slot.points)),
         ]
+    for cell in cells:              # stable ids: rebuilding an unchanged course changes nothing
+        cell.id = cell.metadata["nbgrader"]["grade_id"].replace("_", "-")
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
 
+def nbgrader_env() -> dict:
+    """The environment nbgrader needs: it runs `alembic` (its database migrations)
+    from PATH, so this environment's scripts come first, as in an activated venv."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def _run(args: list, cwd: Path) -> float:
-    # nbgrader runs `alembic` (its database migrations) from PATH: put this
-    # environment's scripts first, as an activated venv would.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=nbgrader_env())
     if result.returncode:
         raise SystemExit(f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     return time.perf_counter() - started

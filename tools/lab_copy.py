@@ -199,12 +199,13 @@ def lab_notebook(path: Path, bib: dict, labels: dict, glossary: dict) -> nbforma
     md = nbformat.v4.new_markdown_cell
     if cited:
         refs = "\n\n".join(f"(cite-{k})=\n{bib[k][1]}" for k in cited if k in bib)
-        nb.cells.append(md("## References cited here\n\nThe book's bibliography has them all.\n\n" + refs))
+        nb.cells.append(md("## References cited here\n\nThe book's bibliography has them all.\n\n" + refs,
+                           id="kvmmu-lab-references"))
     used = _with_used_terms(terms, glossary)
     if used:
         body = "\n".join(_definition(t, glossary[t]) for t in used)
         nb.cells.append(md("## Terms used here\n\nFrom the book's glossary.\n\n"
-                           "```{glossary}\n" + body + "```"))
+                           "```{glossary}\n" + body + "```", id="kvmmu-lab-glossary"))
     nb.metadata["language_info"] = _language_info()
     return nb
 
