@@ -86,9 +86,10 @@ def test_release_submit_collect_autograde_feedback(course, tmp_path):
     rng = random.Random(13)
     for chapter, spec in classroom.assignments().items():
         _nbgrader(out, "release_assignment", chapter, exchange)
+        wrong = {n: _wrong(p, rng) for n, p in enumerate(spec.handout(WRONG).problems, 1)}
         for student, answers in [
                 (RIGHT, {n: p.answer() for n, p in enumerate(spec.handout(RIGHT).problems, 1)}),
-                (WRONG, {n: _wrong(p, rng) for n, p in enumerate(spec.handout(WRONG).problems, 1)})]:
+                (WRONG, wrong)]:
             home = tmp_path / student
             home.mkdir(exist_ok=True)
             _nbgrader(home, "fetch_assignment", chapter, f"--course={classroom.COURSE_ID}", exchange)
@@ -105,4 +106,44 @@ def test_release_submit_collect_autograde_feedback(course, tmp_path):
             assert (full.score, zero.score) == (spec.points(), 0), chapter
         feedback = (out / "feedback" / WRONG / chapter / f"{chapter}.html").read_text()
         assert "Not yet" in feedback        # what the hidden tests say, for the student to read
+        for n, answer in wrong.items():     # ... naming each wrong part
+            right = spec.handout(WRONG).problem(n).answer()
+            assert all(k in feedback for k in answer if answer[k] != right[k])
         assert "Not yet" not in (out / "feedback" / RIGHT / chapter / f"{chapter}.html").read_text()
+
+
+# -- whose problems: the seed formula and the student id ---------------------------------
+def test_student_seed_is_the_documented_formula():
+    import hashlib
+
+    from kvmmu.exercises.classroom import student_seed
+
+    digest = hashlib.sha256(b"alice/ch01_spte_format/3").digest()
+    assert student_seed("alice", "ch01_spte_format", 3) == int.from_bytes(digest[:4], "big")
+    seeds = {student_seed(s, "ch01_spte_format", n) for s in ("alice", "bob") for n in (1, 2)}
+    assert len(seeds) == 4 and all(0 <= s < 2**32 for s in seeds)
+    with pytest.raises(TypeError, match="student_id"):
+        student_seed("", "ch01_spte_format", 1)
+    with pytest.raises(ValueError, match="number"):
+        student_seed("alice", "ch01_spte_format", 0)
+
+
+def test_student_id_is_nbgraders(tmp_path, monkeypatch):
+    import pwd
+    from types import SimpleNamespace
+
+    from kvmmu.exercises.classroom import current_student_id
+
+    graded = tmp_path / "autograded" / "bob" / "ch01_spte_format"
+    graded.mkdir(parents=True)
+    monkeypatch.chdir(graded)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert current_student_id("ch01_spte_format") == "bob"
+    with pytest.raises(RuntimeError, match="directory_structure"):
+        current_student_id("ch02_host_mapping_level")
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    monkeypatch.setenv("JUPYTERHUB_USER", "carol")
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: SimpleNamespace(pw_name="dave"))
+    assert current_student_id("ch01_spte_format") == "dave"      # a login name wins
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: SimpleNamespace(pw_name="jovyan"))
+    assert current_student_id("ch01_spte_format") == "carol"     # except Docker's jovyan

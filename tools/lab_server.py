@@ -37,7 +37,9 @@ class LabServer:
         self.proc = None
 
     def url(self, path: str) -> str:
-        return f"{self.base}/lab/tree/{path}?token={self.token}"
+        """The page that opens ``path`` alone: ``reset`` empties the workspace, which
+        would otherwise reopen (and start kernels for) every tab opened before."""
+        return f"{self.base}/lab/tree/{path}?token={self.token}&reset"
 
     def __enter__(self) -> "LabServer":
         for name, text in _SETTINGS.items():
