@@ -37,7 +37,7 @@ execute: setup
 # notebooks are never opened, so never modified.
 lab: setup
 	$(PY) tools/classroom.py lab
-	$(VENV)/bin/jupyter lab --notebook-dir=classroom/lab
+	$(VENV)/bin/jupyter lab --notebook-dir=classroom/lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 classroom: setup
 	$(PY) tools/classroom.py course

@@ -8,6 +8,8 @@ fails it with feedback, and garbage gets a verdict, never an exception.
 import importlib
 import pkgutil
 import random
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -22,6 +24,7 @@ NOT_YET = ["guest_memfd", "host_level", "prefault", "tdp_mmu", "walker"]
 #: Modules of the package that are not topics.
 SUPPORT = ["base", "classroom"]
 
+ROOT = Path(__file__).resolve().parent.parent
 SEEDS = st.integers(0, SEED_LIMIT - 1)
 CASES = [(name, kind) for name in CONTRACT
          for kind in importlib.import_module(f"kvmmu.exercises.{name}").KINDS]
@@ -87,3 +90,17 @@ def test_garbage_gets_a_verdict_not_an_exception(name, kind):
     for answer in answers:
         verdict = p.check(answer)
         assert not verdict.passed and "Answer as" in verdict.feedback, (answer, verdict)
+
+
+def test_assignments_name_a_chapter_and_the_kinds_of_their_module():
+    sys.path.insert(0, str(ROOT / "tools"))
+    from classroom import assignments
+    from toc import chapter_notebooks
+
+    chapters = {Path(nb).stem for nb in chapter_notebooks()}
+    for chapter, spec in assignments().items():
+        assert chapter in chapters and spec.slots
+        assert spec.module.rsplit(".", 1)[1] in CONTRACT       # only checkable problems are graded
+        for slot in spec.slots:
+            assert slot.kind in spec.topic().KINDS
+            assert isinstance(slot.points, int) and slot.points > 0

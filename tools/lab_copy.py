@@ -247,10 +247,12 @@ def refresh(out: Path) -> list:
     kept = []
     for name, data in render_files().items():
         target = out / name
-        if target.exists() and _digest(target.read_bytes()) != written.get(name):
+        current = target.read_bytes() if target.exists() else None
+        if current is not None and _digest(current) != written.get(name):
             kept.append(name)       # a student's work (or a file this tool did not write)
             continue
-        target.write_bytes(data)
+        if current != data:         # an unchanged file keeps its time stamp
+            target.write_bytes(data)
         written[name] = _digest(data)
     manifest_path.write_text(json.dumps(written, indent=1, sort_keys=True) + "\n")
     for name in kept:

@@ -270,7 +270,9 @@ class Problem:
         """
         params = tuple((name, value) for name, value in params)
         shown = [(name, show_value(value)) for name, value in params]
-        assert form.form_error(expected) is None, form.form_error(expected)
+        wrong = form.form_error(expected)
+        if wrong:                   # the model's own answer must fit the form it asks for
+            raise ValueError(f"expected: {wrong}")
         return cls(seed, format_question(seed, module, kind, shown, text, form), wrap(worked, "  "), kind, form,
                    dict(expected), params)
 
