@@ -48,7 +48,8 @@ def independent(i, k):
 
 def scenario(name, fns, total):
     return Scenario(name, W, [Actor(chr(65 + i), f"cpu{i}", f) for i, f in enumerate(fns)],
-                    invariants=[Invariant("counter bounded", lambda w: w.counter.value <= total)])
+                    invariants=[Invariant("counter bounded", lambda w: w.counter.value <= total,
+                                          reads=("counter",))])
 
 
 CASES = [

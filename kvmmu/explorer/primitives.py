@@ -41,11 +41,27 @@ class _Primitive:
         raise _Diverged(f"{type(self).__name__} {self.name!r} has no _load(), so worlds "
                         "holding it cannot be restored")
 
+    def _footprint(self, kind, args):
+        """What the pending step ``kind(*args)`` reads and writes, for the reduction.
+
+        Return None (the default: it may touch anything, so it conflicts with
+        every other step) or a pair ``(reads, writes)`` of location lists: a
+        location is this primitive (or any other), a world attribute's name,
+        or a tuple naming a part of one, such as ``(self, pfn, index)`` for
+        one entry (see :mod:`kvmmu.explorer.footprint`).  It must cover what
+        the step's ``run`` and ``enabled`` functions read and write.  A
+        subclass may also define ``_enablers(kind, args, cpu)``: the letters
+        of the CPUs one of which must step before a blocked step can run
+        (None: anyone), which lets the reduction leave a blocked CPU alone.
+        """
+        return None
+
 
 #: The public name for building a custom primitive (chapters 3 and 5 do, for
 #: an EPT memory, TLBs and pfn caches): subclass it, register the instance
 #: with ``World._register``, and give it ``_state()`` (a hashable snapshot),
-#: ``_load(state)`` (restore in place) and ``_show()`` (readable text).
+#: ``_load(state)`` (restore in place) and ``_show()`` (readable text); for
+#: the partial-order reduction, optionally ``_footprint(kind, args)``.
 Primitive = _Primitive
 
 
