@@ -112,7 +112,7 @@ class _MemoEngine:
         self.finals: dict = {}        # state key -> final verdict (final checks run once)
         self._ample: dict = {}        # (actor states, runnable) -> actors to step
         self._ample_gen = -1
-        self.reducing = False         # a reduced search is running (footprints matter)
+        self.reducer = None           # the Reducer of a reduced search running, else None
         self.varying: set = set()     # world attributes some state changed
         self.assumed: set = set()     # world attributes read between steps, taken as constant
         self._assumable: dict = {}    # attribute name -> whether it may be assumed constant
@@ -330,10 +330,11 @@ class _MemoEngine:
         ekey = w._extras_key()
         if ekey == base_key:
             saved, ekey = base_saved, base_key
+            self.cur_ps, self.cur_saved = ps, saved
         else:
             saved = w._save_extras()
+            self.cur_ps, self.cur_saved = ps, saved
             self._note_changes(ekey)
-        self.cur_ps, self.cur_saved = ps, saved
         return ps, saved, ekey
 
     def _note_changes(self, ekey):
@@ -441,7 +442,7 @@ class _MemoEngine:
         if not clean or after_ps != before_ps or after_key != before_key:
             rec.memo.pop(fr, None)
             nxt.pure = False
-            self._demote(rec)
+            self._demote(i, rec)
         return nxt, after_ps, after_saved, after_key
 
     def _step_live(self, i, rec, payload):
@@ -471,15 +472,15 @@ class _MemoEngine:
         after_ps, after_saved, after_key = self._capture(*before)
         if not clean or after_ps != before[0] or after_key != before[2]:
             nxt.pure = False
-            self._demote(rec)
+            self._demote(i, rec)
         return nxt, after_ps, after_saved, after_key
 
-    def _demote(self, rec):
+    def _demote(self, i, rec):
         """Code after ``rec``'s step touched the world: run that step live from now on.
 
         Live, the code runs in the right world each time, as the legacy
         engine runs it, and the step conflicts with every other: a reduced
-        search that counted on a smaller footprint starts over.
+        search that has already counted on a smaller footprint starts over.
         """
         self.res.demoted += 1
         rec.closed = False
@@ -490,8 +491,13 @@ class _MemoEngine:
             rec.fp = None
             rec.learned = False
             self._ample.clear()
-            if self.reducing:
-                raise _Restart
+            reducer = self.reducer
+            if reducer is not None:
+                rec.fp = reducer.effective(EVERYTHING)
+                rec.learned = True
+                reducer.learn(i, rec.fp)
+                if self.res.reduced_expansions:
+                    raise _Restart
 
     def _clean(self, seen) -> bool:
         """Whether what code between two steps touched (``seen``) still lets it be reused.

@@ -191,6 +191,16 @@ def _explore_memo(args, reduce: bool) -> Result:
     return full
 
 
+def _reduced_search(scenario, *, stop_at_first=False, order="bfs", max_steps=1000,
+                    max_states=1_000_000, record_states=False) -> Result:
+    """The partial-order reduced search alone, its violations not re-derived (for the tests)."""
+    args = (scenario, None, max_steps, stop_at_first, order, max_states, record_states)
+    engine = _MemoEngine(scenario)
+    reducer = Reducer(scenario)
+    _probe(engine, reducer, scenario, max_steps)
+    return _until_done(engine, args, reducer)
+
+
 def _until_done(engine, args, reducer) -> Result:
     """``_search`` again until nothing it relied on changes under it (see ``_Restart``)."""
     restarts = 0
@@ -214,7 +224,7 @@ def _probe(engine, reducer, scenario, max_steps):
     (the memo engine remembers these transitions for the search).
     """
     engine.res = Result(scenario, "bfs", None, max_steps)
-    engine.reducing = False
+    engine.reducer = None
     if engine.start() is not None:
         return
     k0, _ = engine.initial()
@@ -262,7 +272,7 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
     started = time.perf_counter()
     res = Result(scenario, order, preemption_bound, max_steps)
     engine.res = res
-    engine.reducing = reducer is not None
+    engine.reducer = reducer
     res.method = engine.method
     res.reduced = reducer is not None
     letters = scenario.letters
@@ -347,7 +357,9 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
                 if reducer is not None:
                     fp = engine.stepped(i, reducer)
                     if fp is not None:
-                        if reducer.learn(i, fp):
+                        # A step outside the actor's lifetime footprint: the
+                        # states reduced so far may have relied on it.
+                        if reducer.learn(i, fp) and res.reduced_expansions:
                             raise _Restart
                         engine.mark_learned(i)
                 status = classify(k, (node, letters[i]))
