@@ -140,6 +140,8 @@ class Reducer:
         self._effective: dict = {}
         self._rows: dict = {}         # footprint -> actors whose lifetime it conflicts with
         self.generation = 0           # grows with every change of a lifetime footprint
+        self._seen = [set() for _ in range(self.n)]   # each actor's distinct footprints
+        self._futile = None           # None: to be worked out (see ``futile``)
 
     def effective(self, base: Footprint) -> Footprint:
         """``base`` marked visible if it may change what an invariant reads."""
@@ -151,6 +153,10 @@ class Reducer:
 
     def learn(self, j: int, fp: Footprint) -> bool:
         """Add ``fp`` to actor j's lifetime footprint; True if that changed it."""
+        seen = self._seen[j]
+        if fp not in seen:
+            seen.add(fp)
+            self._futile = None
         life = self.lifetime[j]
         if life.covers(fp):
             return False
@@ -158,6 +164,21 @@ class Reducer:
         self._rows.clear()
         self.generation += 1
         return True
+
+    @property
+    def futile(self) -> bool:
+        """Whether no state can be reduced, as far as the footprints learned go.
+
+        True when every step each actor was seen to take conflicts with what
+        every other actor may do: then a stubborn set seeded by any enabled
+        actor takes in every other enabled one.  (Learning a new footprint
+        asks again.)
+        """
+        if self._futile is None:
+            life, n = self.lifetime, self.n
+            self._futile = all(conflict(fp, life[j]) for i in range(n) for fp in self._seen[i]
+                               for j in range(n) if j != i)
+        return self._futile
 
     def _row(self, fp):
         row = self._rows.get(fp)

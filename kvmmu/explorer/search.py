@@ -13,6 +13,7 @@ loop, kept as it was so that the benchmark can compare.
 """
 from __future__ import annotations
 
+import gc
 import html
 import time
 from collections import deque
@@ -154,12 +155,20 @@ def explore(scenario: Scenario, preemption_bound: int | None = None, max_steps: 
         return _explore(_ReplayEngine, *args)
     if method == "snapshot-legacy":
         return _explore_legacy(args)
+    # The memo engine keeps many small tuples alive and makes no reference
+    # cycles of its own: the cyclic collector's full passes over them only
+    # cost time, so it waits until the search is over.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _explore_memo(args, reduction and preemption_bound is None)
     except _Diverged as why:
         res = _explore(_ReplayEngine, *args)
         res.note = f"explored by replay: {why}"
         return res
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _explore_legacy(args) -> Result:
@@ -393,7 +402,7 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
         children = []
         runnable = node[5][4]
         who = runnable
-        if reducer is not None and len(runnable) > 1:
+        if reducer is not None and len(runnable) > 1 and not reducer.futile:
             ample = engine.ample(node[5], reducer)
             if len(ample) < len(runnable):
                 who = ample
