@@ -178,9 +178,9 @@ reduction (``reduction=True``, the default; memo engine, no preemption
 bound) explores one order of them.  Which steps are independent comes from
 *footprints*: the locations a step reads and writes
 (:mod:`kvmmu.explorer.footprint`).  The built-in primitives know theirs
-(``Word.read`` reads the word, ``SpinLock.lock`` writes the lock, two
-``read_lock``\ s of one rwlock or SRCU domain commute); a custom primitive
-declares its own with ``_footprint(kind, args)``, a step with
+(``Word.read`` reads the word, ``SpinLock.lock`` writes the lock, the
+``read_lock`` calls of two CPUs on one rwlock or SRCU domain commute); a
+custom primitive declares its own with ``_footprint(kind, args)``, a step with
 ``step(label, fn, reads=..., writes=...)``, a wait with
 ``wait_until(label, pred, reads=...)``.  Whatever declares nothing touches
 everything: it conflicts with every other step, so a scenario that declares
@@ -267,6 +267,7 @@ from __future__ import annotations
 from .freeze import (_ACTIVE, _FREEZE, _ITER_TYPES, _freeze, _freeze_builtin,  # noqa: F401
                      _freeze_cell, _freeze_function, _freeze_object, _freezer_for, _guarded,
                      _type_name)
+from .footprint import EVERYTHING, NOTHING, Footprint, declared  # noqa: F401
 from .frames import _FRAMES_OK, _TRANSPARENT, _gen_key, _probe_frames  # noqa: F401
 from .locks import (Mutex, RWLock, SpinLock, _lock_free, _lock_release,  # noqa: F401
                     _lock_take, _rw_no_writer, _rw_read_lock, _rw_read_unlock, _rw_unheld,
@@ -276,6 +277,8 @@ from .primitives import (Primitive, Word, _Primitive, _word_cmpxchg, _word_read,
                          _word_write, _word_xchg)
 from .rcu import (RCU, SRCU, _srcu_read_lock, _srcu_read_unlock,  # noqa: F401
                   _srcu_sync_begin, _srcu_sync_done, _srcu_sync_end)
+from .memo import _MemoEngine  # noqa: F401
+from .por import Reducer, enablers, op_footprint  # noqa: F401
 from .replay import _ReplayEngine  # noqa: F401
 from .run import (_NOOP_KIND, _Run, _as_op, _final_verdict, _first_line,  # noqa: F401
                   _run_checked, _schedule_index, state_key)
@@ -284,7 +287,7 @@ from .scenarios import (POISON, CounterWorld, MemslotsWorld, TwoLockWorld,  # no
                         _counter_is_two, _locks_free, _reader_saw_live_memory, abba_deadlock,
                         inc_cmpxchg, inc_read_write, lost_update, srcu_grace_period,
                         srcu_reader, srcu_updater, take_both)
-from .search import Result, _explore, explore  # noqa: F401
+from .search import METHODS, Result, _explore, explore  # noqa: F401
 from .snapshot import _detached, _SnapshotEngine  # noqa: F401
 from .trace import Step, Trace, TraceView, _short, _traced_run, run_random, run_schedule  # noqa: F401
 from .world import (_BUILTIN_PRIMITIVES, _WORLD_INTERNALS, World, _children,  # noqa: F401

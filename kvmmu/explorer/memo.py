@@ -13,16 +13,17 @@ That reuse is right when the actor's code between two yields depends on
 nothing but its frames and ``r``, the rule of the package docstring ("touch
 shared state only in steps").  The engine checks it every time it runs such
 code: the world and its primitives are watched (:mod:`kvmmu.explorer.guard`)
-and compared before and after.  Code that read or wrote shared state after a
-step that declares nothing (which already conflicts with everything) is
-simply never reused: that pair is run live each time, in the right world.
-After a step with a known footprint it would make that footprint a lie, so
-``explore`` starts over with the legacy snapshot engine, without reduction
-(``_Impure``).  A step is reused only when it cannot change the actor's own
-objects (``_closed``): a step function whose closure holds only values and
-shared objects, that rebinds none of the actor's variables.  Other steps are
-always run live, from a pooled or rebuilt generator, as the legacy engine
-does.
+and compared before and after.  Reading a plain attribute of the world that
+no state has changed so far (a configuration such as ``w.order``) is
+allowed: the attribute is taken as constant, and the search starts over
+(``_Restart``) should a later state change it.  Anything else the code read
+or wrote makes the step *live* (``_demote``): from then on it is run from a
+real generator in the state at hand, as the legacy engine runs every step,
+and its footprint is "everything".  A step that may change the actor's own
+objects (``_closed`` says no: a step function closing over the actor's
+lists, rebinding its variables) is live from the start.  A live generator
+comes from a pool (the generators that reached the state) or is rebuilt by
+sending a fresh one the values received on the way.
 
 World states are tuples of the primitives' states (plus the frozen plain
 attributes); a step of a built-in primitive changes one element, so the

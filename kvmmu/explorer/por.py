@@ -25,7 +25,7 @@ from .locks import (Mutex, RWLock, SpinLock, _lock_free, _lock_release, _lock_ta
 from .primitives import Word, _Primitive, _word_cmpxchg, _word_read, _word_write, _word_xchg
 from .rcu import (RCU, SRCU, _srcu_read_lock, _srcu_read_unlock, _srcu_sync_begin,
                   _srcu_sync_done, _srcu_sync_end)
-from .world import _noop, _step_run, _wait_enabled
+from .world import _noop, _wait_enabled
 
 #: How each built-in step touches its own primitive: "r" reads, "w" writes,
 #: "s" commutes with the other "s" steps of the same primitive (two CPUs'

@@ -183,13 +183,13 @@ def _explore_legacy(args) -> Result:
 def _explore_memo(args, reduce: bool) -> Result:
     engine = _MemoEngine(args[0])
     if not reduce:
-        return _until_done(engine, args, None)
+        return _finish(_until_done(engine, args, None), args[0], True, args[2])
     reducer = Reducer(args[0])
     _probe(engine, reducer, args[0], args[2])
     res = _until_done(engine, args, reducer)
     if not res.violations or not res.reduced:
         # Holds; or no state was reduced, so this was the full search itself.
-        return res
+        return _finish(res, args[0], res.violations, args[2])
     # A violation: the full search finds the same kinds (see the package
     # docstring), and the shortest counterexamples, with the full counts.
     restarts = res.restarts
@@ -197,7 +197,7 @@ def _explore_memo(args, reduce: bool) -> Result:
     full.restarts += restarts
     full.note = "the partial-order reduced search found a violation: verdict, counterexample " \
                 "and counts are the full search's"
-    return full
+    return _finish(full, args[0], True, args[2])
 
 
 def _reduced_search(scenario, *, stop_at_first=False, order="bfs", max_steps=1000,
@@ -207,7 +207,7 @@ def _reduced_search(scenario, *, stop_at_first=False, order="bfs", max_steps=100
     engine = _MemoEngine(scenario)
     reducer = Reducer(scenario)
     _probe(engine, reducer, scenario, max_steps)
-    return _until_done(engine, args, reducer)
+    return _finish(_until_done(engine, args, reducer), scenario, True, max_steps)
 
 
 def _until_done(engine, args, reducer) -> Result:
@@ -423,7 +423,6 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
     if record_states:
         res.visited = tuple(engine.full_key(k) for k in seen)
         res.final_states = tuple(engine.full_key(k) for k in finals)
-    _finish(res, scenario, found, max_steps)
     return res
 
 
@@ -440,7 +439,8 @@ def _spell(sched, letters) -> str:
 
 
 def _finish(res, scenario, found, max_steps):
-    if found:
+    """Verdict fields and the counterexample trace of a search that found ``found``."""
+    if found and res.violations:
         res.violated = True
         name, sched = min(res.violations, key=lambda nv: len(nv[1]))
         res.invariant = name
@@ -451,6 +451,7 @@ def _finish(res, scenario, found, max_steps):
                 f"scenario {scenario.name!r} is not deterministic: the counterexample "
                 f"{sched!r} broke {name!r} during the search but {trace.violation!r} on replay")
         res.counterexample = trace
+    return res
 
 
 def _explore(engine_class, scenario, preemption_bound, max_steps, stop_at_first, order,
