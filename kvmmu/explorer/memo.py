@@ -54,6 +54,21 @@ _DIRTY = object()       # the live world's plain attributes are in no known stat
 _NO_MEMO = object()     # _resume: do not remember this continuation
 
 
+class _Unwatched:
+    """A Watch that watches nothing (for steps whose code is run live anyway)."""
+
+    ok = True
+
+    def start(self):
+        pass
+
+    def stop(self):
+        return []
+
+
+_UNWATCHED = _Unwatched()
+
+
 class _Copy:
     """A mutable value an actor received, kept in a history (rebuilds send copies of it)."""
 
@@ -114,6 +129,7 @@ class _MemoEngine:
         self._ample: dict = {}        # (actor states, runnable) -> actors to step
         self._ample_gen = -1
         self.reducer = None           # the Reducer of a reduced search running, else None
+        self.demoted = 0              # local states whose step became live (see _demote)
         self.varying: set = set()     # world attributes some state changed
         self.assumed: set = set()     # world attributes read between steps, taken as constant
         self._assumable: dict = {}    # attribute name -> whether it may be assumed constant
@@ -465,6 +481,13 @@ class _MemoEngine:
         except Violation as bad:
             self._dirty()
             return bad.name
+        if rec.base_fp is EVERYTHING:
+            # Conflicts with everything and is never reused: what its code
+            # between the steps touches is simply part of the step.
+            out = self._resume(i, rec, g, r, _NO_MEMO, _UNWATCHED)
+            if type(out) is str:
+                return out
+            return (out[0],) + self._capture(ps, saved, ekey)
         before = self._capture(ps, saved, ekey)
         out = self._resume(i, rec, g, r, _NO_MEMO)
         if type(out) is str:
@@ -483,7 +506,7 @@ class _MemoEngine:
         engine runs it, and the step conflicts with every other: a reduced
         search that has already counted on a smaller footprint starts over.
         """
-        self.res.demoted += 1
+        self.demoted += 1
         rec.closed = False
         rec.touch = -1
         rec.memo.clear()
@@ -530,7 +553,7 @@ class _MemoEngine:
             ok = self._assumable[name] = not any(_is_handle(x) for x in met)
         return ok
 
-    def _resume(self, i, rec, g, r, fr):
+    def _resume(self, i, rec, g, r, fr, watch=None):
         """Send ``r`` to g under watch: (next _Rec, whether it kept off the world), or a violation.
 
         With ``fr`` (the frozen ``r``), a continuation that kept off the world
@@ -543,7 +566,7 @@ class _MemoEngine:
         # wrapped so that a rebuild sends a fresh copy of it.
         kept = r if (t is int or r is None or t is bool or t is str or _immutable(r)) \
             else _Copy(copy.deepcopy(r))
-        watch = self.watch
+        watch = watch or self.watch
         watch.start()
         try:
             y = g.send(r)

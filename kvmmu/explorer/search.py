@@ -58,9 +58,9 @@ class Result:
         self.visited: tuple = ()
         self.final_states: tuple = ()
         self.reduced = False
-        self.restarts = 0
-        self.reduced_expansions = 0
-        self.demoted = 0
+        self.restarts = 0                 # searches started over (see memo._Restart)
+        self.reduced_expansions = 0       # states where the reduction stepped fewer actors
+        self.demoted = 0                  # local states whose step is run live (memo engine)
 
     @property
     def search(self) -> str:
@@ -419,6 +419,7 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
     res.states = len(seen)
     # A reduced search that reduced no state is the full search, state for state.
     res.reduced = res.reduced_expansions > 0
+    res.demoted = engine.demoted
     res.seconds = time.perf_counter() - started
     if record_states:
         res.visited = tuple(engine.full_key(k) for k in seen)
