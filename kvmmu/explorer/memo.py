@@ -427,6 +427,10 @@ class _MemoEngine:
             g = rec.pool.pop()[0]
             self.pooled -= 1
             self.res.pool_hits += 1
+        elif rec.pure:
+            # Nothing on its way here looked at the world: rebuilding it from
+            # its history leaves the world (after the step) alone.
+            g = self._generator(i, rec)[0]
         else:
             # A rebuild runs the actor's code against the live world: put the
             # state before the step back around it, then take the step again.

@@ -21,6 +21,8 @@ from .ops import Op, _Diverged
 if TYPE_CHECKING:
     from .world import World
 
+_U64_MAX = (1 << 64) - 1     # checked inline first: actors step these methods very often
+
 
 class _Primitive:
     """A shared object registered with a World; its state is part of every key."""
@@ -103,7 +105,8 @@ class Word(_Primitive):
 
         Models: include/asm-generic/rwonce.h: WRITE_ONCE()
         """
-        check_u64("value", value)
+        if type(value) is not int or not 0 <= value <= _U64_MAX:
+            check_u64("value", value)
         return (yield Op(self, "write", (value,), _word_write))
 
     def xchg(self, value):
@@ -111,7 +114,8 @@ class Word(_Primitive):
 
         Models: include/linux/atomic/atomic-instrumented.h: xchg()
         """
-        check_u64("value", value)
+        if type(value) is not int or not 0 <= value <= _U64_MAX:
+            check_u64("value", value)
         return (yield Op(self, "xchg", (value,), _word_xchg))
 
     def try_cmpxchg(self, expected, new):
@@ -122,8 +126,10 @@ class Word(_Primitive):
 
         Models: include/linux/atomic/atomic-instrumented.h: try_cmpxchg64()
         """
-        check_u64("expected", expected)
-        check_u64("new", new)
+        if type(expected) is not int or not 0 <= expected <= _U64_MAX:
+            check_u64("expected", expected)
+        if type(new) is not int or not 0 <= new <= _U64_MAX:
+            check_u64("new", new)
         return (yield Op(self, "try_cmpxchg", (expected, new), _word_cmpxchg))
 
     def _what(self, kind, args):
