@@ -338,6 +338,9 @@ class _MemoEngine:
 
     def _capture(self, base_ps, base_saved, base_key):
         """The live world's state after a step that may have changed anything."""
+        if len(self.world._prims) != len(self.prims):
+            raise _Diverged("a shared object was created during the search: the memo engine "
+                            "keeps the primitives the world had at the start")
         now = [p._state() for p in self.prims]
         for k, st in enumerate(now):
             if st == base_ps[k]:

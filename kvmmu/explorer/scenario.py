@@ -6,7 +6,7 @@ every actor has finished.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .footprint import declared
@@ -35,7 +35,7 @@ class Invariant:
 
     name: str
     fn: Callable[["World"], bool]
-    reads: Any = None
+    reads: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.reads is not None:
