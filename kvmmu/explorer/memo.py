@@ -867,9 +867,10 @@ def _detach(op, world, shared):
     if op.prim is None:
         if op.kind == "wait":
             return _detach_wait(op, world, shared)
-        fn = op.args[1]
-        return Op(None, op.kind, (op.args[0], _fresh(fn, None)), op.run, op.enabled,
-                  op.footprint)
+        # (label, fn) for step(); cpu.step_when() adds its predicate: detach each.
+        rest = tuple(_fresh(a, None) if callable(a) else a
+                     for a in op.args[1:])
+        return Op(None, op.kind, (op.args[0],) + rest, op.run, op.enabled, op.footprint)
     return Op(op.prim, op.kind, op.args, _fresh(op.run, None), _fresh(op.enabled, None),
               op.footprint)
 
