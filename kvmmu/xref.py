@@ -10,28 +10,9 @@ import pkgutil
 import re
 from dataclasses import dataclass
 
+__all__ = ["XrefEntry", "kernel_xref", "xref_table_html"]
+
 _MODELS = re.compile(r"^\s*Models:\s*(?P<path>[^\s:]+)\s*:\s*(?P<what>.+?)\s*$", re.M)
-
-#: Which chapter teaches each model module (module name -> chapter number).
-CHAPTER_OF_MODULE = {
-    "bits": 1, "levels": 1, "spte": 1, "spte_races": 1,
-    "host_mm": 2, "memslots": 2, "scenarios.host_level": 2,
-    "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "scenarios.tdp_mmu": 3,
-    "guest_memfd": 4, "guest_memfd_rfc": 4, "folio": 4, "scenarios.guest_memfd": 4,
-    "guest_memory": 5, "walker": 5, "pfncache": 5, "guest_paging": 5, "mmu_permissions": 5,
-    "walker_ops": 5, "walker_gpc": 5, "walk_trace": 5, "walker_races": 5, "pferr": 5,
-    "memslot_update": 6, "prefault": 6,
-}
-
-CHAPTER_TITLES = {
-    1: "SPTE format",
-    2: "Host mapping level rules",
-    3: "Removed SPTEs and the TLB flush",
-    4: "guest_memfd folio put",
-    5: "Guest page-table walk",
-    6: "Prefault -EAGAIN",
-}
-
 
 @dataclass(frozen=True)
 class XrefEntry:
@@ -40,7 +21,13 @@ class XrefEntry:
     kernel_file: str
     kernel_name: str
     model: str
-    chapter: int | None
+
+    @property
+    def identifier(self) -> str:
+        """The C identifier alone: ``make_spte`` for ``make_spte() (6.17)``, ``kvm`` for ``struct kvm``."""
+        name = re.sub(r"^FNAME\((\w+)\)", r"\1", self.kernel_name.strip())
+        name = re.sub(r"\s*\(.*$", "", name)
+        return re.sub(r"^(struct|union|enum)\s+", "", name)
 
 
 #: Model packages (the rest, viz and exercises, are views and problem generators).
@@ -75,31 +62,29 @@ def _split_names(text: str) -> list[str]:
     return names + [current]
 
 
-def _entries_of(owner_name: str, doc: str | None, chapter):
+def _entries_of(owner_name: str, doc: str | None):
     for match in _MODELS.finditer(doc or ""):
         for name in _split_names(match["what"]):
             name = name.strip()
             if name:
-                yield XrefEntry(match["path"], name, owner_name, chapter)
+                yield XrefEntry(match["path"], name, owner_name)
 
 
 def kernel_xref() -> list[XrefEntry]:
     """Return every ``Models:`` line of the package, sorted by kernel file and name."""
     entries, module_entries = [], []
     for module in _model_modules():
-        short = module.__name__.split(".", 1)[1]
-        chapter = CHAPTER_OF_MODULE.get(short, CHAPTER_OF_MODULE.get(short.split(".")[0]))
-        module_entries.extend(_entries_of(module.__name__, module.__doc__, chapter))
+        module_entries.extend(_entries_of(module.__name__, module.__doc__))
         for name, obj in vars(module).items():
             if getattr(obj, "__module__", None) != module.__name__:
                 continue
             if inspect.isfunction(obj) or inspect.isclass(obj):
-                entries.extend(_entries_of(f"{module.__name__}.{name}", obj.__doc__, chapter))
+                entries.extend(_entries_of(f"{module.__name__}.{name}", obj.__doc__))
                 if inspect.isclass(obj):
                     for meth_name, meth in vars(obj).items():
                         if inspect.isfunction(meth):
                             entries.extend(_entries_of(
-                                f"{module.__name__}.{name}.{meth_name}", meth.__doc__, chapter))
+                                f"{module.__name__}.{name}.{meth_name}", meth.__doc__))
     # A module docstring may summarise what its functions model; keep the
     # precise function-level entry where one exists.
     precise = {(e.kernel_file, e.kernel_name) for e in entries}
@@ -109,11 +94,28 @@ def kernel_xref() -> list[XrefEntry]:
     return sorted(kept, key=lambda e: (e.kernel_file, e.kernel_name, e.model))
 
 
-def xref_table_markdown(entries=None) -> str:
-    """Render the cross-reference as a Markdown table (kernel file, name, model, chapter)."""
-    entries = kernel_xref() if entries is None else entries
-    lines = ["| kernel file | kernel name | model | chapter |", "| --- | --- | --- | --- |"]
-    for e in entries:
-        chapter = f"{e.chapter}. {CHAPTER_TITLES[e.chapter]}" if e.chapter else "shared core"
-        lines.append(f"| `{e.kernel_file}` | `{e.kernel_name}` | `{e.model}` | {chapter} |")
-    return "\n".join(lines)
+_CELL = "border-top:1px solid #ddd;padding:2px 6px;vertical-align:top;overflow-wrap:anywhere"
+
+
+def xref_table_html(entries) -> str:
+    """One narrow table (kernel file, kernel name, model) that wraps to the page.
+
+    The kernel file is printed once for the rows that share it, the way
+    locking.rst's tables print only what changes; ``kvmmu.`` is left out of
+    the model's name.
+    """
+    from html import escape
+
+    rows, last = [], None
+    for e in sorted(entries, key=lambda e: (e.kernel_file, e.kernel_name, e.model)):
+        where = "" if e.kernel_file == last else escape(e.kernel_file)
+        last = e.kernel_file
+        model = e.model.removeprefix("kvmmu.")
+        rows.append(f'<tr><td style="{_CELL};width:34%"><code>{where}</code></td>'
+                    f'<td style="{_CELL};width:33%"><code>{escape(e.kernel_name)}</code></td>'
+                    f'<td style="{_CELL};width:33%"><code>{escape(model)}</code></td></tr>')
+    head = "".join(f'<th style="{_CELL};text-align:left">{h}</th>'
+                   for h in ("kernel file", "kernel name", "model (kvmmu.)"))
+    return ('<table style="table-layout:fixed;width:100%;border-collapse:collapse;'
+            f'font-size:85%"><thead><tr>{head}</tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
