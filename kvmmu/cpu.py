@@ -1,7 +1,7 @@
 """CPU code: one source for a plain call and for the explorer's steps.
 
 Every piece of the model that runs on a CPU (a KVM function, an mm
-operation, a guest access) is a generator function that ``yield``s one
+operation, a guest access) is a generator function that yields one
 :class:`kvmmu.explorer.Op` per step: each shared-memory access and each lock
 operation.  The same generator serves two purposes:
 

@@ -515,7 +515,6 @@ def truncate_inode_pages_range(file: GmemFile, start: int, end: int, who: str):
     """Remove the folios of offsets ``[start, end)`` from the page cache.
 
     Models: mm/truncate.c: truncate_inode_pages_range()
-Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5 as posted), gmem_is_mappable() (RFC v5 as posted), gmem_is_guest_mappable() (RFC v5 as posted)
 
     Each folio is looked up with a speculative reference, locked, unmapped
     from every host page table that maps it, removed from the page cache,
