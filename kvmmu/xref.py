@@ -14,7 +14,7 @@ _MODELS = re.compile(r"^\s*Models:\s*(?P<path>[^\s:]+)\s*:\s*(?P<what>.+?)\s*$",
 
 #: Which chapter teaches each model module (module name -> chapter number).
 CHAPTER_OF_MODULE = {
-    "bits": 1, "levels": 1, "spte": 1, "spte_races": 1,
+    "bits": 1, "levels": 1, "spte": 1, "spte_races": 1, "mmu_rsvd": 1,
     "host_mm": 2, "notifier": 2, "host_level": 2, "host_level_races": 2, "memslots": 2,
     "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "tdp_mmu_races": 3,
     "guest_memfd": 4, "folio": 4,
