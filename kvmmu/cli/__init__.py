@@ -157,7 +157,7 @@ def _parser() -> _Parser:
 
 
 def terminal_width() -> int:
-    """The columns to wrap to: the terminal's, or 84 when the output is not a terminal."""
+    """The columns to wrap to: the terminal's (or ``$COLUMNS``), 84 when output is not a terminal."""
     return max(40, min(400, shutil.get_terminal_size((84, 24)).columns))
 
 

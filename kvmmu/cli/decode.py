@@ -19,7 +19,6 @@ The report is a plain dict (:func:`decode_values`, :func:`decode_log`);
 :func:`render_text` and :func:`render_json` print it.  Nothing here imports
 the explorer, the VM model or a view: ``kvmmu decode`` starts fast.
 """
-import json
 import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,7 +29,9 @@ from .. import spte as S
 from ..bits import GENMASK_ULL
 from ..checks import check_bool, check_int, check_u64
 from ..levels import KVM_MAX_HUGEPAGE_LEVEL, PG_LEVEL_4K, PT32E_ROOT_LEVEL, check_level, level_name
-from .logs import PRINTED_AS, TRACE_EVENTS, Dump, Skipped, TraceEvent, parse_log
+
+# kvmmu.cli.logs (the log parser and its regexes) and json are imported by
+# the functions that need them: `kvmmu decode VALUE` loads neither.
 
 __all__ = ["DEFAULT_PHYS_BITS", "SCHEMA", "DecodeOptions", "spte_config", "decode_value",
            "decode_values", "decode_log", "infer_phys_bits", "render_text", "render_json"]
@@ -217,6 +218,11 @@ def _rsvd_verdict(value: int, level: int, cfg: S.SpteConfig, cls: str, older) ->
             "reasons": reasons}
 
 
+def _logs():
+    from . import logs
+    return logs
+
+
 def _source(kind: str, line=None, dump=None, event=None, field=None, printed_as=None,
             context=None) -> dict:
     """Where a value came from; every key is always there (None where it does not apply)."""
@@ -282,7 +288,7 @@ def _printed_check(printed: int, value: int, level: int, cfg: S.SpteConfig) -> d
             "only_printed": printed & ~model, "only_model": model & ~printed, "agrees_with": others}
 
 
-def _dump_phys_bits(dump: Dump, options: DecodeOptions) -> tuple:
+def _dump_phys_bits(dump, options: DecodeOptions) -> tuple:
     if options.phys_bits is not None:
         return options.phys_bits, "option"
     for entry in dump.levels:
@@ -293,7 +299,7 @@ def _dump_phys_bits(dump: Dump, options: DecodeOptions) -> tuple:
     return DEFAULT_PHYS_BITS, f"the model's default: pass --phys-bits, {_PHYS_BITS_HINT}"
 
 
-def _dump_summary(dump: Dump, values: list, cfg: S.SpteConfig, phys: tuple, first: int) -> dict:
+def _dump_summary(dump, values: list, cfg: S.SpteConfig, phys: tuple, first: int) -> dict:
     printed = [v["printed"] for v in values if v["printed"] is not None]
     common = None
     if printed and not all(p["agrees"] for p in printed):
@@ -314,7 +320,7 @@ def _dump_summary(dump: Dump, values: list, cfg: S.SpteConfig, phys: tuple, firs
             "printed_agree_with": common, "note": note}
 
 
-def _decode_dump(report: dict, dump: Dump, options: DecodeOptions) -> None:
+def _decode_dump(report: dict, dump, options: DecodeOptions) -> None:
     phys = _dump_phys_bits(dump, options)
     cfg = _config(options.npt, options.no_ad, phys[0])
     values = []
@@ -332,7 +338,7 @@ def _decode_dump(report: dict, dump: Dump, options: DecodeOptions) -> None:
     report["values"] += values
 
 
-def _event_level(event: TraceEvent, options: DecodeOptions):
+def _event_level(event, options: DecodeOptions):
     level = event.fields.get("level")
     if level is None:
         return options.level, f"{event.event} prints no level: decoded at level {options.level} (--level)"
@@ -344,18 +350,18 @@ def _event_level(event: TraceEvent, options: DecodeOptions):
 _DECIMAL_FIELDS = {"level", "as_id", "vcpu_id", "spurious", "fixed", "errno", "valid"}
 
 
-def _context(event: TraceEvent, skip: str) -> dict:
+def _context(event, skip: str) -> dict:
     """The event's other fields as the trace prints them (label -> text)."""
     out = {}
     for k, v in event.fields.items():
         if k in (skip, "rsvd_bits"):
             continue
         text = v if isinstance(v, str) else str(v) if k in _DECIMAL_FIELDS else f"{v:#x}"
-        out[PRINTED_AS.get((event.event, k), k)] = text
+        out[_logs().PRINTED_AS.get((event.event, k), k)] = text
     return out
 
 
-def _rebuild_mmio(event: TraceEvent, cfg: S.SpteConfig) -> tuple:
+def _rebuild_mmio(event, cfg: S.SpteConfig) -> tuple:
     """mark_mmio_spte prints gfn, the SPTE's low three bits and the generation: rebuild the SPTE."""
     f = event.fields
     if f["gen"] > S.MMIO_SPTE_GEN_MASK:
@@ -366,7 +372,7 @@ def _rebuild_mmio(event: TraceEvent, cfg: S.SpteConfig) -> tuple:
                           f"rebuilt SPTE's {low:#x}", "agrees": low == f["access"]}
 
 
-def _event_phys_bits(event: TraceEvent, options: DecodeOptions) -> int:
+def _event_phys_bits(event, options: DecodeOptions) -> int:
     if options.phys_bits is not None:
         return options.phys_bits
     printed = event.fields.get("rsvd_bits")             # a make_spte WARN prints its mask
@@ -374,14 +380,14 @@ def _event_phys_bits(event: TraceEvent, options: DecodeOptions) -> int:
     return width or DEFAULT_PHYS_BITS
 
 
-def _decode_event(report: dict, event: TraceEvent, options: DecodeOptions) -> None:
+def _decode_event(report: dict, event, options: DecodeOptions) -> None:
     cfg = _config(options.npt, options.no_ad, _event_phys_bits(event, options))
     level, level_note = _event_level(event, options)
     if event.event == "mark_mmio_spte":
         spte, check = _rebuild_mmio(event, cfg)
         sources = [("rebuilt", spte, [check])]
     else:
-        names = ("spte",) if event.event == "make_spte" else TRACE_EVENTS[event.event][1]
+        names = ("spte",) if event.event == "make_spte" else _logs().TRACE_EVENTS[event.event][1]
         sources = [(name, event.fields[name], []) for name in names]
     for name, value, checks in sources:
         rec = decode_value(value, level, cfg)
@@ -394,12 +400,12 @@ def _decode_event(report: dict, event: TraceEvent, options: DecodeOptions) -> No
         rec["event_checks"] = checks
         rec["source"] = _source("warn" if event.event == "make_spte" else "tracepoint",
                                 event.line, event=event.event, field=name,
-                                printed_as=PRINTED_AS.get((event.event, name), name),
+                                printed_as=_logs().PRINTED_AS.get((event.event, name), name),
                                 context=_context(event, name))
         report["values"].append(rec)
 
 
-def _mmio_gen_checks(event: TraceEvent, value: int) -> list:
+def _mmio_gen_checks(event, value: int) -> list:
     f = event.fields
     decoded = S.get_mmio_spte_generation(value)
     return [{"what": f"printed spte-gen {f['spte_gen']:#x} against the generation in the SPTE, "
@@ -412,6 +418,8 @@ def decode_log(text: str, options: DecodeOptions = DecodeOptions()) -> dict:
     """Return the report on every SPTE in log or trace text (see :mod:`kvmmu.cli.logs`)."""
     if not isinstance(options, DecodeOptions):
         raise TypeError(f"options must be a DecodeOptions, got {type(options).__name__}")
+    from .logs import Dump, Skipped, parse_log
+
     report = _report(options, "text")
     for item in parse_log(text):
         if isinstance(item, Skipped):
@@ -487,8 +495,9 @@ def _bits_text(bits: int) -> str:
 
 
 def _value_lines(rec: dict, width: int) -> list:
-    lines = [f"{rec['value']:#018x} at level {rec['level']} ({level_name(rec['level'])}), "
-             f"{rec['config']}: {rec['class']}"]
+    lines = textwrap.wrap(f"{rec['value']:#018x} at level {rec['level']} "
+                          f"({level_name(rec['level'])}), {rec['config']}: {rec['class']}",
+                          width, subsequent_indent="  ")
     if rec["older_layout"]:
         lines += _item("older layout", rec["older_layout"]["note"], width)
     for key, value in rec["fields"].items():
@@ -578,4 +587,6 @@ def render_json(report: dict) -> str:
     """The report as JSON: fixed keys, 64-bit values as ``0x`` strings (JavaScript-safe)."""
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise TypeError("report must be a report of kvmmu.cli.decode (decode_values, decode_log)")
+    import json
+
     return json.dumps(_jsonable(report), indent=2) + "\n"
