@@ -194,6 +194,11 @@ def test_decode_the_real_pae_dump_names_the_table_that_printed_it():
         assert any("32-bit host (PAE root) with bit 63 reserved" in w
                    for w in v["printed"]["agrees_with"])
     assert report["dumps"][0]["phys_bits"] == 48
+    assert report["dumps"][0]["reserved_levels_printed_table"] == [1]
+    # Without --npt the EPT table condemns the non-leaf too (bit 5 is reserved
+    # there); the printed masks still name the table, which clears it.
+    (dump,) = json.loads(ok("decode", "--json", stdin=DUMP_PAE))["dumps"]
+    assert dump["reserved_levels"] == [2, 1] and dump["reserved_levels_printed_table"] == [1]
     text = flat(ok("decode", "--npt", stdin=DUMP_PAE))
     assert "DIFFERS (printed only: bits 52-63)" in text
 
@@ -506,3 +511,13 @@ def test_decode_value_imports_only_the_spte_model():
     assert "kvmmu.mmu_rsvd" in ours                     # the probe saw the imports
     assert ours <= ALLOWED, sorted(ours - ALLOWED)
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
+
+
+def test_the_readme_shows_what_decode_prints():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```console\n\$ cat dump\.txt\n(.*?)\n\$ kvmmu decode --npt < dump\.txt\n"
+                      r"(.*?)\n```", text, re.S)
+    assert block, "README.md: the decode example is gone"
+    dump, shown = block.groups()
+    assert dump in DUMP_PAE                      # the real dump quoted above
+    assert ok("decode", "--npt", stdin=dump + "\n") == shown + "\n"

@@ -301,10 +301,15 @@ def _dump_phys_bits(dump, options: DecodeOptions) -> tuple:
 
 def _dump_summary(dump, values: list, cfg: S.SpteConfig, phys: tuple, first: int) -> dict:
     printed = [v["printed"] for v in values if v["printed"] is not None]
-    common = None
+    common, rejudged = None, None
     if printed and not all(p["agrees"] for p in printed):
         common = [w for w in printed[0]["agrees_with"] if all(w in p["agrees_with"] or p["agrees"]
                                                              for p in printed)]
+    if common:
+        # Judge the walk again with the table the kernel printed from.
+        table = dict(_alternatives(cfg))[common[0]]
+        rejudged = [v["level"] for v in values if v["rsvd"]["checked"]
+                    and R.is_rsvd_spte(table, v["value"], v["level"])]
     note = None
     if dump.layout == "before 5.13":
         note = ("this message predates Linux 5.13 (commit " + DUMP_FORMAT_COMMIT + " changed it), "
@@ -317,7 +322,7 @@ def _dump_summary(dump, values: list, cfg: S.SpteConfig, phys: tuple, first: int
             "reserved_levels": [v["level"] for v in values
                                 if v["rsvd"]["checked"] and v["rsvd"]["reserved"]],
             "printed_agree": sum(p["agrees"] for p in printed) if printed else None,
-            "printed_agree_with": common, "note": note}
+            "printed_agree_with": common, "reserved_levels_printed_table": rejudged, "note": note}
 
 
 def _decode_dump(report: dict, dump, options: DecodeOptions) -> None:
@@ -475,7 +480,7 @@ def _rsvd_lines(rec: dict, width: int) -> list:
     return lines
 
 
-def _printed_lines(p: dict, width: int) -> list:
+def _printed_lines(p: dict, width: int, name_tables: bool = True) -> list:
     if p["agrees"]:
         return _item("printed mask", f"{p['rsvd_bits']:#018x}: agrees with the model", width)
     diff = []
@@ -485,7 +490,7 @@ def _printed_lines(p: dict, width: int) -> list:
         diff.append(f"model only: {_bits_text(p['only_model'])}")
     lines = _item("printed mask", f"{p['rsvd_bits']:#018x}, the model's is {p['model']:#018x}: "
                                   f"DIFFERS ({'; '.join(diff)})", width)
-    if p["agrees_with"]:
+    if p["agrees_with"] and name_tables:
         lines += _item("", "the printed mask is that of: " + "; or ".join(p["agrees_with"]), width)
     return lines
 
@@ -494,7 +499,7 @@ def _bits_text(bits: int) -> str:
     return ", ".join(r.split(":")[0] for r in _bit_runs(bits, lambda b: ""))
 
 
-def _value_lines(rec: dict, width: int) -> list:
+def _value_lines(rec: dict, width: int, name_tables: bool = True) -> list:
     lines = textwrap.wrap(f"{rec['value']:#018x} at level {rec['level']} "
                           f"({level_name(rec['level'])}), {rec['config']}: {rec['class']}",
                           width, subsequent_indent="  ")
@@ -506,7 +511,7 @@ def _value_lines(rec: dict, width: int) -> list:
         lines += _item("note", note, width)
     lines += _rsvd_lines(rec, width)
     if rec["printed"]:
-        lines += _printed_lines(rec["printed"], width)
+        lines += _printed_lines(rec["printed"], width, name_tables)
     for check in rec["event_checks"]:
         lines += _item("event check", f"{check['what']}: "
                                       f"{'agrees' if check['agrees'] else 'DIFFERS'}", width)
@@ -534,6 +539,11 @@ def _dump_footer(d: dict, report: dict, width: int) -> list:
         text += f"; the printed masks agree with the model at {d['printed_agree']} of {n} levels"
         if d["printed_agree_with"]:
             text += "; all of them are the masks of " + "; or ".join(d["printed_agree_with"])
+            levels = d["reserved_levels_printed_table"]
+            which = "that table" if len(d["printed_agree_with"]) == 1 else "the first of them"
+            text += f"; judged with {which}, " + (
+                "reserved bits are set at level " + ", ".join(map(str, levels)) if levels
+                else "no level has a reserved bit")
     return textwrap.wrap(f"== verdict: {text}", width, subsequent_indent="   ")
 
 
@@ -559,7 +569,9 @@ def render_text(report: dict, width: int = 84) -> str:
             out += _dump_header(starts[n], width)
         elif rec["source"]["kind"] in ("tracepoint", "warn"):
             out += _event_header(rec, width)
-        out += _value_lines(rec, width)
+        dump = report["dumps"][rec["source"]["dump"]] if rec["source"]["kind"] == "dump" else None
+        # A table every level's mask agrees with is named once, in the verdict.
+        out += _value_lines(rec, width, name_tables=not (dump and dump["printed_agree_with"]))
         if n in ends:
             out += _dump_footer(ends[n], report, width)
         out.append("")
