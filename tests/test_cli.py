@@ -393,6 +393,23 @@ def test_help_everywhere_with_an_example(command):
     assert "example" in out and "usage: kvmmu" in out
 
 
+def test_every_help_example_runs():
+    from kvmmu.cli import _EPILOGS
+
+    examples = [line.split()[1:] for text in _EPILOGS.values() for line in text.splitlines()
+                if line.startswith("  kvmmu ") and "|" not in line]
+    assert len(examples) >= 8
+    for argv in examples:
+        if argv[0] == "problem":
+            from kvmmu.cli.problem import chapter_topic
+            try:                     # a chapter being ported may not run in this tree
+                importlib.import_module(f"kvmmu.exercises.{chapter_topic(argv[1])}")
+            except ImportError:
+                continue
+        status, out, err = in_process(argv)
+        assert status == 0 and out and err == "", (argv, err)
+
+
 # ---------------------------------------------------------------- problem
 def test_chapter_map_matches_the_chapters_notebooks():
     for n, topic in CHAPTER.items():

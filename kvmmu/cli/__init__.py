@@ -70,7 +70,7 @@ def _seed(text: str) -> int:
 _EPILOGS = {
     "decode": """examples:
   kvmmu decode 0x8600000012345b77
-  kvmmu decode --npt --level 2 0x80000000123450e7
+  kvmmu decode --npt --level 2 0x8000000012200ee7
   dmesg | kvmmu decode --phys-bits 46
   trace-cmd report | kvmmu decode --json
 
