@@ -134,6 +134,8 @@ def test_decode_reports_each_kind_of_reserved_bit():
     assert "bit 39: a physical address at or above the host's 39-bit MAXPHYADDR" in text
     text = flat(ok("decode", "--npt", "--level", "4", "0x927"))
     assert "bit 8: bit 8 of an AMD non-leaf entry at level 4 or 5" in text
+    assert "bit 8: bit 8 of an AMD non-leaf entry" in flat(ok("decode", "--npt", "--level", "5",
+                                                              "0x927"))
     text = flat(ok("decode", "--level", "4", "0x8000000012345987"))
     assert "bit 7: PS: a level-4 entry cannot map a page" in text
 

@@ -87,7 +87,9 @@ def spte_config(npt: bool = False, no_ad: bool = False,
 
 @lru_cache(maxsize=None)
 def _zero_check(cfg: S.SpteConfig) -> R.RsvdBitsValidate:
-    return R.reset_tdp_shadow_zero_bits_mask(cfg)
+    # A 5-level NPT table has the 4-level one's levels 1-4 and adds level 5,
+    # so it judges an SPTE of either root; EPT's table covers every level.
+    return R.reset_tdp_shadow_zero_bits_mask(cfg, root_level=5)
 
 
 def _npt_table(cfg, level, nx, gbpages=True):
@@ -105,7 +107,7 @@ def _alternatives(cfg: S.SpteConfig) -> tuple:
 
     The other vendor (a forgotten ``--npt``), CPUs without 1G pages, and the
     NPT tables of other kernels and hosts: bit 63 reserved (kernels before
-    the March 2022 NX fix), a 32-bit host's PAE root, a 5-level root.
+    the March 2022 NX fix), a 32-bit host's PAE root.
     """
     npt = cfg if not cfg.ept else _config(True, False, cfg.phys_bits)
     ept = cfg if cfg.ept else _config(False, False, cfg.phys_bits)
@@ -116,8 +118,8 @@ def _alternatives(cfg: S.SpteConfig) -> tuple:
               ("NPT on a 32-bit host (3-level PAE root)", _npt_table(npt, PT32E_ROOT_LEVEL, True)),
               (f"NPT on a 32-bit host (PAE root) with bit 63 reserved, as {_NX_FIX}",
                _npt_table(npt, PT32E_ROOT_LEVEL, False)),
-              ("NPT with a 5-level root", R.reset_tdp_shadow_zero_bits_mask(npt, root_level=5)),
-              ("NPT on a CPU without 1G pages", R.reset_tdp_shadow_zero_bits_mask(npt, gbpages=False))]
+              ("NPT on a CPU without 1G pages",
+               R.reset_tdp_shadow_zero_bits_mask(npt, root_level=5, gbpages=False))]
     own = _zero_check(cfg)
     return tuple((what, table) for what, table in tables if table is not own)
 
