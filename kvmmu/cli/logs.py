@@ -24,7 +24,9 @@ What the kernel prints, and since when (each checked in the kernel's history):
   (``spte``, ``kvm_gen``, ``spte_gen`` printed as ``spte-gen``),
   ``mark_mmio_spte`` (``sptep``, ``gfn``, ``access``, ``gen``: no SPTE, the
   decoder rebuilds it) and ``kvm_mmu_split_huge_page`` (``gfn``, ``spte``,
-  ``level``, ``errno``).
+  ``level``, ``errno``).  The other events print no SPTE
+  (``kvm_mmu_paging_element``'s ``pte`` is the guest's own entry), so their
+  lines are left alone.
 
 Lines are matched wherever the text sits on the line, so dmesg timestamps
 (``[12345.678901]``), ``kvm:`` / ``kvm_intel:`` prefixes and journal
