@@ -155,7 +155,7 @@ def race_player(page, shot: Path):
     """Chapter 3: play the counterexample with the fix off (broken), then toggle the fix on."""
     from kvmmu.viz.tdp_mmu import race_view
 
-    schedule = "A" * 9 + "B" * 10
+    schedule = "A" * 9 + "B" * 13      # the zap clears the SPTE; vCPU 1's fault installs the new pfn
     unsafe, fixed = race_view(False, schedule), race_view(True, schedule)
     assert not unsafe.holds and fixed.holds
     w, out = ".kvmmu-race-widget", ".kvmmu-race-widget .kvmmu-race-out"

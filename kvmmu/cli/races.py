@@ -26,17 +26,20 @@ def _entries() -> dict:
 
 
 def scenarios_text(width: int = 84) -> str:
-    """Return the table of every scenario: name, chapter, what the exhaustive check finds, summary."""
+    """Return the table of every scenario: chapter, what the exhaustive check finds, name, summary."""
     check_int("width", width, 40, 1000)
     entries = _entries()
     if not entries:
         return "no scenarios are registered (kvmmu.scenarios holds none)\n"
-    name_w = max(len("NAME"), *(len(n) for n in entries))
-    head = f"{'NAME':<{name_w}}  CH  EXPECT    SUMMARY"
-    lead = name_w + 2 + 4 + 10
-    lines = [head]
+    # A name longer than the column keeps its line; its summary starts below.
+    name_w = min(max(len("NAME"), *(len(n) for n in entries)), max(12, width // 3))
+    lead = 4 + 10 + name_w + 2
+    lines = [f"CH  EXPECT    {'NAME':<{name_w}}  SUMMARY"]
     for name, e in entries.items():
-        first = f"{name:<{name_w}}  {e.chapter:>2}  {e.expect:<8}  "
+        first = f"{e.chapter:>2}  {e.expect:<8}  {name:<{name_w}}  "
+        if len(name) > name_w:
+            lines.append(first.rstrip())
+            first = " " * lead
         lines += textwrap.wrap(e.summary, max(width, lead + 20), initial_indent=first,
                                break_long_words=False,
                                subsequent_indent=" " * lead) or [first.rstrip()]
