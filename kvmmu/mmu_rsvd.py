@@ -1,7 +1,7 @@
 """Reserved bits: the bits that must be zero in a page-table entry, level by level.
 
 Models: arch/x86/include/asm/kvm_host.h: struct rsvd_bits_validate
-Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode; mmu_permissions keeps a guest-only copy until it calls this one), __reset_rsvds_bits_mask_ept(), reset_tdp_shadow_zero_bits_mask(), reserved_hpa_bits()
+Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode), __reset_rsvds_bits_mask_ept(), reset_tdp_shadow_zero_bits_mask(), reserved_hpa_bits()
 Models: arch/x86/kvm/mmu/spte.h: get_rsvd_bits(), __is_rsvd_bits_set(), __is_bad_mt_xwr(), is_rsvd_spte()
 
 Reference version: Linux 6.17 (mmu.c and spte.h read at v6.17-rc3).
@@ -101,7 +101,7 @@ def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, lev
                             nx: bool, gbpages: bool, pse: bool, amd: bool) -> None:
     """Fill ``rsvd_check`` with the reserved bits of x86 paging rooted at ``level``.
 
-    Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode; mmu_permissions keeps a guest-only copy until it calls this one)
+    Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode)
 
     ``pa_bits_rsvd``: the address bits above the physical width (only those
     below bit 52 count, below bit 63 for PAE); ``level``: the root level,
@@ -113,6 +113,11 @@ def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, lev
     the frame bits below their alignment from bit 13 up: bit 12 is the PAT
     bit of a 2M or 1G entry.  Levels a mode does not have are left as they
     were.
+
+    ``kvmmu.mmu_permissions.reset_guest_rsvds_bits_mask`` still computes the
+    guest's table with a copy of these rules (no AMD bit 8, no PSE); it is
+    meant to call this function (``reset_guest_rsvds_bits_mask()`` in mmu.c
+    does), and a test checks the two agree meanwhile.
     """
     _check_rsvd_check(rsvd_check)
     check_u64("pa_bits_rsvd", pa_bits_rsvd)
