@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import kvmmu
 
 #: Modules whose exports are API.  The views are excluded: their pure
-#: functions must never raise (tests/test_widgets_survive.py drives them).
-SKIP_PACKAGES = ("viz",)
+#: functions must never raise (tests/test_widgets_survive.py drives them);
+#: so is the command line, which answers any input (tests/test_cli.py).
+SKIP_PACKAGES = ("viz", "cli")
 
 #: Exports that accept any argument by design, and why.
 ACCEPTS_ANYTHING = {

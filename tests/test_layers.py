@@ -12,9 +12,10 @@ import kvmmu
 from kvmmu.xref import kernel_xref
 
 PACKAGE = Path(kvmmu.__file__).resolve().parent
-#: The view layer and the problem generators sit on top of the model; the
-#: explorer is the instrument below it.  Neither is a "model module".
-NOT_MODEL = ("viz", "exercises")
+#: The view layer, the problem generators and the command line (kvmmu/cli and
+#: ``python -m kvmmu``) sit on top of the model; the explorer is the
+#: instrument below it.  None is a "model module".
+NOT_MODEL = ("viz", "exercises", "cli", "__main__")
 
 
 def _module_name(path: Path) -> str:

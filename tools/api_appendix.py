@@ -20,14 +20,14 @@ PAGE = ROOT / "book" / "appendix_api.md"
 #: modules not named here come after, in name order.
 LAYERS = [
     ("The shared core", ["bits", "levels", "errno", "pferr", "checks", "cpu"]),
-    ("Formats, host memory and hardware", ["spte", "host_mm", "folio", "memslots", "tlb",
-                                           "tdp_iter"]),
+    ("Formats, host memory and hardware", ["spte", "mmu_rsvd", "host_mm", "folio", "memslots",
+                                           "tlb", "tdp_iter"]),
     ("The MMU", ["mmu_internal", "tdp_mmu", "kvm_host", "guest_memfd", "pfncache",
                  "mmu_permissions", "mmu", "paging_tmpl", "kvm_main", "x86", "tdx"]),
     ("Proposed and historical versions", ["guest_memfd_rfc", "paging_tmpl_rfc"]),
     ("The guest, the scenarios, the problems", ["guest", "scenarios"]),
 ]
-SKIP = {"viz", "source", "xref", "explorer", "exercises"}
+SKIP = {"viz", "source", "xref", "explorer", "exercises", "cli"}
 
 
 def _modules() -> list[str]:

@@ -32,7 +32,7 @@ def bench_import():
              "d = time.perf_counter() - t; "
              "print(f'{{d:.4f}}', sorted(m for m in ('matplotlib', 'ipywidgets') if m in sys.modules))")
     mods = ["kvmmu"] + sorted(
-        f"kvmmu.{p.stem}" for p in (ROOT / "kvmmu").glob("*.py") if p.stem != "__init__")
+        f"kvmmu.{p.stem}" for p in (ROOT / "kvmmu").glob("*.py") if p.stem not in ("__init__", "__main__"))
     for mod in mods:
         best = None
         for _ in range(5):
