@@ -391,6 +391,7 @@ def filemap_remove_folio(file: GmemFile, folio: Folio):
     return (yield from folio_put_refs(folio, folio_nr_pages(folio), FILEMAP))
 
 
+@cpu_code
 def truncate_inode_pages_range(file: GmemFile, start: int, end: int, who: str):
     """Remove the folios of offsets ``[start, end)`` from the page cache.
 
