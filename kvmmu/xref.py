@@ -18,8 +18,8 @@ CHAPTER_OF_MODULE = {
     "host_mm": 2, "notifier": 2, "host_level": 2, "host_level_races": 2, "memslots": 2,
     "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "tdp_mmu_races": 3,
     "guest_memfd": 4, "folio": 4,
-    "guest_memory": 5, "walker": 5, "pfncache": 5, "guest_paging": 5, "mmu_permissions": 5,
-    "walker_ops": 5, "walker_gpc": 5, "walk_trace": 5, "walker_races": 5, "pferr": 5,
+    "paging_tmpl": 5, "paging_tmpl_rfc": 5, "pfncache": 5, "mmu_permissions": 5, "pferr": 5,
+    "guest": 5,
     "memslot_update": 6, "prefault": 6,
 }
 
