@@ -52,6 +52,8 @@ reference) and fails with -EFAULT when KVM cannot reach guest_memfd memory
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .checks import check_int
 from .cpu import cpu_code
 from .errno import EFAULT, EINVAL, EIO
@@ -212,16 +214,29 @@ class _Pfn(int):
         return "KVM_PFN_ERR_FAULT" if self == KVM_PFN_ERR_FAULT else hex(self)
 
 
-def _backing(gpc: GfnToPfnCache):
-    # Inside a step: ("hva", pfn) for the user mapping, or ("gmem", slot, gfn)
-    # for a private gfn of a guest_memfd slot when caches know guest_memfd.
+class _Backing(NamedTuple):
+    # What a cache's lookup found: a pfn from the user mapping, or the
+    # guest_memfd slot and gfn to ask (a private gfn, with the RFC's caches).
+    pfn: int | None
+    slot: object = None
+    gfn: int = 0
+
+    def __repr__(self) -> str:
+        if self.slot is None:
+            return repr(_Pfn(self.pfn))
+        return f"private gfn {self.gfn:#x}: ask guest_memfd"
+
+
+def _backing(gpc: GfnToPfnCache) -> _Backing:
+    # Inside a step: hva_to_pfn() for the user mapping, or, for a private
+    # gfn of a guest_memfd slot when caches know guest_memfd, where to look.
     kvm = gpc.kvm
     gfn = gpc.gpa >> PAGE_SHIFT
     slot = gpc.memslot
     if (kvm.config.gpc_gmem != "6.17" and gpc.gpa != INVALID_GPA and slot is not None
             and slot.flags & KVM_MEM_GUEST_MEMFD and kvm_mem_is_private(kvm, gfn)):
-        return ("gmem", slot, gfn)
-    return ("hva", _Pfn(hva_to_pfn(kvm, gpc.uhva - gpc.uhva % PAGE_SIZE, True)))
+        return _Backing(None, slot, gfn)
+    return _Backing(hva_to_pfn(kvm, gpc.uhva - gpc.uhva % PAGE_SIZE, True))
 
 
 def _gpc_lookup_pfn(gpc: GfnToPfnCache):
@@ -233,9 +248,9 @@ def _gpc_lookup_pfn(gpc: GfnToPfnCache):
     else:
         label = f"{gpc.name}: hva_to_pfn (guest_memfd for a private gfn)"
     found = yield from step(label, lambda: _backing(gpc))
-    if found[0] == "hva":
-        return found[1], None
-    _, slot, gfn = found
+    if found.slot is None:
+        return found.pfn, None
+    slot, gfn = found.slot, found.gfn
     if not kvm.config.kvm_can_access_gmem:
         return KVM_PFN_ERR_FAULT, None
     r, pfn, folio = yield from kvm_gmem_get_pfn(kvm, slot, gfn, gpc.name)

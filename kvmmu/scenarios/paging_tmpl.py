@@ -33,7 +33,7 @@ from ..explorer import Actor, Invariant, Primitive, Scenario, step
 from ..guest import (HOST, GuestPageTables, gpte_str, guest_page, guest_read_u64, guest_vm,
                      guest_write_u64)
 from ..guest_memfd import kvm_gmem_punch_hole
-from ..host_mm import EntryPtr, host_translation, punch_hole
+from ..host_mm import EntryPtr, Hex, host_translation, punch_hole
 from ..levels import PAGE_SHIFT, PAGE_SIZE
 from ..memslots import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY
 from ..mmu_permissions import KvmVcpuArch
@@ -221,7 +221,7 @@ def _guest_clears_leaf(w) -> int:
     old = guest_read_u64(w, _LEAF_GPA)
     guest_write_u64(w, _LEAF_GPA, 0)
     w.race_watch.replaced = old
-    return old
+    return Hex(old)                     # (the value it replaced, shown in hex)
 
 
 def guest_unmap_actor(w):
