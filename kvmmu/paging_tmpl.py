@@ -45,7 +45,7 @@ tables.  ``run_alone(kvm, walk_addr_generic(...))`` is the plain call
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from .checks import check_int, check_u64
 from .cpu import cpu_code, run_alone
@@ -312,17 +312,40 @@ class WalkLivelock(RuntimeError):
     """A walk restarted MAX_WALK_RETRIES times: the kernel would spin forever."""
 
 
-class GpteRead(NamedTuple):
+class GpteRead(tuple):
     """What reading one level gave: the result, the entry, and what to record about it.
 
-    ``ptep_user`` and ``writable`` are None when the read does not set them
-    (the RFC's read-only path, as posted, leaves ``pte_writable[]`` alone).
+    ``(ret, pte, ptep_user, writable)``; ``ptep_user`` and ``writable`` are
+    None when the read does not set them (the RFC's read-only path, as
+    posted, leaves ``pte_writable[]`` alone).  A value.
     """
 
-    ret: int
-    pte: int
-    ptep_user: int | None = None
-    writable: bool | None = None
+    __slots__ = ()
+
+    def __new__(cls, ret: int, pte: int, ptep_user: int | None = None,
+                writable: bool | None = None):
+        if not (type(ret) is int and -4095 <= ret <= 0 and type(pte) is int
+                and 0 <= pte <= U64_MASK
+                and (ptep_user is None or type(ptep_user) is int and 0 <= ptep_user <= U64_MASK)
+                and (writable is None or type(writable) is bool)):
+            check_int("ret", ret, -4095, 0)
+            check_u64("pte", pte)
+            if ptep_user is not None:
+                check_u64("ptep_user", ptep_user)
+            if writable is not None and not isinstance(writable, bool):
+                raise TypeError(f"writable must be True, False or None, got {writable!r}")
+        return super().__new__(cls, (ret, pte, ptep_user, writable))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+    def __deepcopy__(self, memo):
+        return self                 # a value
+
+    ret = property(lambda self: self[0])
+    pte = property(lambda self: self[1])
+    ptep_user = property(lambda self: self[2])
+    writable = property(lambda self: self[3])
 
     def __repr__(self) -> str:
         return f"{self.pte:#x}" if self.ret == 0 else f"error {self.ret}"
@@ -401,6 +424,17 @@ def check_gva(mmu: KvmMmu, addr) -> int:
             f"addr {addr:#x} is not canonical for {root}-level paging: bits 63:{bits - 1} "
             f"must all equal bit {bits - 1} (the CPU raises #GP before any walk)")
     return addr
+
+
+def _check_ad_args(vcpu, mmu, walker, addr, write_fault) -> None:
+    # update_accessed_dirty_bits()'s arguments (all walkers'), before its first step.
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    _check_mmu(mmu)
+    if not isinstance(walker, GuestWalker):
+        raise TypeError(f"walker must be a GuestWalker, got {type(walker).__name__}")
+    check_u64("addr", addr)
+    check_int("write_fault", write_fault, 0, PFERR_WRITE_MASK)
 
 
 def _check_walk(walker, vcpu, mmu, addr, access, variant) -> None:
@@ -595,6 +629,7 @@ def update_accessed_dirty_bits(vcpu: KvmVcpu, mmu: KvmMmu, walker: GuestWalker, 
     A level whose table lives in a read-only memslot is skipped: ROM page
     tables work only if their A/D bits are already set.
     """
+    _check_ad_args(vcpu, mmu, walker, addr, write_fault)
     mm = vcpu.kvm.mm
     for level in range(walker.max_level, walker.level - 1, -1):
         orig_pte, pte = _ad_target(walker, level, write_fault)
@@ -626,6 +661,7 @@ def update_accessed_dirty_bits_blind(vcpu: KvmVcpu, mmu: KvmMmu, walker: GuestWa
 
     It overwrites whatever the guest stored since the walk read the entry.
     """
+    _check_ad_args(vcpu, mmu, walker, addr, write_fault)
     mm = vcpu.kvm.mm
     for level in range(walker.max_level, walker.level - 1, -1):
         orig_pte, pte = _ad_target(walker, level, write_fault)

@@ -35,7 +35,7 @@ from .levels import PAGE_SHIFT
 from .memslots import KVM_MEM_READONLY, kvm_is_visible_memslot
 from .mmu_permissions import KvmMmu
 from .paging_tmpl import (PT_MAX_FULL_LEVELS, GpteRead, GuestWalker, WalkVariant,
-                          _ad_target, _cmpxchg_outcome)
+                          _ad_target, _check_ad_args, _cmpxchg_outcome)
 from .paging_tmpl import walk_addr_generic as _walk_addr_generic
 from .pfncache import (GfnToPfnCache, gpc_khva_read_u64, gpc_khva_try_cmpxchg_u64,
                        gpc_lock_valid, kvm_gpc_activate, kvm_gpc_check, kvm_gpc_create,
@@ -64,12 +64,23 @@ def walker_gpcs(vcpu: KvmVcpu) -> tuple[GfnToPfnCache, ...]:
     return tuple(caches)
 
 
+def _walker_caches(walker, vcpu) -> tuple:
+    # The walker's caches, after checking the arguments (before any step).
+    if not isinstance(walker, GuestWalker):
+        raise TypeError(f"walker must be a GuestWalker, got {type(walker).__name__}")
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    if walker.ptep_caches is None:
+        raise ValueError("the walker has no pfn caches: walker.ptep_caches = walker_gpcs(vcpu)")
+    return walker.ptep_caches
+
+
 def walk_init_gpcs(walker: GuestWalker, vcpu: KvmVcpu):
     """Initialise the walker's five caches (one step).
 
     Part of the RFC's FNAME(walk_addr_generic)() (no 6.17 counterpart).
     """
-    caches = walker.ptep_caches
+    caches = _walker_caches(walker, vcpu)
 
     def init():
         for gpc in caches:
@@ -83,7 +94,7 @@ def walk_deactivate_gpcs(walker: GuestWalker, vcpu: KvmVcpu):
 
     Models: arch/x86/kvm/mmu/paging_tmpl.h: FNAME(walk_deactivate_gpcs)() (RFC v2 as posted)
     """
-    caches = walker.ptep_caches
+    caches = _walker_caches(walker, vcpu)
     active = yield from step("which ptep_caches are active?",
                              lambda: tuple(gpc.active for gpc in caches))
     for gpc, is_active in zip(caches, active):
@@ -126,7 +137,7 @@ def _read_gpte_gpc(walker: GuestWalker, vcpu: KvmVcpu, level: int, table_gfn: in
     if direct is not None:
         if direct.ret or as_posted:
             return direct
-        return direct._replace(writable=False)
+        return GpteRead(direct.ret, direct.pte, direct.ptep_user, False)
     ret = yield from kvm_gpc_activate(gpc, gpa, 8)
     if ret:
         return GpteRead(ret, 0)
@@ -163,6 +174,10 @@ def update_accessed_dirty_bits(vcpu: KvmVcpu, mmu: KvmMmu, walker: GuestWalker, 
     carries on as if it had succeeded.  ``as_posted=False`` converts the
     result.  ``check_gpc=False`` is the chapter's unsafe variant (no check).
     """
+    _check_ad_args(vcpu, mmu, walker, addr, write_fault)
+    _walker_caches(walker, vcpu)
+    check_bool("as_posted", as_posted)
+    check_bool("check_gpc", check_gpc)
     for level in range(walker.max_level, walker.level - 1, -1):
         orig_pte, pte = _ad_target(walker, level, write_fault)
         if pte == orig_pte:

@@ -96,6 +96,8 @@ class GfnToPfnCache(Primitive):
     _FIELDS = ("generation", "gpa", "uhva", "memslot", "khva", "pfn", "active", "valid")
 
     def __init__(self, world, name: str):
+        if not isinstance(world, Kvm):
+            raise TypeError(f"world must be a Kvm, got {type(world).__name__}")
         super().__init__(world, name)
         self.lock = world.rwlock(f"{name}->lock")
         self.refresh_lock = world.mutex(f"{name}->refresh_lock")

@@ -28,12 +28,13 @@ chapter does not teach them.
 """
 from __future__ import annotations
 
-from ..checks import check_bool, check_choice
+from ..checks import check_bool, check_choice, check_int
 from ..explorer import Actor, Invariant, Primitive, Scenario, step
 from ..guest import (HOST, GuestPageTables, gpte_str, guest_page, guest_read_u64, guest_vm,
                      guest_write_u64)
 from ..guest_memfd import kvm_gmem_punch_hole
 from ..host_mm import EntryPtr, Hex, host_translation, punch_hole
+from ..kvm_host import Kvm
 from ..levels import PAGE_SHIFT, PAGE_SIZE
 from ..memslots import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY
 from ..mmu_permissions import KvmVcpuArch
@@ -120,6 +121,8 @@ class RaceWatch(Primitive):
     __slots__ = ("replaced", "table_pfn0")
 
     def __init__(self, world, table_pfn0: int):
+        _check_race_world(world)
+        check_int("table_pfn0", table_pfn0, 0)
         super().__init__(world, "watch")
         self.replaced = 0
         self.table_pfn0 = table_pfn0
@@ -132,6 +135,11 @@ class RaceWatch(Primitive):
 
     def _show(self):
         return f"guest replaced {self.replaced:#x}" if self.replaced else "guest has not written"
+
+
+def _check_race_world(w) -> None:
+    if not isinstance(w, Kvm):
+        raise TypeError(f"the world must be a Kvm (race_world()), got {type(w).__name__}")
 
 
 def _describe_gpte(value: int) -> str:
@@ -226,6 +234,7 @@ def _guest_clears_leaf(w) -> int:
 
 def guest_unmap_actor(w):
     """An explorer actor: the guest, on vCPU 1, clears the leaf entry (munmap)."""
+    _check_race_world(w)
     yield from step("guest: leaf gpte := 0 (munmap)", lambda: _guest_clears_leaf(w))
 
 
@@ -235,6 +244,7 @@ def vmm_punch_hole_actor(w):
     Shared tables: ``fallocate(PUNCH_HOLE)`` on the VMM's memory (the MMU
     notifier); private tables: a hole in guest_memfd.
     """
+    _check_race_world(w)
     if _GMEM in w._prim_names:
         yield from kvm_gmem_punch_hole(w, w.primitive(_GMEM), 0, 1)
     else:

@@ -17,14 +17,15 @@ from ..guest import GPTE_FLAG_NAMES, gpte_str
 from ..kvm_host import KvmVcpu
 from ..levels import PAGE_SHIFT
 from ..memslots import KVM_MEM_READONLY, kvm_is_visible_memslot, kvm_mem_is_private
-from ..paging_tmpl import (PT_INDEX, gpte_access, gpte_pkeys, is_last_gpte, is_rsvd_bits_set,
-                           run_walk)
+from ..checks import check_int
+from ..paging_tmpl import (PT_INDEX, check_access, gpte_access, gpte_pkeys, is_last_gpte,
+                           is_rsvd_bits_set, run_walk)
 from ..pferr import (PFERR_FETCH_MASK, PFERR_IMPLICIT_ACCESS, PFERR_PK_MASK, PFERR_PRESENT_MASK,
                      PFERR_RSVD_MASK, PFERR_USER_MASK, PFERR_WRITE_MASK, pferr_str)
 from ..spte import ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK
 
 __all__ = ["GPTE_FLAG_NAMES", "LEVEL_NAMES", "PAGE_NAMES", "gpte_str", "acc_str", "pferr_str",
-           "access_str", "WalkRow", "WalkTrace", "trace_walk"]
+           "access_str", "trace_walk"]
 
 #: The kernel's names of each level's entry, and the page size of a leaf at each level.
 LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
@@ -34,6 +35,7 @@ ACC_ALL_BITS = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK
 
 def acc_str(acc: int) -> str:
     """Text of ACC_* bits, e.g. ``'U W X'`` (``'-'`` for none)."""
+    check_int("acc", acc, 0, ACC_ALL_BITS)
     parts = [n for bit, n in ((ACC_USER_MASK, "U"), (ACC_WRITE_MASK, "W"), (ACC_EXEC_MASK, "X"))
              if acc & bit]
     return " ".join(parts) if parts else "-"
@@ -41,6 +43,7 @@ def acc_str(acc: int) -> str:
 
 def access_str(access: int) -> str:
     """Text of an access, e.g. ``'user write'``."""
+    check_access(access)
     who = "user" if access & PFERR_USER_MASK else (
         "implicit supervisor" if access & PFERR_IMPLICIT_ACCESS else "supervisor")
     what = "write" if access & PFERR_WRITE_MASK else (
