@@ -24,6 +24,7 @@ book: setup
 	$(PY) tools/web_assets.py
 	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(PY) tools/lite.py _build/html
 	@echo "Book: _build/html/index.html"
 
 test: setup

@@ -23,6 +23,7 @@ the explorer interleaves, never what the function computes.
 """
 from __future__ import annotations
 
+import copy
 import functools
 
 from .explorer import Op, World
@@ -105,13 +106,64 @@ def step_when(label: str, predicate, fn):
     return (yield Op(None, "step", (label, fn, predicate), _step_when_run, _step_when_enabled))
 
 
+class _Whole:
+    """What the step of a zoomed function returns: its value, and its arguments afterwards.
+
+    ``changed`` holds (position or keyword, object) for each argument that is
+    a local object of the caller (a ``struct kvm_page_fault``, an ioctl's
+    argument): the step ran the function on copies of them, and the caller
+    takes their final state from this result, so that an actor rebuilt from
+    the results its steps returned holds the same objects (CONTRIBUTING.md,
+    "CPU code", rule 2).  It prints as the value, for step labels.
+    """
+
+    __slots__ = ("value", "changed")
+
+    def __init__(self, value, changed: tuple):
+        self.value, self.changed = value, changed
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _is_local_object(x) -> bool:
+    # A mutable plain object the caller owns: not a handle, not part of a world.
+    if isinstance(x, (World, Handle, type)) or world_of(x) is not None:
+        return False
+    params = getattr(type(x), "__dataclass_params__", None)
+    if params is not None and params.frozen:
+        return False
+    return hasattr(x, "__dict__") and not callable(x)
+
+
 def _run_whole(prim, args, cpu, world):
-    # The single step of a zoomed function: its whole body, on this CPU.
-    return run_alone(world, args[1](), cpu, _error=ZoomError)
+    # The single step of a zoomed function: its whole body, on this CPU, on
+    # copies of the caller's local objects.
+    fn, call_args, call_kwargs = args[1]
+    places = [(i, a) for i, a in enumerate(call_args) if _is_local_object(a)]
+    places += [(k, a) for k, a in call_kwargs.items() if _is_local_object(a)]
+    copies = copy.deepcopy([a for _, a in places], world._copy_memo())
+    new_args, new_kwargs = list(call_args), dict(call_kwargs)
+    for (place, _), twin in zip(places, copies):
+        if isinstance(place, int):
+            new_args[place] = twin
+        else:
+            new_kwargs[place] = twin
+    value = run_alone(world, fn(*new_args, **new_kwargs), cpu, _error=ZoomError)
+    if not places:
+        return value                    # nothing to hand back: the plain value
+    return _Whole(value, tuple((place, twin) for (place, _), twin in zip(places, copies)))
 
 
-def _one_step(label: str, factory):
-    return (yield Op(None, "step", (label, factory), _run_whole))
+def _one_step(label: str, fn, args: tuple, kwargs: dict):
+    whole = yield Op(None, "step", (label, (fn, args, kwargs)), _run_whole)
+    if type(whole) is not _Whole:
+        return whole
+    for place, twin in whole.changed:
+        mine = args[place] if isinstance(place, int) else kwargs[place]
+        vars(mine).clear()
+        vars(mine).update(vars(twin))
+    return whole.value
 
 
 def cpu_code(fn):
@@ -128,7 +180,7 @@ def cpu_code(fn):
     def call(*args, **kwargs):
         world = world_of(args[0]) if args else None
         if world is not None and name in getattr(world, "zoom", ()):
-            return _one_step(name, functools.partial(fn, *args, **kwargs))
+            return _one_step(name, fn, args, kwargs)
         return fn(*args, **kwargs)
 
     return call

@@ -75,13 +75,13 @@ from .bits import BIT_ULL, GENMASK_ULL
 from .checks import check_choice, check_int, check_u64
 from .cpu import Handle, cpu_code
 from .errno import EFAULT
-from .explorer import Primitive, step
+from .explorer import RCU, Primitive, step
 from .levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_1G,
                      PG_LEVEL_2M, PG_LEVEL_4K, level_name)
 
 __all__ = [
     "PGD", "PUD", "PMD", "PTE", "TABLE_NAMES", "BACKINGS", "GUEST_DATA_WORD", "TASK_SIZE_MAX",
-    "EntryPtr", "BadRead", "HostPage", "HostMemory", "HostMm", "Hex", "MmuNotifierOps",
+    "EntryPtr", "BadRead", "HostPage", "HostMemory", "IrqsOff", "HostMm", "Hex", "MmuNotifierOps",
     "MmuNotifier",
     "pgd_offset", "p4d_offset", "pud_offset", "pmd_offset", "pte_offset_kernel",
     "pgd_none", "p4d_none", "p4d_present", "pud_none", "pud_present", "pud_leaf",
@@ -567,6 +567,21 @@ class MmuNotifier:
     ops: MmuNotifierOps
     owner: object = field(compare=False)
 
+class IrqsOff(RCU):
+    """The grace period that frees replaced page tables, as a CPU with interrupts off sees it.
+
+    A walker of the host's tables disables interrupts instead of taking a
+    lock: the CPU that replaced a table frees it only once every CPU has
+    taken the IPI (or passed the quiescent state) that interrupts hold off.
+    The explorer's RCU grace period, under the kernel's names for what the
+    walker does (``local_irq_save``/``local_irq_restore``).
+    """
+
+    __slots__ = ()
+    _sealed = True
+    _rl, _ru, _sync = "local_irq_save", "local_irq_restore", "synchronize_rcu"
+
+
 class HostMm(Handle):
     """A process address space: its PGD, its memory, its notifier subscribers.
 
@@ -585,7 +600,7 @@ class HostMm(Handle):
     def __init__(self, world, memory: HostMemory | None = None):
         self.world = world
         self.mem = memory if memory is not None else world._register(HostMemory(world))
-        self.rcu = world.rcu_domain("IRQs off (page-table freeing)")
+        self.rcu = world._register(IrqsOff(world, "IRQs off (page-table freeing)"))
         self.pgd = self.mem.alloc_table(PGD)
         #: The mmu_notifiers registered on this mm (:class:`MmuNotifier`).
         self.notifier_subscriptions: list = []
@@ -878,16 +893,34 @@ def _copy_folio(mm, old_pfn: int, level: int, color=None) -> int:
     return new
 
 
-def _collapse_copy(mm, haddr: int, level: int) -> int:
+def _table_leaves(mem: HostMemory, table_pfn: int, first: int = 0) -> list:
+    # The present leaves under a table: (index of their first 4K page, pfn, pages).
+    page = mem.pages[table_pfn]
+    per = KVM_PAGES_PER_HPAGE(page.level)          # pages one entry of this table maps
+    out = []
+    for index, entry in sorted(page.entries.items()):
+        if not entry & _PAGE_PRESENT:
+            continue
+        if page.level == PTE or entry & _PAGE_PSE:
+            out.append((first + index * per, entry_pfn(entry), per))
+        else:
+            out.extend(_table_leaves(mem, entry_pfn(entry), first + index * per))
+    return out
+
+
+def _collapse_copy(mm, haddr: int, level: int, table_pfn: int) -> int:
     # khugepaged's copy: the new huge folio holds what each small page held.
+    # Only the pages the old table maps, and of those only the written ones,
+    # are visited (a 1G collapse would otherwise walk 262144 addresses).
     mem = mm.mem
     found = host_translation(mm, haddr)
     old = mem.page_at(found[0]) if found else None
     new = mem.alloc_folio(level, fill=old.fill if old else GUEST_DATA_WORD)
-    for i in range(KVM_PAGES_PER_HPAGE(level)):
-        small = host_translation(mm, haddr + (i << PAGE_SHIFT))
-        if small:
-            mem.copy_words(small[0], new + i)
+    leaves = _table_leaves(mem, table_pfn)
+    for src in sorted(mem.words):
+        for first, pfn, npages in leaves:
+            if pfn <= src < pfn + npages:
+                mem.copy_words(src, new + first + (src - pfn))
     return new
 
 
@@ -916,7 +949,7 @@ def collapse_huge_page(mm, haddr: int, level: int = PG_LEVEL_2M):
     end = haddr + (KVM_PAGES_PER_HPAGE(level) << PAGE_SHIFT)
     yield from mmu_notifier_invalidate_range_start(mm, haddr, end)
     new = yield from step(f"alloc {level_name(level)} folio, copy into it",
-                          lambda: Hex(_collapse_copy(mm, haddr, level)))
+                          lambda: Hex(_collapse_copy(mm, haddr, level, entry_pfn(old))))
     yield from step(
         f"set {TABLE_NAMES[level]}: {level_name(level)} leaf @{new:#x}",
         lambda: _store(mm, ptr, mk_leaf_entry(new, level)))

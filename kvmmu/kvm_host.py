@@ -148,7 +148,9 @@ class KvmConfig:
     ``pre_fault_allowed``: ``kvm->arch.pre_fault_allowed``;
     ``kvm_can_access_gmem``: whether KVM can read guest_memfd memory (the
     chapter 5 RFC's switch); ``gpc_gmem``: one of :data:`GPC_GMEM`;
-    ``zoom``: names of CPU code that runs as one step (:mod:`kvmmu.cpu`).
+    ``nx_huge_pages``: the ``kvm.nx_huge_pages`` iTLB-multihit workaround
+    (an instruction fetch maps 4K, a huge leaf is not executable); ``zoom``:
+    names of CPU code that runs as one step (:mod:`kvmmu.cpu`).
     """
 
     nr_as_ids: int = 1
@@ -162,6 +164,7 @@ class KvmConfig:
     pre_fault_allowed: bool = True
     kvm_can_access_gmem: bool = True
     gpc_gmem: str = "6.17"
+    nx_huge_pages: bool = False
     zoom: frozenset = frozenset()
 
     def __post_init__(self):
@@ -172,7 +175,7 @@ class KvmConfig:
         check_choice("max_huge_page_level", self.max_huge_page_level,
                      (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
         for name in ("spin_on_frozen_child", "slot_zap_all", "reload_frees_obsolete_roots",
-                     "pre_fault_allowed", "kvm_can_access_gmem"):
+                     "pre_fault_allowed", "kvm_can_access_gmem", "nx_huge_pages"):
             check_bool(name, getattr(self, name))
         check_choice("prefault_policy", self.prefault_policy, PREFAULT_POLICIES)
         check_choice("gpc_gmem", self.gpc_gmem, GPC_GMEM)
@@ -320,6 +323,15 @@ class KvmVcpu(Handle):
         return f"KvmVcpu({self.vcpu_id})"
 
 
+class _Watches(tuple):
+    """The (name, show) pairs of :meth:`Kvm.watch`: configuration, never copied with the state."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class Kvm(World):
     """A VM: its host mm, memslots, locks, SRCU, MMU-notifier fields, TDP MMU and vCPUs.
 
@@ -343,27 +355,40 @@ class Kvm(World):
         self.ept = self._register(EptMemory(self, "EPT", self.config.cfg))
         self.tlbs = self._register(VcpuTlbs(self, "TLBs", 0))
         self.vcpu_state = self._register(VcpuState(self))
-        #: What traces and views show of this VM: (label, function of the VM).
-        self.shown: tuple = ()
-
-    def show(self, label: str, fn) -> None:
-        """Show ``fn(kvm)`` under ``label`` in traces and views (instead of every shared object)."""
-        if not isinstance(label, str) or not label:
-            raise ValueError(f"label must be a non-empty string, got {label!r}")
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        self.shown += ((label, fn),)
-
-    def snapshot(self) -> dict:
-        """The VM as readable text: what :meth:`show` asked for, else every shared object."""
-        if not self.shown:
-            return super().snapshot()
-        return {label: str(fn(self)) for label, fn in self.shown}
+        #: (name, show) pairs that traces show besides the shared objects (:meth:`watch`).
+        self._watches = _Watches()
+        self._watch_only = False
 
     def snapshot_extra(self):
         # Every piece of shared state is in a shared object; the rest is
         # configuration and handles, fixed when the VM was built.
         return None
+
+    # -- what traces show --
+    def watch(self, name: str, show, *, only: bool = False) -> None:
+        """Show ``show(kvm)`` (a short text) under ``name`` in every trace of this VM.
+
+        A chapter's view of state the VM already holds (one SPTE, one vCPU's
+        TLB), added when the VM is set up: it adds no state, so it is not part
+        of the explorer's state key.  ``only=True``: traces show the watched
+        views alone, not the shared objects (chapter 1's one SPTE).
+        """
+        check_bool("only", only)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not callable(show):
+            raise TypeError(f"show must be callable (kvm -> text), got {type(show).__name__}")
+        if name in self.snapshot():
+            raise ValueError(f"name {name!r} is already shown in this VM's traces")
+        self._watches = _Watches(self._watches + ((name, show),))
+        self._watch_only = self._watch_only or only
+
+    def snapshot(self) -> dict:
+        """The shared state as readable text, then what :meth:`watch` added."""
+        out = {} if self._watch_only else super().snapshot()
+        for name, show in self._watches:
+            out[name] = show(self)
+        return out
 
     # -- configuration and handles --
     @property

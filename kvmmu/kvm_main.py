@@ -423,6 +423,14 @@ def set_memory_region(kvm: Kvm, slot: int, guest_phys_addr: int, memory_size: in
 # ---------------------------------------------------------------------------
 # The MMU notifier
 # ---------------------------------------------------------------------------
+class _GfnRanges(tuple):
+    """The (slot, gfn_start, gfn_end) a host range overlaps, printed briefly (step labels)."""
+
+    def __repr__(self) -> str:
+        return "; ".join(f"slot {slot.id}: gfns [{lo:#x}, {hi:#x})" for slot, lo, hi in self) \
+            or "no slot"
+
+
 def _gfn_ranges(kvm: Kvm, start: int, end: int) -> tuple:
     # The slots whose host range overlaps [start, end), as (slot, gfn_start, gfn_end).
     out = []
@@ -434,7 +442,7 @@ def _gfn_ranges(kvm: Kvm, start: int, end: int) -> tuple:
             continue
         out.append((slot, hva_to_gfn_memslot(hva_start, slot),
                     hva_to_gfn_memslot(hva_end + PAGE_SIZE - 1, slot)))
-    return tuple(out)
+    return _GfnRanges(out)
 
 
 @cpu_code

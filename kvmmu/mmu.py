@@ -57,18 +57,19 @@ from .explorer import step, wait_until
 from .folio import folio_put
 from .guest_memfd import kvm_gmem_get_pfn
 from .host_mm import PTE
-from .kvm_host import (KVM_PFN_ERR_FAULT, KVM_PFN_ERR_RO_FAULT, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+from .kvm_host import (KVM_PFN_ERR_FAULT, Kvm, KVM_PFN_ERR_RO_FAULT, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
                        KVM_REQ_VM_DEAD, KvmVcpu, hva_to_pfn, is_error_pfn,
                        kvm_check_request, kvm_make_all_cpus_request, kvm_test_request,
                        kvm_vcpu_gfn_to_memslot, mmu_invalidate_retry_gfn,
                        mmu_invalidate_retry_gfn_unsafe)
 from .levels import KVM_HPAGE_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_4K
 from .memslots import (GFN_MAX, KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID,
-                       __gfn_to_hva_memslot, kvm_mem_is_private)
+                       KvmMemorySlot, __gfn_to_hva_memslot, kvm_mem_is_private)
 from .mmu_internal import KvmPageFault
 from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS
 from .tdp_mmu import (kvm_tdp_mmu_alloc_root, kvm_tdp_mmu_invalidate_roots, kvm_tdp_mmu_map,
-                      kvm_tdp_mmu_put_root, kvm_tdp_mmu_zap_invalidated_roots,
+                      kvm_tdp_mmu_put_root, kvm_tdp_mmu_recover_huge_pages,
+                      kvm_tdp_mmu_zap_collapsible_sptes, kvm_tdp_mmu_zap_invalidated_roots,
                       kvm_tdp_mmu_zap_leafs)
 from .tlb import kvm_flush_remote_tlbs_range
 
@@ -80,6 +81,7 @@ __all__ = [
     "kvm_mmu_do_page_fault", "kvm_mmu_page_fault", "kvm_tdp_map_page", "kvm_tdp_prefault_page",
     "kvm_arch_vcpu_pre_fault_memory", "kvm_mmu_zap_all_fast", "kvm_zap_gfn_range",
     "kvm_arch_flush_shadow_memslot", "kvm_arch_memslots_updated", "describe_found_slot",
+    "kvm_mmu_zap_collapsible_sptes", "kvm_mmu_recover_huge_pages",
 ]
 
 
@@ -391,7 +393,9 @@ def kvm_mmu_do_page_fault(vcpu: KvmVcpu, gpa: int, error_code: int, prefetch: bo
     check_u64("error_code", error_code)
     check_bool("prefetch", prefetch)
     kwargs = {} if max_level is None else {"max_level": max_level}
-    fault = KvmPageFault(addr=gpa, error_code=error_code, prefetch=prefetch, **kwargs)
+    # is_nx_huge_page_enabled(): the module parameter, here the VM's configuration.
+    fault = KvmPageFault(addr=gpa, error_code=error_code, prefetch=prefetch,
+                         nx_huge_page_workaround_enabled=vcpu.kvm.config.nx_huge_pages, **kwargs)
 
     def lookup():
         # srcu_dereference(kvm->memslots) + kvm_vcpu_gfn_to_memslot().  Record
@@ -624,3 +628,43 @@ def kvm_arch_memslots_updated(kvm, gen: int) -> None:
     wrapped); the model's 19-bit MMIO generation never wraps in a run.
     """
     check_u64("gen", gen)
+
+
+# ---------------------------------------------------------------------------
+# Huge pages again once dirty logging is off
+# ---------------------------------------------------------------------------
+def _check_kvm_slot(kvm, slot) -> None:
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+    if not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
+
+
+@cpu_code
+def kvm_mmu_zap_collapsible_sptes(kvm, slot):
+    """Zap the TDP MMU's table SPTEs over ``slot`` that huge pages could replace.
+
+    Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_zap_collapsible_sptes() (up to 6.12)
+
+    What disabling dirty logging did up to Linux 6.12: zap, under mmu_lock
+    held for read, and let the next faults map huge pages.
+    """
+    _check_kvm_slot(kvm, slot)
+    yield from kvm.mmu_lock.read_lock()
+    yield from kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot)
+    yield from kvm.mmu_lock.read_unlock()
+
+
+@cpu_code
+def kvm_mmu_recover_huge_pages(kvm, slot):
+    """Replace the TDP MMU's table SPTEs over ``slot`` with huge SPTEs where the host allows.
+
+    Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_recover_huge_pages()
+
+    What disabling dirty logging does since Linux 6.13
+    (``kvm_mmu_slot_apply_flags()``), under mmu_lock held for read.
+    """
+    _check_kvm_slot(kvm, slot)
+    yield from kvm.mmu_lock.read_lock()
+    yield from kvm_tdp_mmu_recover_huge_pages(kvm, slot)
+    yield from kvm.mmu_lock.read_unlock()

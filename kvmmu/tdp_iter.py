@@ -198,12 +198,15 @@ class EptMemory(Primitive):
         sp = self.sps[sptep.pt]
         pages = KVM_PAGES_PER_HPAGE(sp.level)
         i = sptep.index
-        if self.walk_covers(sp.gfn + i * pages, pages):
-            return 1
-        j = i + 1
-        while j < SPTE_ENT_PER_PAGE and not self.walk_covers(sp.gfn + j * pages, pages):
-            j += 1
-        return j - i
+        # The first entry from i on that a walk covers: entry k covers gfns
+        # [sp.gfn + k * pages, sp.gfn + (k + 1) * pages).
+        stop = SPTE_ENT_PER_PAGE
+        for start, end in self.walks:
+            first = max(i, (start - sp.gfn) // pages)
+            last = (end - 1 - sp.gfn) // pages
+            if first <= last and first < stop:
+                stop = first
+        return max(stop - i, 1)
 
     def walk(self, root: int, gfn: int) -> list[tuple[Sptep, int, int]]:
         """Return the hardware walk of ``gfn`` from ``root``: ``(sptep, value, level)`` down.
@@ -389,16 +392,21 @@ def _ept_cmpxchg(mem, args, cpu, world):
 
 def _ept_xchg_span(mem, args, cpu, world):
     sptep, value = args
-    olds = []
-    for i in range(sptep.index, sptep.index + mem.span(sptep)):
-        olds.append(mem.get(Sptep(sptep.pt, i)))
-        mem.put(Sptep(sptep.pt, i), value)
-    return tuple(olds)
+    table = mem.tables[sptep.pt]
+    span = range(sptep.index, sptep.index + mem.span(sptep))
+    olds = tuple(table.get(i, SHADOW_NONPRESENT_VALUE) for i in span)
+    if value == SHADOW_NONPRESENT_VALUE:
+        for i in span:
+            table.pop(i, None)
+    else:
+        table.update(dict.fromkeys(span, value))
+    return olds
 
 
 def _ept_read_span(mem, args, cpu, world):
     sptep = args[0]
-    return tuple(mem.get(Sptep(sptep.pt, i))
+    table = mem.tables[sptep.pt]
+    return tuple(table.get(i, SHADOW_NONPRESENT_VALUE)
                  for i in range(sptep.index, sptep.index + mem.span(sptep)))
 
 

@@ -47,21 +47,24 @@ from functools import partial
 
 from .checks import check_bool, check_int
 from .cpu import cpu_code
-from .errno import (EBUSY, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
+from .errno import (EBUSY, ENOENT, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
                     RET_PF_WRITE_PROTECTED)
-from .explorer import step, wait_until
-from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_4K,
+from .explorer import World, step, wait_until
+from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_2M,
+                     PG_LEVEL_4K,
                      SPTE_ENT_PER_PAGE)
-from .mmu_internal import KvmPageFault, kvm_mmu_hugepage_adjust
+from .memslots import KvmMemorySlot, kvm_slot_dirty_track_enabled
+from .mmu_internal import KvmPageFault, kvm_mmu_hugepage_adjust, kvm_mmu_max_mapping_level
 from .spte import (ACC_ALL, FROZEN_SPTE, PT_PRESENT_MASK, SHADOW_NONPRESENT_VALUE,
                    KernelWarn, check_spte_writable_invariants, is_executable_pte,
                    is_frozen_spte, is_large_pte, is_last_spte, is_mmio_spte,
                    is_shadow_present_pte, is_writable_pte, leaf_spte_change_needs_tlb_flush,
-                   make_mmio_spte, make_nonleaf_spte, make_spte, spte_to_pfn)
+                   make_huge_spte, make_mmio_spte, make_nonleaf_spte, make_spte,
+                   spte_to_pfn)
 from .tdp_iter import (Sptep, TdpIter, __kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte,
                        kvm_tdp_mmu_write_spte_atomic, spte_to_child_pt, tdp_iter_next,
                        tdp_iter_start)
-from .tlb import kvm_flush_remote_tlbs_gfn
+from .tlb import kvm_flush_remote_tlbs_gfn, kvm_flush_remote_tlbs_memslot
 
 __all__ = [
     "kvm_update_page_stats", "handle_changed_spte", "tdp_mmu_unlink_sp", "handle_removed_pt",
@@ -73,6 +76,8 @@ __all__ = [
     "kvm_tdp_mmu_zap_leafs", "kvm_tdp_mmu_unmap_gfn_range", "KvmGfnRange",
     "kvm_tdp_mmu_alloc_root", "kvm_tdp_mmu_invalidate_roots", "tdp_mmu_zap_root",
     "kvm_tdp_mmu_zap_invalidated_roots", "kvm_tdp_mmu_put_root",
+    "zap_collapsible_spte_range", "kvm_tdp_mmu_zap_collapsible_sptes", "tdp_mmu_make_huge_spte",
+    "recover_huge_pages_range", "kvm_tdp_mmu_recover_huge_pages",
 ]
 
 #: The largest gfn the model accepts (52-bit guest physical addresses).
@@ -147,6 +152,7 @@ def tdp_mmu_unlink_sp(kvm, pt: int) -> None:
         sp.unlinked = True
 
 
+@cpu_code
 def handle_removed_pt(kvm, pt: int, level: int, base_gfn: int, shared: bool):
     """Freeze every entry of a table that was cut from the paging structure.
 
@@ -193,6 +199,10 @@ def handle_removed_pt(kvm, pt: int, level: int, base_gfn: int, shared: bool):
                     yield from wait_until(f"L{level}[{k:#x}] is not FROZEN_SPTE (spin)",
                                           partial(_not_frozen, sptep=sptep))
                     old_spte = yield from kvm_tdp_mmu_write_spte_atomic(kvm, sptep, FROZEN_SPTE)
+                if old_spte == SHADOW_NONPRESENT_VALUE:
+                    # Non-present to FROZEN_SPTE: handle_changed_spte() would
+                    # return at once (most of the 512 entries; the model's shortcut).
+                    continue
             else:
                 if not is_shadow_present_pte(old_spte):
                     continue
@@ -421,7 +431,7 @@ def _new_leaf(vcpu, fault: KvmPageFault, it: TdpIter):
         return make_mmio_spte(it.gfn, ACC_ALL, gen & 0x7FFFF, cfg=kvm.ept.cfg), False
     return make_spte(it.level, ACC_ALL, fault.pfn, cfg=kvm.ept.cfg, prefetch=fault.prefetch,
                      synchronizing=False, host_writable=fault.map_writable,
-                     old_spte=it.old_spte)
+                     nx_huge_pages=kvm.config.nx_huge_pages, old_spte=it.old_spte)
 
 
 def tdp_mmu_map_handle_target_level(vcpu, fault: KvmPageFault, it: TdpIter):
@@ -585,6 +595,142 @@ def kvm_tdp_mmu_unmap_gfn_range(kvm, range_: KvmGfnRange, flush: bool):
         flush = yield from tdp_mmu_zap_leafs(kvm, root, range_.start, range_.end,
                                              range_.may_block, flush)
     return flush
+
+
+# ---------------------------------------------------------------------------
+# Huge pages from small ones: the collapsible zap (up to 6.12) and huge-page
+# recovery (6.13 and later), both under mmu_lock held for read.
+# ---------------------------------------------------------------------------
+def _collapsible(it: TdpIter, start: int, end: int) -> bool:
+    # The loop head both walks share: a present table SPTE at a huge level,
+    # for a huge page that starts inside the slot (lpage_info has no entry
+    # for one that does not).
+    return (it.level <= KVM_MAX_HUGEPAGE_LEVEL and is_shadow_present_pte(it.old_spte)
+            and not is_last_spte(it.old_spte, it.level) and start <= it.gfn < end)
+
+
+def _check_kvm_slot(kvm, slot) -> None:
+    # kvm_host.Kvm sits above this module: a world with TDP page tables will do.
+    if not (isinstance(kvm, World) and hasattr(kvm, "ept")):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+    if not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
+
+
+def zap_collapsible_spte_range(kvm, root: int, slot: KvmMemorySlot):
+    """Zap each table SPTE of ``root`` over ``slot`` that a huge page could replace.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: zap_collapsible_spte_range() (up to 6.12)
+
+    The code up to Linux 6.12 (6.13 replaced it by
+    :func:`recover_huge_pages_range`).  The host level decides only whether
+    to zap: nothing is installed from it, so it needs neither the
+    invalidation sequence nor a leaf of the gfn (rule 3 of the comment above
+    ``host_pfn_mapping_level``); the next fault maps the huge page.
+    (6.12's ``kvm_mmu_max_mapping_level()`` took ``max_level`` and
+    ``is_private`` too; for shared memory it gives the same answer.)
+    """
+    _check_kvm_slot(kvm, slot)
+    start, end = slot.base_gfn, slot.end_gfn
+    tdp_walk_begin(kvm, start, end)                    # rcu_read_lock()
+    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_2M, start)
+    while it.valid and it.gfn < end:
+        while _collapsible(it, start, end):            # retry:
+            level = yield from kvm_mmu_max_mapping_level(kvm, slot, it.gfn)
+            if level < it.level:
+                break
+            # A successful atomic zap also flushes the TLBs; a failed one
+            # refreshed it.old_spte: look again.
+            if (yield from tdp_mmu_zap_spte_atomic(kvm, it)) == 0:
+                break
+        yield from tdp_iter_next(kvm, it, end)
+    tdp_walk_end(kvm, start, end)                      # rcu_read_unlock()
+
+
+def kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot: KvmMemorySlot):
+    """Zap the collapsible table SPTEs of ``slot`` in every valid root; mmu_lock held for read.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_zap_collapsible_sptes() (up to 6.12)
+    """
+    _check_kvm_slot(kvm, slot)
+    for root in (yield from _valid_roots(kvm)):
+        yield from zap_collapsible_spte_range(kvm, root, slot)
+
+
+@cpu_code
+def tdp_mmu_make_huge_spte(kvm, parent: TdpIter):
+    """Build the huge SPTE that replaces the table ``parent`` points to: ``(0, spte)`` or ``(-ENOENT, 0)``.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_make_huge_spte()
+
+    The huge SPTE is made from the first leaf under the table
+    (``make_huge_spte()``); with no leaf there is nothing to make it from,
+    and no proof that the memory is still what KVM mapped: ``-ENOENT``.  The
+    caller's walk holds RCU.  (The kernel's ``-EAGAIN``, to reschedule,
+    never happens in the model.)
+    """
+    if not isinstance(parent, TdpIter):
+        raise TypeError(f"parent must be a TdpIter, got {type(parent).__name__}")
+    child = spte_to_child_pt(parent.old_spte, parent.level)
+    start = parent.gfn
+    end = start + KVM_PAGES_PER_HPAGE(parent.level)
+    # tdp_root_for_each_leaf_pte(): the child table as the root of the walk.
+    it = yield from tdp_iter_start(kvm, child, parent.level - 1, PG_LEVEL_4K, start)
+    while it.valid and it.gfn < end:
+        if is_shadow_present_pte(it.old_spte) and is_last_spte(it.old_spte, it.level):
+            return 0, make_huge_spte(it.old_spte, parent.level, kvm.ept.cfg,
+                                     nx_huge_pages=kvm.config.nx_huge_pages)
+        yield from tdp_iter_next(kvm, it, end)
+    return -ENOENT, 0
+
+
+def recover_huge_pages_range(kvm, root: int, slot: KvmMemorySlot):
+    """Replace each table SPTE of ``root`` over ``slot`` with a huge SPTE, where the host allows.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: recover_huge_pages_range()
+
+    The host level is consumed here: the huge SPTE is installed from it.
+    That is safe by rule 2 of the comment above ``host_pfn_mapping_level``:
+    mmu_lock is held, and the leaf :func:`tdp_mmu_make_huge_spte` copies
+    proves that no invalidation of its memory is in progress (starting one
+    zaps it, under mmu_lock held for write).  Called when dirty logging is
+    turned off (``kvm_mmu_slot_apply_flags()``); dirty logging still on is a
+    WARN.
+    """
+    _check_kvm_slot(kvm, slot)
+    start, end = slot.base_gfn, slot.end_gfn
+    if kvm_slot_dirty_track_enabled(slot):
+        kvm.warn("WARN_ON_ONCE: recover_huge_pages_range with dirty logging on")
+        return
+    flush = False
+    tdp_walk_begin(kvm, start, end)                    # rcu_read_lock()
+    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_2M, start)
+    while it.valid and it.gfn < end:
+        while _collapsible(it, start, end):            # retry:
+            level = yield from kvm_mmu_max_mapping_level(kvm, slot, it.gfn)
+            if level < it.level:
+                break
+            r, huge_spte = yield from tdp_mmu_make_huge_spte(kvm, it)
+            if r:
+                break
+            # A failed cmpxchg refreshed it.old_spte: look again.
+            if (yield from tdp_mmu_set_spte_atomic(kvm, it, huge_spte)) == 0:
+                flush = True
+                break
+        yield from tdp_iter_next(kvm, it, end)
+    if flush:
+        yield from kvm_flush_remote_tlbs_memslot(kvm, slot)
+    tdp_walk_end(kvm, start, end)                      # rcu_read_unlock()
+
+
+def kvm_tdp_mmu_recover_huge_pages(kvm, slot: KvmMemorySlot):
+    """Recover huge pages over ``slot`` in every valid root; mmu_lock held for read.
+
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_recover_huge_pages()
+    """
+    _check_kvm_slot(kvm, slot)
+    for root in (yield from _valid_roots(kvm)):
+        yield from recover_huge_pages_range(kvm, root, slot)
 
 
 # ---------------------------------------------------------------------------

@@ -30,8 +30,10 @@ from typing import NamedTuple
 from .checks import check_bool, check_int
 from .explorer import Op, Primitive
 from .levels import KVM_PAGES_PER_HPAGE, PG_LEVEL_4K, gfn_round_for_level
+from .memslots import KvmMemorySlot
 
-__all__ = ["TlbEntry", "VcpuTlbs", "kvm_flush_remote_tlbs_range", "kvm_flush_remote_tlbs_gfn"]
+__all__ = ["TlbEntry", "VcpuTlbs", "kvm_flush_remote_tlbs_range", "kvm_flush_remote_tlbs_gfn",
+           "kvm_flush_remote_tlbs_memslot"]
 
 _GFN_MAX = (1 << 40) - 1
 
@@ -163,6 +165,21 @@ def kvm_flush_remote_tlbs_range(kvm, start_gfn: int, nr_pages: int):
     check_int("start_gfn", start_gfn, 0, _GFN_MAX)
     check_int("nr_pages", nr_pages, 1, _GFN_MAX + 1 - start_gfn)
     yield from kvm.tlbs.flush_range(start_gfn, nr_pages)
+
+
+def kvm_flush_remote_tlbs_memslot(kvm, slot: KvmMemorySlot):
+    """Flush every vCPU's TLB entries for the gfns of ``slot``.
+
+    Models: virt/kvm/kvm_main.c: kvm_flush_remote_tlbs_memslot()
+
+    The kernel asserts that ``slots_lock`` is held (its callers update
+    memslots); the model does not check it.
+    """
+    if not isinstance(getattr(kvm, "tlbs", None), VcpuTlbs):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+    if not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
+    yield from kvm_flush_remote_tlbs_range(kvm, slot.base_gfn, slot.npages)
 
 
 def kvm_flush_remote_tlbs_gfn(kvm, gfn: int, level: int):

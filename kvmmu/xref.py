@@ -15,8 +15,8 @@ _MODELS = re.compile(r"^\s*Models:\s*(?P<path>[^\s:]+)\s*:\s*(?P<what>.+?)\s*$",
 #: Which chapter teaches each model module (module name -> chapter number).
 CHAPTER_OF_MODULE = {
     "bits": 1, "levels": 1, "spte": 1, "spte_races": 1,
-    "host_mm": 2, "notifier": 2, "host_level": 2, "host_level_races": 2, "memslots": 2,
-    "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "tdp_mmu_races": 3,
+    "host_mm": 2, "memslots": 2, "scenarios.host_level": 2,
+    "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "scenarios.tdp_mmu": 3,
     "guest_memfd": 4, "folio": 4,
     "paging_tmpl": 5, "paging_tmpl_rfc": 5, "pfncache": 5, "mmu_permissions": 5, "pferr": 5,
     "guest": 5,

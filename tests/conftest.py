@@ -1,13 +1,18 @@
 """Shared test set-up.
 
 - records which notebooks nbval collected this session (tests/test_toc.py);
-- builds the HTML book once per session for every test that reads it.
+- builds the HTML book once per session for every test that reads it;
+- serves it on loopback to a browser whose requests off the machine are cut.
 """
+import functools
+import http.server
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -39,7 +44,8 @@ class BuiltBook:
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> BuiltBook:
-    """Build the book from the stored outputs, warnings as errors, once per session."""
+    """Build the book from the stored outputs, warnings as errors, once per session,
+    with its live site (tools/lite.py) as `make book` builds it."""
     import web_assets
 
     web_assets.install()
@@ -51,8 +57,46 @@ def built_book(tmp_path_factory) -> BuiltBook:
         capture_output=True, text=True, timeout=900,
     )
     shutil.rmtree(out / "_build" / ".doctrees", ignore_errors=True)
-    return BuiltBook(result.returncode, result.stdout[-6000:] + result.stderr[-6000:],
-                     out / "_build" / "html")
+    log = result.stdout[-6000:] + result.stderr[-6000:]
+    if result.returncode == 0:
+        result = subprocess.run([sys.executable, str(ROOT / "tools" / "lite.py"),
+                                 str(out / "_build" / "html")],
+                                capture_output=True, text=True, timeout=900)
+        log += result.stdout[-3000:] + result.stderr[-3000:]
+    return BuiltBook(result.returncode, log, out / "_build" / "html")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def book_server(built_book):
+    """The built book served on loopback; yields its base URL."""
+    assert built_book.returncode == 0, built_book.log
+    handler = functools.partial(_QuietHandler, directory=str(built_book.html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def cut_network(context) -> list:
+    """Abort every request of a browser ``context`` that would leave the machine;
+    return the list the aborted URLs are recorded in."""
+    left_machine = []
+
+    def only_loopback(route):
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            left_machine.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_loopback)
+    return left_machine
 
 
 def chromium_or_skip():

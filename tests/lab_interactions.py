@@ -26,28 +26,32 @@ def _shoot(page, css: str, shot: Path):
 
 
 def spte_decoder(page, shot: Path):
-    """Chapter 1: flip bit 11 of the example EPT leaf; it stops being MMU-present."""
-    from kvmmu.spte import EPT_AD, classify
+    """Chapter 1: flip bit 11 of the example EPT leaf; it stops being MMU-present.
 
+    What the decoder must show is what its pure function spte_view() says.
+    """
+    from kvmmu.viz.spte import spte_view
+
+    out = ".kvmmu-spte-widget .kvmmu-spte-out"
     text = _widget(page, ".kvmmu-spte-widget .kvmmu-spte-text input")
     before = text.input_value()
     assert int(before, 16) == 0x8600000012345B77
-    assert "present leaf" in _widget(page, ".kvmmu-spte-widget .kvmmu-spte-out").inner_text()
+    assert spte_view(before, "EPT", 1).cls in _widget(page, out).inner_text()
     _widget(page, ".kvmmu-spte-widget .kvmmu-spte-bit-11").click()
-    expected = int(before, 16) ^ (1 << 11)
+    expected = spte_view(f"{int(before, 16) ^ (1 << 11):#018x}", "EPT", 1)
+    assert expected.cls == "non-present"
     page.wait_for_function(
         "v => document.querySelector('.kvmmu-spte-widget .kvmmu-spte-text input').value.toLowerCase() === v",
-        arg=f"{expected:#018x}", timeout=15000)
-    assert classify(expected, EPT_AD, 1) == "non-present"
+        arg=f"{expected.value:#018x}", timeout=15000)
     page.wait_for_function(
-        "() => document.querySelector('.kvmmu-spte-widget .kvmmu-spte-out').innerText.includes('non-present')",
-        timeout=15000)
-    # Type garbage: the widget answers with a message, not a traceback.
+        f"h => document.querySelector('{out}').innerText.includes(h)",
+        arg=f"{expected.value:#018x} (EPT, level 1): {expected.cls}", timeout=15000)
+    # Type garbage: the widget answers with spte_view's message, not a traceback.
     text.fill("0xnot-a-number")
     text.press("Enter")
     page.wait_for_function(
-        "() => /not a number/i.test(document.querySelector('.kvmmu-spte-widget .kvmmu-spte-out').innerText)",
-        timeout=15000)
+        f"m => document.querySelector('{out}').innerText.includes(m)",
+        arg=spte_view("0xnot-a-number", "EPT", 1).error, timeout=15000)
     _assert_no_traceback_near(page, ".kvmmu-spte-widget")
     _shoot(page, ".kvmmu-spte-widget", shot)
 
@@ -151,7 +155,7 @@ def race_player(page, shot: Path):
     """Chapter 3: play the counterexample with the fix off (broken), then toggle the fix on."""
     from kvmmu.viz.tdp_mmu import race_view
 
-    schedule = "A" * 9 + "B" * 10
+    schedule = "A" * 9 + "B" * 13      # the zap clears the SPTE; vCPU 1's fault installs the new pfn
     unsafe, fixed = race_view(False, schedule), race_view(True, schedule)
     assert not unsafe.holds and fixed.holds
     w, out = ".kvmmu-race-widget", ".kvmmu-race-widget .kvmmu-race-out"
@@ -216,5 +220,11 @@ INTERACTIONS = {
     "book/ch06_prefault_eagain.ipynb": prefault_console,
     "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
     "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
+    "book/ch01_spte_format.ipynb": spte_decoder,
+}
+
+#: Chapters whose page runs a widget live (cells tagged `live`, tools/sphinx/kvmmu_live.py),
+#: and how to operate it: the same interaction as in JupyterLab, on the live REPL's frame.
+LIVE_INTERACTIONS = {
     "book/ch01_spte_format.ipynb": spte_decoder,
 }

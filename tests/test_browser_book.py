@@ -6,15 +6,12 @@ the machine aborted and recorded.  Each page must load with no console error,
 request nothing from outside, render every widget snapshot it carries, and
 show every figure.
 """
-import functools
-import http.server
 import sys
-import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
+from conftest import cut_network
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -22,22 +19,6 @@ from toc import chapter_notebooks  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.book]
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def book_server(built_book):
-    assert built_book.returncode == 0, built_book.log
-    handler = functools.partial(_QuietHandler, directory=str(built_book.html))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def _chapter_pages():
@@ -51,17 +32,7 @@ def test_there_are_chapter_pages_to_check():
 @pytest.mark.parametrize("page_path", _chapter_pages())
 def test_chapter_renders_offline(browser, book_server, page_path):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    left_machine, errors = [], []
-
-    def only_loopback(route):
-        host = urlsplit(route.request.url).hostname
-        if host in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            left_machine.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_loopback)
+    left_machine, errors = cut_network(context), []
     page = context.new_page()
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))

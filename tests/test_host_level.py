@@ -1,20 +1,28 @@
-"""host_pfn_mapping_level and its rules: unit, property and exhaustive checks."""
+"""host_pfn_mapping_level() and its rules on the one VM: unit, property and exhaustive checks."""
+import check_actor
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmmu import host_level as L
-from kvmmu import host_level_races as R
-from kvmmu.errno import RET_PF_FIXED, RET_PF_RETRY
-from kvmmu.explorer import explore, run_schedule
+from kvmmu.cpu import run_alone
+from kvmmu.errno import RET_PF_FIXED
+from kvmmu.explorer import Op, explore, run_schedule
 from kvmmu.exercises.host_level import problem
 from kvmmu.host_mm import (BACKINGS, GUEST_DATA_WORD, __split_huge_pmd, collapse_huge_page,
                            host_populate, host_translation)
+from kvmmu.kvm_host import KvmVcpu
+from kvmmu.kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from kvmmu.levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
-from kvmmu.memslots import (KVM_MEM_LOG_DIRTY_PAGES, KvmMemorySlot, KvmMemslots,
-                            kvm_mmu_gfn_disallow_lpage, lpage_info_slot)
-from kvmmu.notifier import Kvm
-from kvmmu.viz.host_level import host_mapping_view, host_walk_data, host_walk_text
+from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, kvm_mmu_gfn_disallow_lpage, lpage_info_slot
+from kvmmu.mmu import kvm_mmu_do_page_fault, kvm_mmu_reload
+from kvmmu.mmu_internal import (HOST_LEVELS, KvmPageFault, __kvm_mmu_max_mapping_level,
+                                host_pfn_mapping_level, kvm_mmu_hugepage_adjust,
+                                kvm_mmu_max_mapping_level)
+from kvmmu.pferr import PFERR_FETCH_MASK, PFERR_GUEST_FINAL_MASK
+from kvmmu.scenarios import all_scenarios
+from kvmmu.scenarios import host_level as R
+from kvmmu.viz.host_level import (explain_mapping_level, host_mapping_view, host_walk_data,
+                                  host_walk_text, lpage_disallow_reasons)
 
 GFN = 0x100000
 HVA = 0x7F0000000000
@@ -22,25 +30,53 @@ PAGES_2M = KVM_PAGES_PER_HPAGE(PG_LEVEL_2M)
 PAGES_1G = KVM_PAGES_PER_HPAGE(PG_LEVEL_1G)
 
 
-def vm(npages=1024, backing="2M", base=GFN, ua=HVA, flags=0):
-    slot = KvmMemorySlot(0, base, npages, ua, flags=flags)
-    kvm = Kvm(KvmMemslots([slot]))
-    host_populate(kvm.mm, ua, npages, backing)
-    return kvm, slot
+def vm(npages=1024, backing="2M", base=GFN, ua=HVA, flags=0, populate=True, **config):
+    kvm = kvm_create_vm(**config)
+    vcpu = kvm_vm_ioctl_create_vcpu(kvm)
+    assert set_memory_region(kvm, 0, base << PAGE_SHIFT, npages << PAGE_SHIFT, ua,
+                             flags=flags) == 0
+    if populate:
+        host_populate(kvm.mm, ua, npages, backing)
+    kvm_mmu_reload(vcpu)
+    return kvm, kvm.kvm_memslots().slots[0]
 
 
-# -- host_pfn_mapping_level (Appendix A item 8) ------------------------------------
+def level_of(kvm, gfn, slot):
+    return run_alone(kvm, host_pfn_mapping_level(kvm, gfn, slot))
+
+
+def fault(kvm, gfn, exec=False, max_level=None):
+    """Fault ``gfn`` in on vCPU 0; return (r, the level mapped)."""
+    error_code = PFERR_GUEST_FINAL_MASK | (PFERR_FETCH_MASK if exec else 0)
+    return run_alone(kvm, kvm_mmu_do_page_fault(KvmVcpu(kvm, 0), gfn << PAGE_SHIFT, error_code,
+                                                False, max_level))
+
+
+def step_labels(kvm, gen):
+    """The steps CPU code takes when it runs alone (what each yields, in order)."""
+    labels, value = [], None
+    try:
+        while True:
+            op = gen.send(value)
+            labels.append(op.what())
+            value = op.run(op.prim, op.args, "A", kvm) if type(op) is Op else None
+            labels[-1] = op.label(value, "A", kvm).split(" -> ")[0]
+    except StopIteration:
+        return labels
+
+
+# -- host_pfn_mapping_level ----------------------------------------------------------
 
 @pytest.mark.parametrize("backing,level", [("4K", 1), ("2M", 2), ("1G", 3)])
 def test_returns_the_host_level(backing, level):
     kvm, slot = vm(npages=PAGES_2M, backing=backing)
-    assert L.host_pfn_mapping_level(kvm, GFN + 0x23, slot) == level
+    assert level_of(kvm, GFN + 0x23, slot) == level
 
 
 def test_1g_pud_leaf_wins_whatever_the_pmd_slot_holds():
     kvm, slot = vm(npages=PAGES_2M, backing="1G")
     kvm.mm.mem.reads.clear()
-    assert L.host_pfn_mapping_level(kvm, GFN, slot) == PG_LEVEL_1G
+    assert level_of(kvm, GFN, slot) == PG_LEVEL_1G
     # the walk stops at the PUD: the "PMD" under a 1G leaf is data and is never read
     assert [lv for _, lv, _ in kvm.mm.mem.reads] == [4, 3]
     assert not kvm.mm.mem.bad_reads
@@ -49,25 +85,24 @@ def test_1g_pud_leaf_wins_whatever_the_pmd_slot_holds():
 def test_each_level_is_read_exactly_once():
     kvm, slot = vm(npages=PAGES_2M, backing="4K")
     kvm.mm.mem.reads.clear()
-    L.host_pfn_mapping_level(kvm, GFN + 7, slot)
+    level_of(kvm, GFN + 7, slot)
     ptrs = [p for p, _, _ in kvm.mm.mem.reads]
     assert [lv for _, lv, _ in kvm.mm.mem.reads] == [4, 3, 2]
     assert len(set(ptrs)) == len(ptrs) == 3
 
 
 def test_unmapped_host_address_is_4k_without_touching_data():
-    slot = KvmMemorySlot(0, GFN, 16, HVA)
-    kvm = Kvm(KvmMemslots([slot]))
-    assert L.host_pfn_mapping_level(kvm, GFN, slot) == PG_LEVEL_4K
+    kvm, slot = vm(npages=16, populate=False)
+    assert level_of(kvm, GFN, slot) == PG_LEVEL_4K
+    assert not kvm.mm.mem.bad_reads
 
 
 def test_interrupts_are_off_during_the_walk_and_back_on_after():
     kvm, slot = vm(npages=PAGES_2M, backing="2M")
-    gen = L.host_pfn_mapping_level.steps(kvm, GFN, slot)
-    with pytest.raises(StopIteration):
-        next(gen)
-    assert kvm.rcu.readers == 0
-    assert kvm.steps_taken[-3:] == ["READ_ONCE(*pgdp)", "READ_ONCE(*pudp)", "READ_ONCE(*pmdp)"]
+    labels = step_labels(kvm, host_pfn_mapping_level(kvm, GFN, slot))
+    assert labels == ["local_irq_save()", "READ_ONCE(*pgdp)", "READ_ONCE(*pudp)",
+                      "READ_ONCE(*pmdp)", "local_irq_restore()"]
+    assert kvm.mm.rcu.readers == ()
 
 
 _layouts = st.tuples(
@@ -80,177 +115,223 @@ _layouts = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(_layouts)
 def test_level_is_one_of_three_and_never_exceeds_any_rule(layout):
     k2m, off, npages, ua_off, backing, pick = layout
     base = 4 * PAGES_1G + k2m * PAGES_2M + (off if off % 3 == 0 else 0)
     ua = HVA + ((base % PAGES_1G + ua_off) << PAGE_SHIFT)
-    slot = KvmMemorySlot(0, base, npages, ua)
-    kvm = Kvm(KvmMemslots([slot]))
+    kvm, slot = vm(npages=npages, base=base, ua=ua, populate=False)
     gfn = base + pick % npages
-    host_populate(kvm.mm, L._hva_of(slot, gfn) & ~0xFFF, 1, backing)
-    host = L.host_pfn_mapping_level(kvm, gfn, slot)
-    assert host in L.HOST_LEVELS
-    ret, fault = L.kvm_page_fault(kvm, gfn)
+    hva = ua + ((gfn - base) << PAGE_SHIFT)
+    host_populate(kvm.mm, hva, 1, backing)
+    host = level_of(kvm, gfn, slot)
+    assert host in HOST_LEVELS
+    ret, level = fault(kvm, gfn)
     assert ret == RET_PF_FIXED
-    level = fault.goal_level
     assert level <= host                                        # the host level
     assert all(lpage_info_slot(gfn, slot, lv) == 0 for lv in range(2, level + 1))  # disallow_lpage
     mask = KVM_PAGES_PER_HPAGE(level) - 1
     assert (base & mask) == ((ua >> PAGE_SHIFT) & mask)         # the alignment rule
-    # Appendix A item 9: level = min(host, the first level <= 1G that the slot allows)
+    # level = min(host, the first level <= 1G that the slot allows)
     first = next(lv for lv in (3, 2, 1) if lv == 1 or lpage_info_slot(gfn, slot, lv) == 0)
     assert level == min(host, first)
-    base_gfn, pfn, mapped = kvm.mappings.lookup(gfn)
-    assert mapped == level and pfn + (gfn - base_gfn) == host_translation(
-        kvm.mm, L._hva_of(slot, gfn))[0]
-    assert not kvm.warnings
+    # The one leaf KVM installed maps the gfn to the page the host maps there.
+    assert R.kvm_leaf_of(kvm, gfn) == (level, host_translation(kvm.mm, hva)[0])
+    assert R.kvm_maps_what_host_maps(kvm) and not kvm.warnings
 
 
 def test_513_page_slot_maps_its_last_page_4k():
-    # kernel-facts §2.4's worked example (the pre_fault selftest layout)
+    # The pre_fault selftest layout: 513 pages at a 2M-aligned gfn.
     kvm, slot = vm(npages=513, backing="2M")
-    assert L.kvm_mmu_max_mapping_level(kvm, slot, GFN + 511) == PG_LEVEL_2M
-    assert L.kvm_mmu_max_mapping_level(kvm, slot, GFN + 512) == PG_LEVEL_4K
-    assert L.lpage_disallow_reasons(slot, GFN + 512, PG_LEVEL_2M) == [
+    assert run_alone(kvm, kvm_mmu_max_mapping_level(kvm, slot, GFN + 511)) == PG_LEVEL_2M
+    assert run_alone(kvm, kvm_mmu_max_mapping_level(kvm, slot, GFN + 512)) == PG_LEVEL_4K
+    assert lpage_disallow_reasons(slot, GFN + 512, PG_LEVEL_2M) == [
         "the slot ends at gfn 0x100201, inside the 2M page [0x100200, 0x100400)"]
 
 
 def test_max_level_skips_the_host_walk_when_the_slot_says_4k():
     kvm, slot = vm(npages=PAGES_2M, backing="2M", ua=HVA + 0x1000)
     kvm.mm.mem.reads.clear()
-    assert L.kvm_mmu_max_mapping_level(kvm, slot, GFN) == PG_LEVEL_4K
+    assert run_alone(kvm, kvm_mmu_max_mapping_level(kvm, slot, GFN)) == PG_LEVEL_4K
     assert kvm.mm.mem.reads == []
 
 
 def test_private_memory_ignores_the_host():
     kvm, slot = vm(npages=PAGES_2M, backing="4K")
-    assert L.__kvm_mmu_max_mapping_level(kvm, slot, GFN, PG_LEVEL_2M, True) == PG_LEVEL_2M
-    assert L.__kvm_mmu_max_mapping_level(kvm, slot, GFN, PG_LEVEL_2M, False) == PG_LEVEL_4K
+    assert run_alone(kvm, __kvm_mmu_max_mapping_level(kvm, slot, GFN, PG_LEVEL_2M, True)) \
+        == PG_LEVEL_2M
+    assert run_alone(kvm, __kvm_mmu_max_mapping_level(kvm, slot, GFN, PG_LEVEL_2M, False)) \
+        == PG_LEVEL_4K
 
 
 def test_max_huge_page_level_caps_the_level():
     kvm, slot = vm(npages=PAGES_1G, backing="1G")
-    assert L.kvm_mmu_max_mapping_level(kvm, slot, GFN) == PG_LEVEL_1G
-    kvm.max_huge_page_level = PG_LEVEL_2M
-    assert L.kvm_mmu_max_mapping_level(kvm, slot, GFN) == PG_LEVEL_2M
+    assert run_alone(kvm, kvm_mmu_max_mapping_level(kvm, slot, GFN)) == PG_LEVEL_1G
+    kvm, slot = vm(npages=PAGES_1G, backing="1G", max_huge_page_level=PG_LEVEL_2M)
+    assert run_alone(kvm, kvm_mmu_max_mapping_level(kvm, slot, GFN)) == PG_LEVEL_2M
 
 
 # -- kvm_mmu_hugepage_adjust --------------------------------------------------------
 
 def test_dirty_logging_means_4k():
-    kvm, slot = vm(backing="2M", flags=KVM_MEM_LOG_DIRTY_PAGES)
-    assert L.kvm_page_fault(kvm, GFN + 5)[1].goal_level == PG_LEVEL_4K
+    kvm, _ = vm(backing="2M", flags=KVM_MEM_LOG_DIRTY_PAGES)
+    assert fault(kvm, GFN + 5) == (RET_PF_FIXED, PG_LEVEL_4K)
 
 
 def test_nx_workaround_keeps_req_level_but_maps_4k():
-    kvm, slot = vm(backing="2M")
-    ret, fault = L.kvm_page_fault(kvm, GFN + 5, exec=True, nx_huge_page_workaround_enabled=True)
-    assert fault.huge_page_disallowed and fault.req_level == PG_LEVEL_2M
-    assert fault.goal_level == PG_LEVEL_4K and fault.pfn & 511 == 5
+    kvm, slot = vm(backing="2M", nx_huge_pages=True)
+    assert fault(kvm, GFN + 5, exec=True) == (RET_PF_FIXED, PG_LEVEL_4K)
+    assert R.kvm_leaf_of(kvm, GFN + 5)[1] & 511 == 5
+    f = KvmPageFault(addr=(GFN + 5) << PAGE_SHIFT, error_code=PFERR_FETCH_MASK, prefetch=False,
+                     nx_huge_page_workaround_enabled=True, slot=slot, pfn=0x40005)
+    run_alone(kvm, kvm_mmu_hugepage_adjust(KvmVcpu(kvm, 0), f))
+    assert f.huge_page_disallowed and f.req_level == PG_LEVEL_2M
+    assert f.goal_level == PG_LEVEL_4K and f.pfn == 0x40005
+    # A data access of the same VM still maps 2M.
+    assert fault(kvm, GFN + 0x205) == (RET_PF_FIXED, PG_LEVEL_2M)
 
 
 def test_shadowed_gfn_is_4k():
     kvm, slot = vm(backing="2M")
-    kvm_mmu_gfn_disallow_lpage(slot, GFN + 5)
-    assert L.kvm_page_fault(kvm, GFN + 6)[1].goal_level == PG_LEVEL_4K
+    kvm.kvm_memslots().replace(slot, kvm_mmu_gfn_disallow_lpage(slot, GFN + 5))
+    assert fault(kvm, GFN + 6) == (RET_PF_FIXED, PG_LEVEL_4K)
     assert "kvm_mmu_gfn_disallow_lpage() was called 1 time(s)" in \
-        L.lpage_disallow_reasons(slot, GFN + 6, PG_LEVEL_2M)[0]
+        lpage_disallow_reasons(kvm.kvm_memslots().slots[0], GFN + 6, PG_LEVEL_2M)[0]
+
+
+def _adjusted(kvm, slot, pfn, **kw):
+    f = KvmPageFault(addr=(GFN + 5) << PAGE_SHIFT, error_code=0, prefetch=False, slot=slot,
+                     pfn=pfn, **kw)
+    run_alone(kvm, kvm_mmu_hugepage_adjust(KvmVcpu(kvm, 0), f))
+    return f
 
 
 def test_adjust_masks_the_pfn_and_reports_a_mismatch_as_vm_bug_on():
     kvm, slot = vm(backing="2M")
-    fault = L.KvmPageFault(GFN + 5, slot)
-    fault.pfn = 0x40005
-    L.kvm_mmu_hugepage_adjust(kvm, fault)
-    assert (fault.goal_level, fault.pfn) == (PG_LEVEL_2M, 0x40000) and not kvm.warnings
-    bad = L.KvmPageFault(GFN + 5, slot)
-    bad.pfn = 0x40006
-    L.kvm_mmu_hugepage_adjust(kvm, bad)
+    good = _adjusted(kvm, slot, 0x40005)
+    assert (good.goal_level, good.pfn) == (PG_LEVEL_2M, 0x40000) and not kvm.warnings
+    _adjusted(kvm, slot, 0x40006)
     assert kvm.warnings and kvm.warnings[0].startswith("VM_BUG_ON")
 
 
 def test_max_level_4k_and_missing_pfn_stay_4k():
     kvm, slot = vm(backing="2M")
-    fault = L.KvmPageFault(GFN, slot, max_level=PG_LEVEL_4K)
-    fault.pfn = 0x40000
-    L.kvm_mmu_hugepage_adjust(kvm, fault)
-    assert fault.goal_level == PG_LEVEL_4K
-    nopfn = L.KvmPageFault(GFN, slot)
-    L.kvm_mmu_hugepage_adjust(kvm, nopfn)
-    assert nopfn.goal_level == PG_LEVEL_4K
+    assert _adjusted(kvm, slot, 0x40000, max_level=PG_LEVEL_4K).goal_level == PG_LEVEL_4K
+    assert _adjusted(kvm, slot, None).goal_level == PG_LEVEL_4K
 
 
 # -- the fault-side protocol ---------------------------------------------------------
 
-def test_fault_on_an_unmapped_host_page_retries():
-    slot = KvmMemorySlot(0, GFN, 16, HVA)
-    kvm = Kvm(KvmMemslots([slot]))
-    assert L.kvm_page_fault(kvm, GFN)[0] == RET_PF_RETRY
+def test_a_fault_on_a_host_address_nothing_maps_yet_faults_a_zeroed_page_in():
+    kvm, _ = vm(npages=16, populate=False)
+    assert fault(kvm, GFN) == (RET_PF_FIXED, PG_LEVEL_4K)
+    pfn, level = host_translation(kvm.mm, HVA)
+    assert level == PG_LEVEL_4K and R.kvm_leaf_of(kvm, GFN) == (PG_LEVEL_4K, pfn)
+    assert kvm.mm.mem.read_data(pfn, 0) == 0
 
 
-def test_fault_during_an_invalidation_of_its_gfn_retries_before_gup():
-    kvm, slot = vm(backing="4K")
+def test_a_fault_during_an_invalidation_of_its_gfn_retries_before_gup():
+    kvm, _ = vm(backing="4K")
     kvm.mmu_invalidate_in_progress = 1
     kvm.mmu_invalidate_range_start, kvm.mmu_invalidate_range_end = GFN, GFN + 1
-    ret, fault = L.kvm_page_fault(kvm, GFN)
-    assert ret == RET_PF_RETRY and fault.pfn is None
-    assert L.kvm_page_fault(kvm, GFN + 1)[0] == RET_PF_FIXED
+    labels = step_labels(kvm, kvm_mmu_do_page_fault(KvmVcpu(kvm, 0), GFN << PAGE_SHIFT,
+                                                    PFERR_GUEST_FINAL_MASK, False))
+    assert labels[-1] == "mmu_invalidate_retry_gfn_unsafe?" and "gup" not in " ".join(labels)
+    assert fault(kvm, GFN + 1) == (RET_PF_FIXED, PG_LEVEL_4K)
 
 
-def test_fault_after_collapse_maps_2m():
-    kvm, slot = vm(npages=PAGES_2M, backing="4K")
-    assert L.kvm_page_fault(kvm, GFN + 3)[1].goal_level == PG_LEVEL_4K
-    collapse_huge_page(kvm, HVA)
-    assert kvm.mappings.items() == []          # the collapse zapped KVM's 4K mapping
-    assert L.kvm_page_fault(kvm, GFN + 3)[1].goal_level == PG_LEVEL_2M
+def test_a_fault_after_a_collapse_maps_2m():
+    kvm, _ = vm(npages=PAGES_2M, backing="4K")
+    assert fault(kvm, GFN + 3) == (RET_PF_FIXED, PG_LEVEL_4K)
+    run_alone(kvm, collapse_huge_page(kvm.mm, HVA))
+    assert R.kvm_leaf_of(kvm, GFN + 3) is None      # the collapse zapped KVM's 4K leaf
+    assert fault(kvm, GFN + 3) == (RET_PF_FIXED, PG_LEVEL_2M)
+    assert R.kvm_maps_what_host_maps(kvm) and not kvm.warnings
+
+
+# -- huge pages again, under mmu_lock held for read ----------------------------------
+
+def _recovery_world():
+    return R.host_level_world(backing="2M", kvm_maps=PG_LEVEL_4K, touched=False)
+
+
+def test_recovery_replaces_the_4k_table_with_a_2m_leaf_from_its_leaf():
+    kvm = _recovery_world()
+    assert R.kvm_leaf_of(kvm, R.FAULT_GFN)[0] == PG_LEVEL_4K
+    run_alone(kvm, R.recover_huge_pages(kvm))
+    level, pfn = R.kvm_leaf_of(kvm, R.FAULT_GFN)
+    assert (level, pfn) == (PG_LEVEL_2M, host_translation(kvm.mm, R.FAULT_HVA)[0])
+    assert R.kvm_maps_what_host_maps(kvm) and not kvm.warnings
+
+
+def test_recovery_finds_no_leaf_after_the_notifier_zapped_it():
+    kvm = _recovery_world()
+    run_alone(kvm, __split_huge_pmd(kvm.mm, HVA))     # zaps the 4K leaf, keeps the table
+    run_alone(kvm, R.recover_huge_pages(kvm))
+    assert R.kvm_leaf_of(kvm, R.FAULT_GFN) is None and not kvm.warnings
+
+
+def test_recovery_with_dirty_logging_on_is_a_warning():
+    from kvmmu.mmu import kvm_mmu_recover_huge_pages
+    kvm, slot = vm(backing="2M", flags=KVM_MEM_LOG_DIRTY_PAGES)
+    run_alone(kvm, kvm_mmu_recover_huge_pages(kvm, slot))
+    assert kvm.warnings == ("WARN_ON_ONCE: recover_huge_pages_range with dirty logging on",)
+
+
+def test_the_612_collapsible_zap_zaps_the_table_and_the_next_fault_maps_2m():
+    kvm = _recovery_world()
+    run_alone(kvm, R.zap_collapsible(kvm))
+    assert R.kvm_leaf_of(kvm, R.FAULT_GFN) is None
+    assert fault(kvm, R.FAULT_GFN) == (RET_PF_FIXED, PG_LEVEL_2M)
+    assert not kvm.warnings
 
 
 # -- bad input ------------------------------------------------------------------------
 
 def test_gfn_outside_any_slot():
     kvm, slot = vm()
-    with pytest.raises(ValueError, match="not in any memslot"):
-        L.kvm_page_fault(kvm, GFN - 1)
     with pytest.raises(ValueError, match="outside slot 0"):
-        L.host_pfn_mapping_level(kvm, GFN + 1024, slot)
+        run_alone(kvm, host_pfn_mapping_level(kvm, GFN + 1024, slot))
     with pytest.raises(ValueError, match="not in any memslot"):
-        L.explain_mapping_level(kvm, 5)
+        explain_mapping_level(kvm, 5)
 
 
 def test_wrong_types_and_levels():
     kvm, slot = vm()
     with pytest.raises(TypeError, match="slot must be a KvmMemorySlot"):
-        L.host_pfn_mapping_level(kvm, GFN, "slot 0")
+        next(host_pfn_mapping_level(kvm, GFN, "slot 0"))
     with pytest.raises(TypeError, match="gfn must be an integer"):
-        L.host_pfn_mapping_level(kvm, "0x100000", slot)
+        next(host_pfn_mapping_level(kvm, "0x100000", slot))
     with pytest.raises(ValueError, match="max_level must be in"):
-        L.__kvm_mmu_max_mapping_level(kvm, slot, GFN, 7, False)
+        next(__kvm_mmu_max_mapping_level(kvm, slot, GFN, 7, False))
     with pytest.raises(ValueError, match="level must be in"):
-        L.lpage_disallow_reasons(slot, GFN, PG_LEVEL_4K)
+        lpage_disallow_reasons(slot, GFN, PG_LEVEL_4K)
     with pytest.raises(ValueError, match="max_level must be in"):
-        L.KvmPageFault(GFN, slot, max_level=4)
+        KvmPageFault(addr=0, error_code=0, prefetch=False, max_level=4)
 
 
-def test_misaligned_host_address_is_refused():
+def test_make_host_vm_refuses_bad_arguments():
     with pytest.raises(ValueError, match="userspace_addr must be 4 KiB aligned"):
-        L.make_host_vm(GFN, 16, HVA + 8, "4K", GFN)
+        R.make_host_vm(GFN, 16, HVA + 8, "4K", GFN)
     with pytest.raises(ValueError, match="backing must be one of"):
-        L.make_host_vm(GFN, 16, HVA, "8K", GFN)
+        R.make_host_vm(GFN, 16, HVA, "8K", GFN)
     with pytest.raises(ValueError, match="event must be one of"):
-        L.make_host_vm(GFN, 16, HVA, "4K", GFN, event="reboot")
+        R.make_host_vm(GFN, 16, HVA, "4K", GFN, event="reboot")
+    with pytest.raises(ValueError, match="outside slot 0"):
+        R.make_host_vm(GFN, 16, HVA, "4K", GFN + 16)
 
 
 # -- the explanation, the widget view, the figure data, the exercises -----------------
 
 def test_explanation_agrees_with_the_fault():
-    kvm = L.make_host_vm(GFN, 0x400, HVA, "2M", GFN + 0x123)
-    d = L.explain_mapping_level(kvm, GFN + 0x123)
+    kvm = R.make_host_vm(GFN, 0x400, HVA, "2M", GFN + 0x123)
+    d = explain_mapping_level(kvm, GFN + 0x123)
     assert (d.level, d.host_level, d.slot_level, d.ret) == (2, 2, 2, "RET_PF_FIXED")
     assert d.mapped_pfn == d.pfn & ~511
     assert [w for w, _ in d.steps] == ["memslot", "start", "lpage_info 1G", "lpage_info 2M",
                                        "host walk", "pfn", "result"]
+    assert R.kvm_leaf_of(kvm, GFN + 0x123) == (PG_LEVEL_2M, d.pfn)
 
 
 @pytest.mark.parametrize("kwargs,error", [
@@ -279,6 +360,7 @@ def test_widget_view_never_raises_and_explains_bad_input(kwargs, error):
 @pytest.mark.parametrize("backing,event,level", [
     ("4K", "none", "4K"), ("2M", "none", "2M"), ("4K", "khugepaged collapses the 2M around it", "2M"),
     ("2M", "the host splits the THP", "4K"), ("2M", "the host promotes the 1G around it", "2M"),
+    ("4K", "the host migrates the page", "4K"),
 ])
 def test_widget_view_levels(backing, event, level):
     view = host_mapping_view(backing=backing, event=event)
@@ -303,8 +385,7 @@ def test_widget_builds():
 
 
 def test_figure_data_marks_the_entries_each_walk_read():
-    slot = KvmMemorySlot(0, GFN, 0x400, HVA)
-    kvm = Kvm(KvmMemslots([slot]))
+    kvm, _ = vm(npages=0x400, populate=False)
     host_populate(kvm.mm, HVA, 0x200, "2M")
     host_populate(kvm.mm, HVA + (2 << 20), 0x200, "4K")
     data = host_walk_data(kvm, [GFN + 1, GFN + 0x201])
@@ -331,27 +412,45 @@ def test_exercises_are_seeded_and_answered_by_the_model():
         problem(-1)
 
 
+def test_split_during_explain():
+    kvm, _ = vm(npages=PAGES_2M, backing="2M")
+    run_alone(kvm, __split_huge_pmd(kvm.mm, HVA))
+    assert explain_mapping_level(kvm, GFN).level == PG_LEVEL_4K
+
+
 # -- the races: every scenario's exhaustive verdict -------------------------------------
 
+CHAPTER_2 = {name: e for name, e in all_scenarios().items() if e.chapter == 2}
+
+
+def test_the_chapter_scenarios_are_all_listed():
+    assert set(CHAPTER_2) == set(R.SCENARIOS)
+
+
 @pytest.mark.parametrize("name", list(R.SCENARIOS))
-def test_exhaustive_verdicts(name):
-    factory, must_hold = R.SCENARIOS[name]
-    result = explore(factory())
-    assert result.violated != must_hold, result.summary()
-    if must_hold:
+def test_exhaustive_verdicts_on_the_snapshot_engine(name):
+    entry = R.SCENARIOS[name]
+    result = explore(entry.build())
+    assert result.violated == (entry.expect == "violated"), result.summary()
+    if entry.expect == "holds":
         assert result.exhaustive and result.complete_runs >= 1
-    # The actors hold no object from inside the world across a step and read
-    # shared state only in steps, so the snapshot engine runs them (no fallback).
-    assert result.note == "", result.note
+    # The actors read shared state only in steps and keep handles and values
+    # across them, so the snapshot engine runs them (no replay fallback).
+    assert result.method == "snapshot" and result.note == "", result.note
 
 
-@pytest.mark.parametrize("name", ["walk: re-reads entries", "rule 1 vs collapse",
-                                  "rule 3 hint vs split"])
+@pytest.mark.parametrize("name", ["walk-rereads", "rule1-vs-migrate", "rule3-zap-vs-split"])
 def test_snapshot_and_replay_explore_the_same_states(name):
-    factory, _ = R.SCENARIOS[name]
-    a = explore(factory(), stop_at_first=False)
-    b = explore(factory(), stop_at_first=False, method="replay")
+    a = explore(R.SCENARIOS[name].build(), stop_at_first=False)
+    b = explore(R.SCENARIOS[name].build(), stop_at_first=False, method="replay")
     assert (a.states, a.transitions, a.violated) == (b.states, b.transitions, b.violated)
+
+
+@pytest.mark.parametrize("name", ["walk-rereads", "no-check-vs-collapse", "rule2-unchecked",
+                                  "rule2-recovery-vs-split"])
+def test_every_actor_rebuilds_to_the_same_state(name, capsys):
+    sc = R.SCENARIOS[name].build()
+    assert all(check_actor.check(sc, a.letter) for a in sc.actors), capsys.readouterr().out
 
 
 def test_rereading_walker_reads_the_1g_page_as_a_pmd_table():
@@ -373,20 +472,35 @@ def test_safe_walker_returns_the_level_before_or_after():
 
 
 def test_rule1_retries_where_the_unchecked_fault_maps_freed_memory():
-    sched = "AAAA" + "B" * 14 + "A" * 9
-    bad = run_schedule(R.fault_vs_host("no check", "migrate"), sched)
+    # The fault's lockless part (memslot lookup, the snapshot, the pre-check,
+    # gup, the pre-check again), then the host's whole migration, then the rest.
+    world = R.host_level_world()
+    host_steps = len(step_labels(world, R.host_migrates(world)))
+    sched = "A" * 5 + "B" * host_steps
+    bad = run_schedule(R.fault_vs_host("no check", "migrate"), sched, complete=True)
     assert bad.violation == "KVM maps what the host maps"
-    good = run_schedule(R.fault_vs_host("rule 1", "migrate"), sched[:-6], complete=True)
+    good = run_schedule(R.fault_vs_host("rule 1", "migrate"), sched, complete=True)
     assert good.violation is None and good.results["A"] == "RET_PF_RETRY"
 
 
-def test_rule2_existing_mapping_can_promote_and_stays_correct():
-    result, outcomes = R.final_outcomes(R.recovery_vs_split())
+def test_rule2_recovery_either_promotes_or_finds_nothing_and_stays_correct():
+    result, outcomes = R.final_outcomes(R.recovery_vs_split(), outcome=R.recovery_ending)
     assert not result.violated
-    assert {dict(k)["A"] for k in outcomes} == {"promoted to 2M", "no 4K mapping: nothing to do"}
+    assert set(outcomes) == {"recovered a 2M leaf", "found no 4K leaf: nothing recovered"}
 
 
-def test_split_during_explain():
-    kvm, slot = vm(npages=PAGES_2M, backing="2M")
-    __split_huge_pmd(kvm, HVA)
-    assert L.explain_mapping_level(kvm, GFN).level == PG_LEVEL_4K
+def test_rule3_zap_either_zaps_the_table_or_keeps_it_and_stays_correct():
+    result, outcomes = R.final_outcomes(R.hint_vs_split(), outcome=R.zap_ending)
+    assert not result.violated
+    assert set(outcomes) == {"zapped the 4K table", "kept the 4K table"}
+
+
+def test_scenario_builders_refuse_unknown_variants():
+    with pytest.raises(ValueError, match="which"):
+        R.walk_vs_promotion("twice")
+    with pytest.raises(ValueError, match="consumer"):
+        R.fault_vs_host("no lock")
+    with pytest.raises(ValueError, match="host"):
+        R.fault_vs_host("rule 1", "swap")
+    with pytest.raises(TypeError, match="the world must be a Kvm"):
+        next(R.fault_rule1("world"))

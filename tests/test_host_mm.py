@@ -1,32 +1,57 @@
-"""The host page tables: entry format, walks, typed memory, and the mm operations."""
+"""The host page tables: entry format, walks, typed memory, and the mm operations as CPU code."""
+import copy
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmmu import host_mm as H
-from kvmmu.explorer import World
+from kvmmu.cpu import ModelHang, run_alone
+from kvmmu.explorer import Op, World, step
+from kvmmu.kvm_host import KVM_PFN_ERR_FAULT, hva_to_pfn
+from kvmmu.kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from kvmmu.levels import PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
+from kvmmu.mmu import kvm_mmu_page_fault, kvm_mmu_reload
+from kvmmu.pferr import PFERR_GUEST_FINAL_MASK
 
 HVA = 0x7F0000000000
 
 
+def host(backing="4K", npages=512, hva=HVA):
+    """A world holding one host mm (no KVM), populated with ``backing``."""
+    world = World()
+    mm = H.HostMm(world)
+    H.host_populate(mm, hva, npages, backing)
+    return world, mm
+
+
+def run_traced(world, gen, cpu="A"):
+    """Run CPU code alone like run_alone, and return (result, the labels of its steps)."""
+    labels, value = [], None
+    try:
+        while True:
+            op = gen.send(value)
+            value = op.run(op.prim, op.args, cpu, world) if type(op) is Op else None
+            labels.append(op.label(value, cpu, world))
+    except StopIteration as stop:
+        return stop.value, labels
+
+
 class Recorder:
-    """A notifier subscriber that records what it is told."""
+    """A notifier subscriber that records what it is told, one step each."""
 
     def __init__(self):
         self.events = []
 
-    def invalidate_range_start(self, machine, start, end):
-        yield from machine.step("start", lambda: self.events.append(("start", start, end)))
+    def start(self, sub, start, end):
+        yield from step("start", lambda: self.events.append(("start", start, end)))
 
-    def invalidate_range_end(self, machine, start, end):
-        yield from machine.step("end", lambda: self.events.append(("end", start, end)))
+    def end(self, sub, start, end):
+        yield from step("end", lambda: self.events.append(("end", start, end)))
 
-
-def machine_with(backing="4K", npages=512, hva=HVA):
-    m = H.HostMachine()
-    H.host_populate(m.mm, hva, npages, backing)
-    return m
+    def subscribe(self, mm):
+        mm.notifier_subscriptions.append(
+            H.MmuNotifier(H.MmuNotifierOps(self.start, self.end), self))
 
 
 # -- entry format and indices -------------------------------------------------
@@ -67,48 +92,48 @@ def test_offsets_come_from_values_not_pointers():
 
 @pytest.mark.parametrize("backing,level", [("4K", 1), ("2M", 2), ("1G", 3)])
 def test_populate_maps_at_the_backing_size(backing, level):
-    m = machine_with(backing)
-    pfn, found = H.host_translation(m.mm, HVA + (0x23 << PAGE_SHIFT))
+    _, mm = host(backing)
+    pfn, found = H.host_translation(mm, HVA + (0x23 << PAGE_SHIFT))
     assert found == level
-    assert H.host_level_truth(m.mm, HVA) == level
+    assert H.host_level_truth(mm, HVA) == level
     # small pages sit where a split THP's would: pfn low bits = hva low bits
     assert pfn & 511 == 0x23
 
 
 def test_populate_covers_a_misaligned_range_with_whole_thps():
-    m = H.HostMachine()
-    pfns = H.host_populate(m.mm, HVA + 0x1000, 512, "2M")
+    mm = H.HostMm(World())
+    pfns = H.host_populate(mm, HVA + 0x1000, 512, "2M")
     assert len(pfns) == 2  # the range straddles two 2M blocks
-    assert H.host_translation(m.mm, HVA)[1] == PG_LEVEL_2M
-    assert H.host_populate(m.mm, HVA, 512, "2M") == []  # already there
+    assert H.host_translation(mm, HVA)[1] == PG_LEVEL_2M
+    assert H.host_populate(mm, HVA, 512, "2M") == []  # already there
+    assert mm.in_vma(HVA) and mm.in_vma(HVA + (4 << 20) - 1) and not mm.in_vma(HVA + (4 << 20))
 
 
 def test_unmapped_address_has_no_translation_and_reads_as_4k():
-    m = H.HostMachine()
-    assert H.host_translation(m.mm, HVA) is None
-    assert H.host_level_truth(m.mm, HVA) == PG_LEVEL_4K
+    mm = H.HostMm(World())
+    assert H.host_translation(mm, HVA) is None
+    assert H.host_level_truth(mm, HVA) == PG_LEVEL_4K
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(["4K", "2M", "1G"]), st.integers(0, 511), st.integers(1, 512))
 def test_host_maps_range_agrees_with_page_by_page(backing, start, n):
-    m = machine_with(backing, npages=1024)
+    _, mm = host(backing, npages=1024)
     hva = HVA + (start << PAGE_SHIFT)
-    pfn = H.host_translation(m.mm, hva)[0]
-    brute = all(H.host_translation(m.mm, hva + (i << PAGE_SHIFT)) == (pfn + i, H.host_translation(
-        m.mm, hva + (i << PAGE_SHIFT))[1]) for i in range(n))
-    assert H.host_maps_range(m.mm, hva, n, pfn) == brute
-    assert not H.host_maps_range(m.mm, hva, n, pfn + 1)
+    pfn = H.host_translation(mm, hva)[0]
+    brute = all(H.host_translation(mm, hva + (i << PAGE_SHIFT))[0] == pfn + i for i in range(n))
+    assert H.host_maps_range(mm, hva, n, pfn) == brute
+    assert not H.host_maps_range(mm, hva, n, pfn + 1)
 
 
 # -- typed memory -------------------------------------------------------------
 
 def test_load_records_reads_of_the_wrong_kind_of_memory():
-    m = machine_with("2M")
-    mem = m.mm.mem
-    pud_ptr = m.mm.entry_ptr(HVA, H.PUD)
+    _, mm = host("2M")
+    mem = mm.mem
+    pud_ptr = mm.entry_ptr(HVA, H.PUD)
     assert mem.load(pud_ptr, H.PUD) and not mem.bad_reads
-    leaf = mem.peek(m.mm.entry_ptr(HVA, H.PMD))
+    leaf = mem.peek(mm.entry_ptr(HVA, H.PMD))
     assert mem.load(H.EntryPtr(H.entry_pfn(leaf), 3), H.PTE) == H.GUEST_DATA_WORD
     assert "2M data folio" in str(mem.bad_reads[-1])
     mem.load(pud_ptr, H.PMD)   # right page, wrong level
@@ -119,7 +144,7 @@ def test_load_records_reads_of_the_wrong_kind_of_memory():
 
 
 def test_freed_tables_are_never_reused_and_reads_are_caught():
-    mem = H.HostMemory()
+    mem = H.HostMemory(World())
     t = mem.alloc_table(H.PMD)
     mem.free(t)
     assert mem.alloc_table(H.PMD) != t
@@ -132,7 +157,7 @@ def test_freed_tables_are_never_reused_and_reads_are_caught():
 
 
 def test_folio_alignment_and_color():
-    mem = H.HostMemory()
+    mem = H.HostMemory(World())
     assert mem.alloc_folio(PG_LEVEL_1G) % (1 << 18) == 0
     assert mem.alloc_folio(PG_LEVEL_2M) % 512 == 0
     assert mem.alloc_folio(PG_LEVEL_4K, color=0x77) % 512 == 0x77
@@ -142,57 +167,99 @@ def test_folio_alignment_and_color():
         mem.alloc_folio(4)
 
 
-def test_snapshot_changes_with_an_entry():
-    m = machine_with("4K")
-    before = m.mm.snapshot()
-    H.migrate_page(m, HVA)
-    assert m.mm.snapshot() != before
+def test_host_memory_is_one_shared_object_of_the_world():
+    world, mm = host("4K")
+    assert world.primitive("host memory") is mm.mem
+    assert isinstance(world.primitive("IRQs off (page-table freeing)"), H.IrqsOff)
+    before = world._key()
+    run_alone(world, H.migrate_page(mm, HVA))
+    assert world._key() != before
+    saved = mm.mem._state()
+    mm.mem._load(before[0][0])
+    assert mm.mem.snapshot() != saved and mm.mem._state() == before[0][0]
 
 
-# -- mm operations ------------------------------------------------------------
+# -- mm operations, run alone -------------------------------------------------
 
-def test_collapse_makes_a_thp_frees_the_old_table_and_notifies():
-    m = machine_with("4K", npages=3)
+def test_collapse_makes_a_thp_copies_the_data_frees_the_old_table_and_notifies():
+    world, mm = host("4K", npages=3)
+    mm.mem.write_data(H.host_translation(mm, HVA + 0x2000)[0], 8, 0x1234)
     rec = Recorder()
-    m.mm.notifier_subscriptions.append(rec)
-    old_table = H.entry_pfn(m.mm.mem.peek(m.mm.entry_ptr(HVA, H.PMD)))
-    new = H.collapse_huge_page(m, HVA)
-    assert H.host_translation(m.mm, HVA + 0x5000) == (new + 5, PG_LEVEL_2M)
-    assert m.mm.mem.pages[old_table].freed
+    rec.subscribe(mm)
+    old_table = H.entry_pfn(mm.mem.peek(mm.entry_ptr(HVA, H.PMD)))
+    new, labels = run_traced(world, H.collapse_huge_page(mm, HVA))
+    assert H.host_translation(mm, HVA + 0x5000) == (new + 5, PG_LEVEL_2M)
+    assert mm.mem.read_data(new + 2, 8) == 0x1234          # khugepaged copied the page
+    assert mm.mem.pages[old_table].freed
     assert rec.events == [("start", HVA, HVA + (2 << 20)), ("end", HVA, HVA + (2 << 20))]
     # the free comes after the grace period, which comes after the notifier's end
-    steps = m.steps_taken
-    assert steps.index("end") < steps.index(next(s for s in steps if s.startswith("free old")))
+    free = next(i for i, s in enumerate(labels) if s.startswith("free old"))
+    assert labels.index("end") < labels.index(
+        next(s for s in labels if s.startswith("synchronize_rcu"))) < free
 
 
 def test_promote_pud_to_1g():
-    m = machine_with("2M", npages=1024)
-    new = H.collapse_huge_page(m, HVA, PG_LEVEL_1G)
-    assert H.host_translation(m.mm, HVA + (7 << 21)) == (new + 7 * 512, PG_LEVEL_1G)
-    freed = [p for p in m.mm.mem.pages.values() if p.freed]
+    world, mm = host("2M", npages=1024)
+    new = run_alone(world, H.collapse_huge_page(mm, HVA, PG_LEVEL_1G))
+    assert H.host_translation(mm, HVA + (7 << 21)) == (new + 7 * 512, PG_LEVEL_1G)
+    freed = [p for p in mm.mem.pages.values() if p.freed]
     assert {p.kind for p in freed} == {"table", "folio"}
 
 
 def test_split_keeps_the_same_pages_at_4k():
-    m = machine_with("2M")
-    pfn = H.host_translation(m.mm, HVA + 0x7000)[0]
-    H.__split_huge_pmd(m, HVA)
-    assert H.host_translation(m.mm, HVA + 0x7000) == (pfn, PG_LEVEL_4K)
+    world, mm = host("2M")
+    pfn = H.host_translation(mm, HVA + 0x7000)[0]
+    run_alone(world, H.__split_huge_pmd(mm, HVA))
+    assert H.host_translation(mm, HVA + 0x7000) == (pfn, PG_LEVEL_4K)
 
 
 def test_migrate_moves_the_page_and_frees_the_old_one():
-    m = machine_with("4K")
-    old = H.host_translation(m.mm, HVA)[0]
-    new = H.migrate_page(m, HVA)
-    assert new != old and H.host_translation(m.mm, HVA) == (new, PG_LEVEL_4K)
-    assert m.mm.mem.pages[old].freed
+    world, mm = host("4K")
+    old = H.host_translation(mm, HVA)[0]
+    new = run_alone(world, H.migrate_page(mm, HVA))
+    assert new != old and H.host_translation(mm, HVA) == (new, PG_LEVEL_4K)
+    assert mm.mem.pages[old].freed
+
+
+def test_migration_leaves_a_migration_entry_and_gup_waits_on_it():
+    kvm = kvm_create_vm()
+    vcpu = kvm_vm_ioctl_create_vcpu(kvm)
+    set_memory_region(kvm, 1, 0x100000 << PAGE_SHIFT, 0x1000, HVA)
+    H.host_populate(kvm.mm, HVA, 1, "4K")
+    kvm_mmu_reload(vcpu)
+    gen = H.migrate_page(kvm.mm, HVA)
+    value = None
+    while True:     # run the migration up to the migration entry
+        op = gen.send(value)
+        value = op.run(op.prim, op.args, "B", kvm)
+        if op.what() == "PTE = migration entry":
+            break
+    ptr = kvm.mm.entry_ptr(HVA, H.PTE)
+    assert H.describe_entry(kvm.mm.mem.peek(ptr), H.PTE).startswith("migration entry @")
+    assert H.host_translation(kvm.mm, HVA) is None
+    assert hva_to_pfn(kvm, HVA) == KVM_PFN_ERR_FAULT
+    # The invalidation is in progress, so the fault path retries before gup;
+    # with it ended early (an experiment) gup itself would wait.
+    kvm.mmu_invalidate_in_progress = 0
+    kvm.mmu_invalidate_seq += 1
+    with pytest.raises(ModelHang, match="gup waits for the migration to finish"):
+        run_alone(kvm, kvm_mmu_page_fault(vcpu, 0x100000 << PAGE_SHIFT, PFERR_GUEST_FINAL_MASK))
 
 
 def test_unmap_and_free_tables():
-    m = machine_with("4K", npages=1)
-    H.unmap_and_free_tables(m, HVA - HVA % (1 << 30))
-    assert H.host_translation(m.mm, HVA) is None
-    assert sum(p.freed for p in m.mm.mem.pages.values()) == 3   # PMD, PTE tables, the page
+    world, mm = host("4K", npages=1)
+    run_alone(world, H.unmap_and_free_tables(mm, HVA - HVA % (1 << 30)))
+    assert H.host_translation(mm, HVA) is None
+    assert sum(p.freed for p in mm.mem.pages.values()) == 3   # PMD, PTE tables, the page
+
+
+def test_punch_hole_frees_the_pages_and_the_next_touch_gets_a_zeroed_one():
+    world, mm = host("4K", npages=2)
+    old = H.host_translation(mm, HVA)[0]
+    assert run_alone(world, H.punch_hole(mm, HVA, HVA + 0x2000)) == (old, old + 1)
+    assert H.host_translation(mm, HVA) is None
+    assert H.__get_user(mm, HVA + 8) == (0, 0)              # faulted in again, zeroed
+    assert H.host_translation(mm, HVA)[0] not in (old, old + 1)
 
 
 @pytest.mark.parametrize("op,args,match", [
@@ -203,15 +270,26 @@ def test_unmap_and_free_tables():
     (H.__split_huge_pmd, (HVA + (2 << 20),), "found none"),
 ])
 def test_mm_operations_refuse_the_wrong_host_state(op, args, match):
-    m = machine_with("2M")
+    world, mm = host("2M")
     with pytest.raises(ValueError, match=match):
-        op(m, *args)
+        run_alone(world, op(mm, *args))
 
 
 def test_split_needs_a_leaf():
-    m = machine_with("4K")
+    world, mm = host("4K")
     with pytest.raises(ValueError, match="found PTE table"):
-        H.__split_huge_pmd(m, HVA)
+        run_alone(world, H.__split_huge_pmd(mm, HVA))
+
+
+def test_mm_operations_are_cpu_code_a_chapter_can_zoom_out():
+    kvm = kvm_create_vm(zoom={"migrate_page"})
+    H.host_populate(kvm.mm, HVA, 1, "4K")
+    gen = H.migrate_page(kvm.mm, HVA)
+    op = next(gen)
+    assert op.what() == "migrate_page"
+    with pytest.raises(StopIteration) as stop:
+        gen.send(op.run(op.prim, op.args, "B", kvm))
+    assert H.host_translation(kvm.mm, HVA) == (stop.value.value, PG_LEVEL_4K)
 
 
 # -- bad input ------------------------------------------------------------------
@@ -226,71 +304,38 @@ def test_split_needs_a_leaf():
 ])
 def test_populate_rejects_bad_input(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        H.host_populate(H.HostMm(), **kwargs)
+        H.host_populate(H.HostMm(World()), **kwargs)
+
+
+def test_mm_operations_refuse_what_is_not_an_mm():
+    with pytest.raises(TypeError, match="mm must be a HostMm"):
+        H.host_translation("mm", HVA)
+    with pytest.raises(ValueError, match="haddr"):
+        next(H.collapse_huge_page(H.HostMm(World()), -1))
 
 
 def test_entry_ptr_refuses_to_create_inside_a_leaf():
-    m = machine_with("2M")
-    assert m.mm.entry_ptr(HVA, H.PTE) is None
+    _, mm = host("2M")
+    assert mm.entry_ptr(HVA, H.PTE) is None
     with pytest.raises(ValueError, match="inside a 2M leaf"):
-        m.mm.entry_ptr(HVA, H.PTE, create=True)
-
-
-# -- running CPU code ------------------------------------------------------------
-
-def test_cpu_code_runs_directly_and_exposes_steps():
-    m = machine_with("4K")
-    gen = H.migrate_page.steps(m, HVA)
-    assert hasattr(gen, "send")
-    gen.close()
-    assert H.migrate_page.__wrapped__ is H.migrate_page.steps
-
-
-def test_run_direct_refuses_explorer_primitives():
-    class W(World):
-        def __init__(self):
-            super().__init__()
-            self.x = self.word("x")
-
-    def reader(w):
-        return (yield from w.x.read())
-
-    with pytest.raises(RuntimeError, match="explorer actor"):
-        H.run_direct(reader(W()))
-
-
-def test_direct_locks_report_one_cpu_deadlocks():
-    lock = H.DirectRWLock("mmu_lock")
-    H.run_direct(lock.write_lock())
-    with pytest.raises(RuntimeError, match="deadlock"):
-        H.run_direct(lock.read_lock())
-    H.run_direct(lock.write_unlock())
-    with pytest.raises(RuntimeError, match="without"):
-        H.run_direct(lock.write_unlock())
-    rcu = H.DirectRCU("rcu")
-    H.run_direct(rcu.read_lock())
-    with pytest.raises(RuntimeError, match="deadlock"):
-        H.run_direct(rcu.synchronize())
-    H.run_direct(rcu.read_unlock())
-    H.run_direct(rcu.synchronize())
+        mm.entry_ptr(HVA, H.PTE, create=True)
 
 
 def test_table_tree_lists_the_slot_tables_top_down():
-    m = machine_with("4K", npages=2)
-    tree = H.table_tree(m.mm, HVA, HVA + 0x2000)
+    _, mm = host("4K", npages=2)
+    tree = H.table_tree(mm, HVA, HVA + 0x2000)
     assert [t["level"] for t in tree] == ["PGD", "PUD", "PMD", "PTE"]
     assert [row[0] for row in tree[-1]["entries"]] == [0, 1]
     with pytest.raises(ValueError, match="hva_end"):
-        H.table_tree(m.mm, HVA, HVA)
+        H.table_tree(mm, HVA, HVA)
 
 
 def test_deepcopy_of_memory_is_equal_and_independent():
-    import copy
-    m = machine_with("4K", npages=3)
-    mem = m.mm.mem
+    _, mm = host("4K", npages=3)
+    mem = mm.mem
     dup = copy.deepcopy(mem)
     assert dup.snapshot() == mem.snapshot() and dup.reads == mem.reads
-    ptr = m.mm.entry_ptr(HVA, H.PTE)
+    ptr = mm.entry_ptr(HVA, H.PTE)
     dup.store(ptr, 0)
     dup.free(H.entry_pfn(mem.peek(ptr)))
     assert mem.peek(ptr) != 0 and dup.snapshot() != mem.snapshot()

@@ -1,4 +1,6 @@
 """The one VM and the one fault path: kvm_host, kvm_main, mmu, cpu, guest_memfd."""
+import copy
+
 import pytest
 
 from kvmmu.cpu import ModelHang, ZoomError, cpu_code, run_alone, step_when
@@ -71,6 +73,48 @@ def test_a_zoomed_function_may_not_wait_inside_its_step():
     run_alone(kvm, kvm.mmu_lock.read_lock(), cpu="B")
     with pytest.raises(ZoomError, match="mmu_lock"):
         run_alone(kvm, _takes_mmu_lock(kvm))
+
+
+class _Box:
+    def __init__(self):
+        self.value = None
+
+
+@cpu_code
+def _fill_box(kvm, box):
+    box.value = yield from step("read seq", lambda: kvm.mmu_invalidate_seq)
+
+
+def _uses_box(kvm):
+    box = _Box()
+    yield from _fill_box(kvm, box)
+    yield from step("after", lambda: None)
+    return box.value
+
+
+def test_a_zoomed_step_hands_its_argument_changes_back_through_its_result():
+    # The caller's object takes the zoomed function's changes from the step's
+    # result, so an actor rebuilt from the results its steps returned (as the
+    # snapshot engine rebuilds one) holds the same object.
+    def world():
+        kvm = kvm_create_vm(zoom={"_fill_box"})
+        kvm.mmu_invalidate_seq = 7
+        return kvm
+    kvm = world()
+    gen = _uses_box(kvm)
+    op = next(gen)
+    result = op.run(op.prim, op.args, "A", kvm)
+    gen.send(result)
+    rebuilt = _uses_box(world())
+    next(rebuilt)
+    then = rebuilt.send(copy.deepcopy(result))       # the zoomed step is not run again
+    with pytest.raises(StopIteration) as stop:
+        rebuilt.send(then.run(then.prim, then.args, "A", kvm))
+    assert stop.value.value == 7
+    sc = Scenario("zoomed box", world, [Actor("A", "a", _uses_box), Actor("B", "b", _uses_box)],
+                  final_check=lambda w, results: results == {"A": 7, "B": 7})
+    res = explore(sc, stop_at_first=False)
+    assert not res.violated and res.method == "snapshot", res.note
 
 
 def test_step_when_waits_for_its_condition():

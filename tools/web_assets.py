@@ -5,6 +5,9 @@ instead, so widget snapshots render with no network.  The packages come from
 the npm registry (`npm pack`, no dependencies needed: both ship bundles), are
 checked against the sha512 integrity pinned in tools/web-assets.json, and are
 unpacked into _static/vendor/.  Idempotent: a second run does nothing.
+
+`install(spec=..., vendor=...)` does the same for another pinned list into
+another folder: tools/lite.py installs Pyodide (tools/lite-assets.json) that way.
 """
 import base64
 import hashlib
@@ -33,15 +36,17 @@ def _wanted(member: str, src: str, exclude: list[str]) -> bool:
     return member == src
 
 
-def install(force: bool = False) -> Path:
-    spec = json.loads(SPEC.read_text())
-    if not force and STAMP.exists() and json.loads(STAMP.read_text()) == spec:
-        return VENDOR
+def install(force: bool = False, spec: Path = SPEC, vendor: Path = VENDOR) -> Path:
+    """Unpack the npm packages pinned in ``spec`` into ``vendor``; return ``vendor``."""
+    stamp = vendor / STAMP.name
+    spec_path, spec = spec, json.loads(spec.read_text())
+    if not force and stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return vendor
     if shutil.which("npm") is None:
-        raise SystemExit("npm is needed to install the book's widget renderer "
-                         "(a pinned npm package): apt-get install -y npm")
-    shutil.rmtree(VENDOR, ignore_errors=True)
-    VENDOR.mkdir(parents=True)
+        raise SystemExit(f"npm is needed to install the pinned npm packages of "
+                         f"{spec_path.name}: apt-get install -y npm")
+    shutil.rmtree(vendor, ignore_errors=True)
+    vendor.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         for pkg in spec["packages"]:
             ref = f"{pkg['name']}@{pkg['version']}"
@@ -57,11 +62,11 @@ def install(force: bool = False) -> Path:
                     for src, dst in pkg["files"].items():
                         if _wanted(member.name, src, pkg.get("exclude_suffixes", [])):
                             rel = dst + member.name[len(src):] if src.endswith("/") else dst
-                            target = VENDOR / rel
+                            target = vendor / rel
                             target.parent.mkdir(parents=True, exist_ok=True)
                             target.write_bytes(tar.extractfile(member).read())
-    STAMP.write_text(json.dumps(spec))
-    return VENDOR
+    stamp.write_text(json.dumps(spec))
+    return vendor
 
 
 if __name__ == "__main__":

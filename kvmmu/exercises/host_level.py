@@ -4,15 +4,18 @@
 host's backing, possibly a host event (khugepaged collapse, a THP split, a
 1 GiB promotion, a migration), dirty logging or a shadowed page, and a gfn,
 all from ``random.Random(seed)``.  The answer is computed by running the
-model's fault path (``kvmmu.host_level.explain_mapping_level``), never
+model's fault path (``kvmmu.viz.host_level.explain_mapping_level``), never
 written by hand.
 """
 import random
 
 from ..checks import check_int
-from ..host_level import explain_mapping_level, make_host_vm
+from ..scenarios.host_level import make_host_vm
+from ..viz.host_level import explain_mapping_level
 from ..levels import KVM_PAGES_PER_HPAGE, PG_LEVEL_1G, PG_LEVEL_2M, level_name
 from .base import Problem
+
+__all__ = ["problem"]
 
 _PAGES_2M = KVM_PAGES_PER_HPAGE(PG_LEVEL_2M)
 _PAGES_1G = KVM_PAGES_PER_HPAGE(PG_LEVEL_1G)
@@ -62,7 +65,7 @@ _BACKING_TEXT = {"4K": "4 KiB pages", "2M": "transparent huge pages (2 MiB)",
 
 def problem(seed: int) -> Problem:
     """Return seeded problem number ``seed``: the level KVM maps a gfn at, and why."""
-    check_int("seed", seed, 0)
+    check_int("seed", seed, 0, (1 << 32) - 1)
     rng = random.Random(seed)
     p = _draw(rng)
     kvm = make_host_vm(**p)

@@ -9,12 +9,17 @@ schedule that breaks the unsafe variant".
 import random
 
 from .. import explorer as ex
-from .. import tdp_mmu_races as R
+from ..scenarios import tdp_mmu as R
+from ..checks import check_int
 from .base import Problem
+
+__all__ = ["run_length", "problem", "breaks_unsafe_zap"]
 
 
 def run_length(schedule: str) -> str:
     """Spell a schedule in runs: ``"AAAB"`` -> ``"A3 B1"``."""
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule must be a string of actor letters, got {type(schedule).__name__}")
     runs = []
     for ch in schedule:
         if runs and runs[-1][0] == ch:
@@ -27,7 +32,7 @@ def run_length(schedule: str) -> str:
 def _cast_text(actors: int) -> str:
     text = (f"A zaps the 4K SPTE of gfn {R.RACE_GFN:#x} under mmu_lock held for read; "
             f"B is vCPU 1 touching gfn {R.RACE_GFN:#x} and, on an EPT violation, faulting it "
-            f"in to pfn {R.NEW_PFN:#x}")
+            f"in (the host now maps it to pfn {R.NEW_PFN:#x})")
     if actors == 3:
         text += "; C is vCPU 0 doing the same"
     return text + (f". At the start the SPTE maps pfn {R.OLD_PFN:#x} and vCPU 0's TLB "
@@ -55,7 +60,8 @@ def _draw_schedule(sc, rng: random.Random) -> str:
 
     Uniform random schedules mostly let a vCPU hit its TLB before the zap
     starts; this one lets A take 6 to 11 steps first (its cmpxchg is step 9),
-    then alternates a burst of 1 to 12 steps of a vCPU with a burst of 1 to 3
+    then alternates a burst of 1 to 15 steps of a vCPU (a fault that breaks
+    the unsafe zap needs 13 in a row) with a burst of 1 to 3
     steps of A, and stops at a random length, at the end, or at the step
     that breaks the invariant.
     """
@@ -65,7 +71,7 @@ def _draw_schedule(sc, rng: random.Random) -> str:
     turn = 0
     while len(schedule) < stop:
         who = rng.choice(vcpus) if turn % 2 == 0 else "A"
-        burst = rng.randint(1, 12) if who != "A" else rng.randint(1, 3)
+        burst = rng.randint(1, 15) if who != "A" else rng.randint(1, 3)
         for _ in range(burst):
             trace = ex.run_schedule(sc, schedule)
             if trace.violation is not None or not trace.runnable or len(schedule) >= stop:
@@ -86,7 +92,7 @@ def problem(seed: int) -> Problem:
     schedule = _draw_schedule(sc, rng)
     trace = ex.run_schedule(sc, schedule)
     state = (trace.steps[-1].state if trace.steps else trace.initial)
-    spte = state[f"4K SPTE of {R.RACE_GFN:#x}"]
+    spte = state[R.SPTE_KEY]
     question = (f"Seed {seed}: chapter 3's race with the fix {'ON (freeze, flush, then non-present)' if fix else 'OFF (non-present, then flush)'}. "
                 f"{_cast_text(actors)} After the schedule {schedule!r} ({run_length(schedule)}), "
                 f"what does the 4K SPTE of gfn {R.RACE_GFN:#x} hold, what do vCPU 0's and "
@@ -132,6 +138,7 @@ def breaks_unsafe_zap(schedule, actors: int = 2) -> tuple[bool, str]:
     """
     if not isinstance(schedule, str):
         raise TypeError(f"schedule must be a string of actor letters, got {type(schedule).__name__}")
+    check_int("actors", actors, 2, 3)
     sc = R.zap_vs_fault(False, actors)
     try:
         trace = ex.run_schedule(sc, "".join(schedule.split()).upper())
@@ -141,5 +148,5 @@ def breaks_unsafe_zap(schedule, actors: int = 2) -> tuple[bool, str]:
         step = trace.steps[trace.violation_step]
         return True, (f"broken at step {trace.violation_step + 1} by {step.actor}: {step.label}; "
                       f"then vCPU 0 TLB {step.state['vCPU 0 TLB']} while the SPTE is "
-                      f"{step.state[f'4K SPTE of {R.RACE_GFN:#x}']}")
+                      f"{step.state[R.SPTE_KEY]}")
     return False, f"the invariant holds after {len(trace.steps)} steps: {trace.outcome}"

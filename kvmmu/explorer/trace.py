@@ -81,10 +81,6 @@ class Trace:
                         "violation": self.violation if self.violation_step == n else None})
         return out
 
-    def _state_text(self, state: dict, columns) -> str:
-        keys = list(state) if columns is None else columns
-        return ", ".join(f"{k}={state[k]}" for k in keys if k in state)
-
     def _headers(self):
         return [f"CPU {n} ({letter}: {title})" for n, (letter, title) in enumerate(self.actors)]
 
@@ -101,96 +97,152 @@ class Trace:
                                  f"choose from {', '.join(known)}")
         return columns
 
-    def table(self, columns=None) -> str:
-        """The run as a text grid table, one column per CPU (locking.rst style).
+    def rows(self, columns=None) -> list[tuple]:
+        """The run in the locking.rst cut: ``(step, actor, label, changes)`` per step.
 
-        ``columns`` picks which shared-state names the last column shows
-        (default: all).
+        ``changes`` lists the ``(name, value)`` pairs of the shared state
+        (``columns``: which names; default all) that this step changed; the
+        initial state is :attr:`initial`, shown once.
         """
         columns = self._check_columns(columns)
-        heads = self._headers()
-        ncpu = len(heads)
-        idx = {letter: n for n, (letter, _) in enumerate(self.actors)}
-        cells = [s.label for s in self.steps]
-        states = [self._state_text(s.state, columns) for s in self.steps]
-        init_state = self._state_text(self.initial, columns)
-        widths = [len(h) for h in heads]
-        for s, text in zip(self.steps, cells):
-            c = idx[s.actor]
-            widths[c] = max(widths[c], len(text) + (4 if self.violation_step is not None
-                                                    and text is cells[-1] else 0))
-        sw = max([len("shared state"), len(init_state)] + [len(x) for x in states])
-        first = "At the beginning:"
-        span = sum(widths) + 3 * (ncpu - 1)
-        if len(first) > span:
-            widths[-1] += len(first) - span
-            span = len(first)
-        full = span + 3 + sw
-        outcome = self.outcome
-        if len(outcome) > full:
-            sw += len(outcome) - full
-            full = len(outcome)
+        out, prev = [], self.initial
+        for n, s in enumerate(self.steps, 1):
+            keys = list(s.state) if columns is None else columns
+            changes = [(k, s.state[k]) for k in keys if k in s.state and prev.get(k) != s.state[k]]
+            out.append((n, s.actor, s.label, changes))
+            prev = s.state
+        return out
 
+    def table(self, columns=None, width: int = 84) -> str:
+        """The run as a text table in the locking.rst cut, at most ``width`` characters wide.
+
+        The state at the beginning once; then one row per step: its number,
+        what the CPU that stepped did (in that CPU's column), and only the
+        shared values the step changed; the step that broke a check is
+        marked ``<<<``, and the last line says how the run ended.
+        ``columns`` picks the shared-state names shown (default: all).
+        """
+        columns = self._check_columns(columns)
+        check_int("width", width, 40, 400)
+        ncpu = len(self.actors)
+        rows = self.rows(columns)
+        idx = {letter: n for n, (letter, _) in enumerate(self.actors)}
+        widths = self._text_widths(rows, idx, width)
         def rule(ch="-"):
-            return "+" + "+".join(ch * (w + 2) for w in widths + [sw]) + "+"
+            return "+" + "+".join(ch * (w + 2) for w in widths) + "+"
 
         def row(texts):
-            return "| " + " | ".join(t.ljust(w) for t, w in zip(texts, widths + [sw])) + " |"
+            cols = [_wrap(t, w) for t, w in zip(texts, widths)]
+            depth = max(len(c) for c in cols)
+            return ["| " + " | ".join((c[i] if i < len(c) else "").ljust(w)
+                                      for c, w in zip(cols, widths)) + " |"
+                    for i in range(depth)]
 
-        lines = [rule(), row(heads + ["shared state"]), rule("="),
-                 "| " + first.ljust(span) + " | " + init_state.ljust(sw) + " |", rule()]
-        for n, (s, text, st) in enumerate(zip(self.steps, cells, states)):
-            row_cells = [""] * ncpu
-            mark = " <<<" if n == self.violation_step and not self.deadlock else ""
-            row_cells[idx[s.actor]] = text + mark
-            lines.append(row(row_cells + [st]))
+        heads = ["#"] + [f"CPU {n} ({letter})" for n, (letter, _) in enumerate(self.actors)]
+        lines = [rule()] + row(heads + ["changes"]) + [rule("=")]
+        full = sum(widths) + 3 * len(widths) - 1     # inside the outer "|" and "|"
+        init = _pairs(self.initial, columns)
+        lines += ["| " + line.ljust(full - 2) + " |"
+                  for line in _wrap("At the beginning: " + init, full - 2)]
+        lines.append(rule())
+        for n, actor, label, changes in rows:
+            cells = [""] * ncpu
+            mark = " <<<" if n - 1 == self.violation_step and not self.deadlock else ""
+            cells[idx[actor]] = label + mark
+            lines += row([str(n)] + cells + ["; ".join(f"{k}: {v}" for k, v in changes)])
             lines.append(rule())
-        lines.append("| " + outcome.ljust(full) + " |")
-        lines.append("+" + "-" * (full + 2) + "+")
-        return "\n".join(lines)
+        lines += ["| " + line.ljust(full - 2) + " |" for line in _wrap(self.outcome, full - 2)]
+        lines.append("+" + "-" * full + "+")
+        legend = "; ".join(f"CPU {n} ({letter}): {title}"
+                           for n, (letter, title) in enumerate(self.actors))
+        return "\n".join(_wrap(legend, full + 2) + lines)
+
+    def _text_widths(self, rows, idx, width: int) -> list:
+        # Each column as wide as its longest cell (and its header), shrunk
+        # to fit ``width``: the changes column keeps at least a third.
+        ncpu = len(self.actors)
+        natural = [3] + [len(f"CPU {n} ({letter})") for n, (letter, _) in
+                         enumerate(self.actors)] + [len("changes")]
+        for n, actor, label, changes in rows:
+            c = 1 + idx[actor]
+            natural[c] = max(natural[c], len(label) + 4)
+            natural[-1] = max(natural[-1], len("; ".join(f"{k}: {v}" for k, v in changes)))
+        room = width - 1 - 3 * (ncpu + 2)          # what the cells may use in all
+        if sum(natural) <= room:
+            return natural
+        changes_w = min(natural[-1], max(16, room // 3))
+        left = room - 3 - changes_w
+        total = sum(natural[1:-1])
+        cpus = [max(10, left * w // total) for w in natural[1:-1]]
+        return [3] + cpus + [changes_w]
 
     def __repr__(self):
         return self.table()
 
     def view(self, columns=None) -> "TraceView":
-        """The run as a table for ``display()``: HTML in the book, the text grid elsewhere.
+        """The run as a table for ``display()``: HTML in the book, the text table elsewhere.
 
         ``columns`` picks the shared-state names shown, as for :meth:`table`.
-        The HTML table wraps long labels to the page and marks each changed
-        value in bold, so it stays readable where the text grid is too wide.
+        Both are the locking.rst cut: a step column, the state at the
+        beginning once, then only what each step changed.
         """
         return TraceView(self, self._check_columns(columns))
 
     def _repr_html_(self, columns=None) -> str:
         columns = self._check_columns(columns)
         esc = html.escape
-        heads = self._headers()
-        ncpu = len(heads)
+        ncpu = len(self.actors)
         idx = {letter: n for n, (letter, _) in enumerate(self.actors)}
-        td = 'style="border:1px solid #999;padding:2px 6px;font-family:monospace;text-align:left"'
-        out = ['<table class="kvmmu-trace" style="border-collapse:collapse">',
-               "<thead><tr>" + "".join(f"<th {td}>{esc(h)}</th>" for h in heads)
-               + f"<th {td}>shared state</th></tr></thead><tbody>"]
-        out.append(f'<tr><td {td} colspan="{ncpu}"><i>At the beginning:</i></td>'
-                   f"<td {td}>{esc(self._state_text(self.initial, columns))}</td></tr>")
-        prev = self.initial
-        for n, s in enumerate(self.steps):
-            bg = ' style="background:#fdd"' if n == self.violation_step else ""
+        td = 'style="border:1px solid #bbb;padding:2px 6px;vertical-align:top"'
+        mono = "font-family:monospace;font-size:85%"
+        out = [f'<table class="kvmmu-trace" style="border-collapse:collapse;width:100%;'
+               f'table-layout:auto;{mono}">',
+               f"<thead><tr><th {td}>#</th>"
+               + "".join(f"<th {td}>CPU {n} ({esc(letter)}): {esc(title)}</th>"
+                         for n, (letter, title) in enumerate(self.actors))
+               + f"<th {td}>changes</th></tr></thead><tbody>"]
+        init = "; ".join(f'<span style="white-space:nowrap">{esc(k)}: {esc(str(v))}</span>'
+                         for k, v in _items(self.initial, columns))
+        out.append(f'<tr><td {td} colspan="{ncpu + 2}"><i>At the beginning:</i> {init}</td></tr>')
+        for n, actor, label, changes in self.rows(columns):
+            bg = ' style="background:#fdd"' if n - 1 == self.violation_step else ""
             cells = [f"<td {td}></td>"] * ncpu
-            cells[idx[s.actor]] = f"<td {td}>{esc(s.label)}</td>"
-            keys = list(s.state) if columns is None else columns
-            parts = []
-            for k in keys:
-                if k not in s.state:
-                    continue
-                text = esc(f"{k}={s.state[k]}")
-                parts.append(f"<b>{text}</b>" if prev.get(k) != s.state[k] else text)
-            out.append(f"<tr{bg}>" + "".join(cells) + f"<td {td}>{', '.join(parts)}</td></tr>")
-            prev = s.state
+            cells[idx[actor]] = f"<td {td}>{esc(label)}</td>"
+            ch = "; ".join(f'<span style="white-space:nowrap">{esc(k)}: {esc(str(v))}</span>'
+                           for k, v in changes)
+            out.append(f"<tr{bg}><td {td}>{n}</td>" + "".join(cells) + f"<td {td}>{ch}</td></tr>")
         color = "#b00" if self.violation is not None else "#060"
-        out.append(f'<tr><td {td} colspan="{ncpu + 1}"><b style="color:{color}">'
+        out.append(f'<tr><td {td} colspan="{ncpu + 2}"><b style="color:{color}">'
                    f"{esc(self.outcome)}</b></td></tr></tbody></table>")
         return "".join(out)
+
+
+def _items(state: dict, columns) -> list:
+    keys = list(state) if columns is None else columns
+    return [(k, state[k]) for k in keys if k in state]
+
+
+def _pairs(state: dict, columns) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in _items(state, columns))
+
+
+def _wrap(text: str, width: int) -> list:
+    """Wrap ``text`` to ``width`` at spaces; a word longer than a line is cut to fit."""
+    words, lines, line = text.split(" "), [], ""
+    for w in words:
+        while len(w) > width:                  # a word wider than the column: cut it
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(w[:width])
+            w = w[width:]
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    lines.append(line)
+    return lines
 
 
 class TraceView:

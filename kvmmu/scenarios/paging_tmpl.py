@@ -123,7 +123,7 @@ class RaceWatch(Primitive):
     def __init__(self, world, table_pfn0: int):
         _check_race_world(world)
         check_int("table_pfn0", table_pfn0, 0)
-        super().__init__(world, "watch")
+        super().__init__(world, "race watch")
         self.replaced = 0
         self.table_pfn0 = table_pfn0
 
@@ -183,10 +183,10 @@ def race_world(*, rom_upper: bool = False, private_tables: bool = False,
     if rfc:
         walker_gpcs(vcpu)
     kvm.race_watch = kvm._register(RaceWatch(kvm, guest_page(kvm, leaf)))
-    kvm.show("leaf gpte", lambda k: _describe_gpte(guest_read_u64(k, _LEAF_GPA)))
-    kvm.show("table pfn", lambda k: _table_pfn_text(k))
-    kvm.show("use after free", _uaf_reports)
-    kvm.show("dirty", lambda k: "{" + ", ".join(f"{g:#x}" for g in sorted(k.fields.dirty)) + "}")
+    kvm.watch("leaf gpte", lambda k: _describe_gpte(guest_read_u64(k, _LEAF_GPA)), only=True)
+    kvm.watch("table pfn", _table_pfn_text)
+    kvm.watch("use after free", _uaf_reports)
+    kvm.watch("dirty", lambda k: "{" + ", ".join(f"{g:#x}" for g in sorted(k.fields.dirty)) + "}")
     return kvm
 
 

@@ -55,7 +55,7 @@ def dirty_race_world():
     leaf = Sptep(pt, SPTE_INDEX(gpa, PG_LEVEL_4K))
     ept.put(leaf, DIRTY_RACE_SPTE)
     kvm.leaf = leaf
-    kvm.show("spte", lambda k: _describe(k.ept.get(leaf)))
+    kvm.watch("spte", lambda k: _describe(k.ept.get(leaf)), only=True)
     return kvm
 
 

@@ -1,22 +1,173 @@
 """Views of chapter 2: the host-mapping explorer widget and the host page-table walk figure.
 
-``host_mapping_view(...)`` is the pure function behind the widget: it never
-raises, and returns a :class:`HostMappingView` (the level KVM picks and the
-reason at each step, or an error message) with ``.html()``.
+``explain_mapping_level(kvm, gfn)`` runs a fault on one CPU and says why
+it mapped the level it did (the widget, the exercises and the chapter use
+it); ``host_mapping_view(...)`` is the pure function behind the widget: it
+never raises, and returns a :class:`HostMappingView` (the level KVM picks
+and the reason at each step, or an error message) with ``.html()``.
 ``host_mapping_widget()`` only wires ipywidgets controls to it.
-``host_walk_data(kvm, gfn)`` is what ``host_walk_figure`` draws: the host
-page tables on the path of ``gfn``'s host address, with the entries
+``host_walk_data(kvm, gfns)`` is what ``host_walk_figure`` draws: the host
+page tables on the path of each gfn's host address, with the entries
 ``host_pfn_mapping_level`` read.
 """
 import html as _html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..checks import check_int, parse_int_text
-from ..host_level import (HOST_EVENTS, explain_mapping_level, host_pfn_mapping_level,
-                          make_host_vm)
-from ..host_mm import BACKINGS
-from ..levels import level_name
-from ..memslots import GFN_MAX, HVA_MAX, __gfn_to_hva_memslot
+from ..checks import check_bool, check_int, parse_int_text
+from ..cpu import run_alone
+from ..errno import ret_pf_name
+from ..host_mm import BACKINGS, TABLE_NAMES, describe_entry, host_translation, table_tree
+from ..kvm_host import Kvm, KvmVcpu
+from ..levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
+                      gfn_round_for_level, level_name)
+from ..memslots import (GFN_MAX, HVA_MAX, KvmMemorySlot, __gfn_to_hva_memslot,
+                        __kvm_mmu_slot_lpages, gfn_to_index, kvm_slot_dirty_track_enabled,
+                        lpage_info_slot)
+from ..mmu import kvm_mmu_do_page_fault
+from ..mmu_internal import host_pfn_mapping_level
+from ..pferr import PFERR_FETCH_MASK, PFERR_GUEST_FINAL_MASK
+from ..scenarios.host_level import HOST_EVENTS, kvm_leaf_of, make_host_vm
+
+__all__ = ["lpage_disallow_reasons", "LevelDecision", "explain_mapping_level", "DEFAULTS",
+           "HostMappingView", "host_mapping_view", "host_mapping_widget", "WALK_COLOURS",
+           "host_walk_data", "host_walk_text", "host_walk_figure"]
+
+
+# --------------------------------------------------------------------------
+# Explaining a decision (the widget, the exercises and the chapter use it)
+
+def _slot_of(kvm, gfn: int):
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+    check_int("gfn", gfn, 0, GFN_MAX)
+    slot = kvm.kvm_memslots().gfn_to_memslot(gfn)
+    if slot is None:
+        raise ValueError(f"gfn {gfn:#x} is not in any memslot (no slot covers it)")
+    return slot
+
+
+def lpage_disallow_reasons(slot: KvmMemorySlot, gfn: int, level: int) -> list[str]:
+    """Say why ``gfn``'s huge page at ``level`` is disallowed in ``slot`` (empty: allowed)."""
+    check_int("level", level, PG_LEVEL_2M, PG_LEVEL_1G)
+    count = lpage_info_slot(gfn, slot, level)       # checks slot and gfn
+    pages = KVM_PAGES_PER_HPAGE(level)
+    size = level_name(level)
+    index = gfn_to_index(gfn, slot.base_gfn, level)
+    last = __kvm_mmu_slot_lpages(slot.base_gfn, slot.npages, level) - 1
+    head = gfn_round_for_level(gfn, level)
+    reasons = []
+    if index == 0 and slot.base_gfn & (pages - 1):
+        reasons.append(f"the slot starts at gfn {slot.base_gfn:#x}, inside the {size} page "
+                       f"[{head:#x}, {head + pages:#x})")
+    if index == last and slot.end_gfn & (pages - 1):
+        reasons.append(f"the slot ends at gfn {slot.end_gfn:#x}, inside the {size} page "
+                       f"[{head:#x}, {head + pages:#x})")
+    host_pfn_bits = (slot.userspace_addr >> PAGE_SHIFT) & (pages - 1)
+    if (slot.base_gfn ^ (slot.userspace_addr >> PAGE_SHIFT)) & (pages - 1):
+        reasons.append(
+            f"gfn and host address disagree modulo {size}: base_gfn {slot.base_gfn:#x} has low "
+            f"bits {slot.base_gfn & (pages - 1):#x}, userspace_addr {slot.userspace_addr:#x} "
+            f"has {host_pfn_bits:#x} (no host {size} page could back it)")
+    extra = count - (1 if reasons else 0)
+    if extra > 0:
+        reasons.append(f"kvm_mmu_gfn_disallow_lpage() was called {extra} time(s) for this "
+                       f"{size} page (e.g. it holds a shadowed guest page table)")
+    return reasons
+
+
+@dataclass
+class LevelDecision:
+    """What KVM decided for one gfn, and why, step by step."""
+
+    gfn: int
+    slot_id: int
+    hva: int
+    ret: str
+    level: int
+    host_level: int
+    slot_level: int
+    pfn: int | None
+    mapped_pfn: int | None
+    steps: list = field(default_factory=list)   # (what, verdict) pairs
+
+    def text(self) -> str:
+        lines = [f"gfn {self.gfn:#x} -> {level_name(self.level)} ({self.ret})"]
+        lines += [f"  {what}: {verdict}" for what, verdict in self.steps]
+        return "\n".join(lines)
+
+
+def _slot_steps(kvm, slot, gfn: int, cap: int) -> tuple[int, list]:
+    # The slot's part of the decision: dirty logging, then lpage_info level by level.
+    if kvm_slot_dirty_track_enabled(slot):
+        return PG_LEVEL_4K, [("dirty logging", "on for this slot: every mapping is 4K")]
+    steps, level = [], cap
+    while level > PG_LEVEL_4K:
+        reasons = lpage_disallow_reasons(slot, gfn, level)
+        if not reasons:
+            steps.append((f"lpage_info {level_name(level)}", "disallow_lpage == 0: allowed"))
+            break
+        steps.append((f"lpage_info {level_name(level)}",
+                      f"disallow_lpage == {lpage_info_slot(gfn, slot, level)}: "
+                      + "; ".join(reasons)))
+        level -= 1
+    return level, steps
+
+
+def _pfn_step(gfn: int, level: int, host_pfn: int, mapped) -> tuple:
+    if level == PG_LEVEL_4K:
+        return ("pfn", f"gup gives pfn {host_pfn:#x}; KVM maps gfn {gfn:#x} -> pfn {mapped:#x}")
+    mask = KVM_PAGES_PER_HPAGE(level) - 1
+    return ("pfn", f"gup gives pfn {host_pfn:#x}; low bits agree (gfn & {mask:#x} = "
+                   f"{gfn & mask:#x} = pfn & {mask:#x}), so KVM maps gfn "
+                   f"{gfn_round_for_level(gfn, level):#x} -> pfn {mapped:#x}, one "
+                   f"{level_name(level)} page")
+
+
+def explain_mapping_level(kvm, gfn: int, *, exec: bool = False) -> LevelDecision:
+    """Run a fault on ``gfn`` (vCPU 0, one CPU) and explain the level it mapped.
+
+    The level comes from the model's fault path (``kvm_mmu_do_page_fault``);
+    the explanation re-reads the same inputs (slot rules, the host walk the
+    fault made, the pfn) to say *why*.  ``exec`` makes the fault an
+    instruction fetch (with the VM's ``nx_huge_pages``, that maps 4K).
+    """
+    slot = _slot_of(kvm, gfn)
+    check_bool("exec", exec)
+    hva = __gfn_to_hva_memslot(slot, gfn)
+    steps = [("memslot", f"slot {slot.id} holds gfns [{slot.base_gfn:#x}, {slot.end_gfn:#x}); "
+                         f"gfn {gfn:#x} is at host address {hva:#x}")]
+    error_code = PFERR_GUEST_FINAL_MASK | (PFERR_FETCH_MASK if exec else 0)
+    kvm.mm.mem.reads.clear()
+    ret, level = run_alone(kvm, kvm_mmu_do_page_fault(KvmVcpu(kvm, 0), gfn << PAGE_SHIFT,
+                                                      error_code, False))
+    reads = list(kvm.mm.mem.reads)
+    cap = kvm.max_huge_page_level
+    steps.append(("start", f"at most {level_name(cap)} (max_huge_page_level)"))
+    slot_level, more = _slot_steps(kvm, slot, gfn, cap)
+    steps += more
+    found = host_translation(kvm.mm, hva)
+    host_level = PG_LEVEL_4K if found is None else found[1]
+    if slot_level == PG_LEVEL_4K:
+        steps.append(("host walk", "skipped: the slot allows only 4K"))
+    elif reads:
+        walked = ", ".join(f"{TABLE_NAMES[lv]}[{ptr.index}] = {describe_entry(v, lv)}"
+                           for ptr, lv, v in reads)
+        steps.append(("host walk", f"{walked} -> host maps it at {level_name(host_level)}"))
+    nx = exec and kvm.config.nx_huge_pages
+    if nx:
+        steps.append(("NX huge pages", "exec fault with the iTLB-multihit workaround: 4K"))
+    leaf = kvm_leaf_of(kvm, gfn)
+    mapped = None if leaf is None else leaf[1] - (gfn & (KVM_PAGES_PER_HPAGE(leaf[0]) - 1))
+    if found is not None and mapped is not None:
+        steps.append(_pfn_step(gfn, level, found[0], mapped))
+    steps.append(("result", f"{level_name(level)} = min(slot {level_name(slot_level)}, "
+                            f"host {level_name(host_level)})" + (", then 4K for NX" if nx else "")))
+    return LevelDecision(gfn, slot.id, hva, ret_pf_name(ret), level, host_level, slot_level,
+                         None if found is None else found[0], mapped, steps)
+
+
+# --------------------------------------------------------------------------
+# The widget
 
 #: What the widget starts with: a 4 MiB slot at 4 GiB, THP-backed, gfn 0x123 pages in.
 DEFAULTS = dict(gfn="0x100123", base_gfn="0x100000", npages="0x400",
@@ -68,7 +219,7 @@ def host_mapping_view(gfn=DEFAULTS["gfn"], base_gfn=DEFAULTS["base_gfn"],
 
     Numbers are text (decimal, ``0x`` hex, ``0b``) or ints; ``backing`` is
     ``"4K"``, ``"2M"`` or ``"1G"``; ``event`` is a key of
-    ``kvmmu.host_level.HOST_EVENTS``; ``exec_nx`` makes the fault an
+    ``kvmmu.scenarios.host_level.HOST_EVENTS``; ``exec_nx`` makes the fault an
     instruction fetch with the NX-huge-page workaround on.  Bad input gives a
     view whose ``error`` says what is wrong.
     """
@@ -95,9 +246,8 @@ def host_mapping_view(gfn=DEFAULTS["gfn"], base_gfn=DEFAULTS["base_gfn"],
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         kvm = make_host_vm(base_v, npages_v, ua_v, backing, gfn_v, event=event,
-                           dirty_logging=dirty_logging, shadowed=shadowed)
-        decision = explain_mapping_level(kvm, gfn_v, exec=exec_nx,
-                                         nx_huge_page_workaround_enabled=exec_nx)
+                           dirty_logging=dirty_logging, shadowed=shadowed, nx_huge_pages=exec_nx)
+        decision = explain_mapping_level(kvm, gfn_v, exec=exec_nx)
         return HostMappingView(inputs, None, level_name(decision.level), decision.ret,
                                tuple(decision.steps))
     except (TypeError, ValueError) as exc:
@@ -170,8 +320,6 @@ def host_walk_data(kvm, gfns, max_rows: int = 5) -> dict:
     first two, its last, and the rows a walk read (``hidden`` counts the rest).
     ``walks``: per gfn its hva, result and the ``(table pfn, index)`` it read.
     """
-    from ..host_mm import table_tree
-
     gfns = [gfns] if isinstance(gfns, int) else list(gfns)
     if not 1 <= len(gfns) <= len(WALK_COLOURS):
         raise ValueError(f"gfns must hold 1 to {len(WALK_COLOURS)} gfns, got {len(gfns)}")
@@ -179,15 +327,12 @@ def host_walk_data(kvm, gfns, max_rows: int = 5) -> dict:
     slots = []
     walks = []
     for gfn in gfns:
-        check_int("gfn", gfn, 0, GFN_MAX)
-        slot = kvm.memslots.gfn_to_memslot(gfn)
-        if slot is None:
-            raise ValueError(f"gfn {gfn:#x} is not in any memslot (no slot covers it)")
-        if slots and slot is not slots[0]:
+        slot = _slot_of(kvm, gfn)
+        if slots and slot != slots[0]:
             raise ValueError("all gfns must be in the same memslot")
         slots.append(slot)
         kvm.mm.mem.reads.clear()
-        level = host_pfn_mapping_level(kvm, gfn, slot)
+        level = run_alone(kvm, host_pfn_mapping_level(kvm, gfn, slot))
         walks.append({"gfn": gfn, "hva": __gfn_to_hva_memslot(slot, gfn),
                       "level": level_name(level),
                       "path": [(ptr.pfn, ptr.index) for ptr, _, _ in kvm.mm.mem.reads]})

@@ -8,14 +8,20 @@ is the data of ``race_figure(trace)``: one lane per actor, then a band for
 the SPTE and one per vCPU TLB, coloured by the pfn they map.
 """
 import html as _html
+import re
 from dataclasses import dataclass
 
 from .. import explorer as ex
-from .. import tdp_mmu_races as R
+from ..scenarios import tdp_mmu as R
+
+__all__ = ["MAX_SCHEDULE", "SPTE_KEY", "SHOWN", "RaceView", "race_view", "race_player",
+           "race_rows", "race_rows_text", "race_figure"]
 
 #: The schedule letters the player accepts, longest schedule it runs.
 MAX_SCHEDULE = 200
-SPTE_KEY = "4K SPTE of 0x100"
+SPTE_KEY = R.SPTE_KEY
+#: The parts of the VM's state the player shows: the SPTE, each TLB, mmu_lock.
+SHOWN = (SPTE_KEY, "vCPU 0 TLB", "vCPU 1 TLB", "mmu_lock")
 
 
 # --------------------------------------------------------------------------
@@ -29,7 +35,7 @@ class RaceView:
     ``ok``: whether every input was taken as given.  ``steps``: (number,
     actor, what it did) for every step of the schedule.  ``position``: the
     moment shown (0 = before any step).  ``state``: (name, value) pairs at
-    that moment.  ``holds``: whether the invariant holds there.
+    that moment (the names of :data:`SHOWN`).  ``holds``: whether the invariant holds there.
     ``runnable``: the letters that may step after the whole schedule.
     """
 
@@ -173,7 +179,7 @@ def race_view(fix=True, schedule="", position=None, actors=2) -> RaceView:
             "at the start: click an actor to step it" if not clean else
             f"{len(clean)} step{'s' if len(clean) != 1 else ''} run")
         return RaceView(ok, message, fix, actors, clean, position, steps,
-                        tuple(snap["state"].items()), holds,
+                        tuple((k, snap["state"][k]) for k in SHOWN), holds,
                         "" if holds else trace.violation, "".join(trace.runnable),
                         trace.outcome)
     except Exception as exc:  # never raise: the player reports
@@ -256,7 +262,15 @@ def _short(label: str) -> str:
     if word == "cmpxchg":
         return "cmpxchg" if ": ok" in label else "cmpxchg✗"
     return {"read_lock(mmu_lock)": "lock", "read_unlock(mmu_lock)": "unlock",
-            "allocate": "alloc"}.get(word, word)
+            "allocate": "alloc", "memslot": "slot", "kvm_mmu_faultin_pfn": "faultin",
+            "is_page_fault_stale?": "stale?"}.get(word, word)
+
+
+def _check_trace(trace, spte_key) -> None:
+    if not isinstance(trace, ex.Trace):
+        raise TypeError(f"trace must be a kvmmu.explorer Trace, got {type(trace).__name__}")
+    if not isinstance(spte_key, str):
+        raise TypeError(f"spte_key must be a shared-state name, got {type(spte_key).__name__}")
 
 
 def race_rows(trace, spte_key: str = SPTE_KEY) -> list[tuple]:
@@ -266,6 +280,7 @@ def race_rows(trace, spte_key: str = SPTE_KEY) -> list[tuple]:
     where the three values are the readable state after the step and
     ``broken`` says whether the invariant was broken by that step.
     """
+    _check_trace(trace, spte_key)
     rows = []
     for snap in trace.snapshots()[1:]:
         state = snap["state"]
@@ -285,10 +300,13 @@ def race_rows_text(trace, spte_key: str = SPTE_KEY) -> str:
                      for row in [head, *body])
 
 
+_OLD, _NEW = re.compile(rf"{R.OLD_PFN:#x}\b"), re.compile(rf"{R.NEW_PFN:#x}\b")
+
+
 def _colour(text: str) -> str:
-    if "0x1234" in text:
+    if _OLD.search(text):
         return "#8ecae6"      # the old pfn
-    if "0x5678" in text:
+    if _NEW.search(text):
         return "#ffb703"      # the new pfn
     if "FROZEN" in text:
         return "#adb5bd"
@@ -336,8 +354,9 @@ def race_figure(trace, title: str | None = None, spte_key: str = SPTE_KEY):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_title(title or trace.scenario, fontsize=10)
+    old, new = f"{R.OLD_PFN:#x}", f"{R.NEW_PFN:#x}"
     handles = [Patch(facecolor=_colour(t), edgecolor="#999", label=lab) for t, lab in
-               (("0x1234", "old pfn 0x1234"), ("0x5678", "new pfn 0x5678"),
+               ((old, f"old pfn {old}"), (new, f"new pfn {new}"),
                 ("FROZEN", "FROZEN_SPTE"), ("", "non-present / empty"))]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()

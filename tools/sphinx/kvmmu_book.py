@@ -3,13 +3,17 @@
 sphinx-thebe and sphinx-togglebutton, which Jupyter Book 1 always loads,
 emit their inline configuration scripts twice on notebook pages; the second
 copy of thebe's redeclares a ``const`` and the browser reports a SyntaxError on
-every chapter.  After the build we drop exact repeats of inline scripts from
-each page (scripts with a ``src`` and data scripts are left alone).
+every chapter.  myst-nb likewise adds the widget scripts (require.js, the
+offline shim, the widget renderer) twice, so every widget snapshot rendered
+twice.  After the build we drop exact repeats of inline scripts and of
+scripts loaded by ``src`` from each page (data scripts are left alone).
 """
 import re
 from pathlib import Path
 
 _INLINE_SCRIPT = re.compile(r"[ \t]*<script>[^<]*</script>\n?")
+_SRC_SCRIPT = re.compile(r'[ \t]*<script(?: [a-z-]+="[^"]*")* src="[^"]+"(?: [a-z-]+="[^"]*")*>'
+                         r"</script>\n?")
 
 
 def _drop_repeated_inline_scripts(html: str) -> str:
@@ -22,7 +26,8 @@ def _drop_repeated_inline_scripts(html: str) -> str:
         seen.add(text)
         return match.group(0)
 
-    return _INLINE_SCRIPT.sub(keep_first, html)
+    html = _INLINE_SCRIPT.sub(keep_first, html)
+    return _SRC_SCRIPT.sub(keep_first, html)
 
 
 def _fix_pages(app, exception):
