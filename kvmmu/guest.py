@@ -26,7 +26,7 @@ from __future__ import annotations
 from .checks import check_bool, check_choice, check_int, check_u64
 from .guest_memfd import kvm_gmem_create, kvm_gmem_file
 from .host_mm import host_translation
-from .kvm_host import KvmVcpu, hva_to_pfn, is_error_pfn
+from .kvm_host import Kvm, KvmVcpu, hva_to_pfn, is_error_pfn
 from .kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from .levels import PAGE_SHIFT, PAGE_SIZE
 from .memslots import GFN_MAX, KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, kvm_mem_is_private
@@ -90,11 +90,13 @@ def guest_vm(regions, **config) -> KvmVcpu:
     return vcpu
 
 
-def _check_kvm_gpa(kvm, gpa) -> None:
-    from .kvm_host import Kvm
-
+def _check_kvm(kvm) -> None:
     if not isinstance(kvm, Kvm):
         raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+
+
+def _check_kvm_gpa(kvm, gpa) -> None:
+    _check_kvm(kvm)
     check_int("gpa", gpa, 0, GPA_MAX)
     if gpa & 7:
         raise ValueError(f"gpa must be 8-byte aligned, got {gpa:#x}")
@@ -114,6 +116,7 @@ def guest_page(kvm, gfn: int, *, create: bool = False):
     folio); a shared one: the page behind the slot's user address (``create``
     faults it in).
     """
+    _check_kvm(kvm)
     check_int("gfn", gfn, 0, GFN_MAX)
     check_bool("create", create)
     slot = _slot_of(kvm, gfn, "guest_page")
@@ -178,10 +181,7 @@ class GuestPageTables:
 
     def __init__(self, kvm, table_gfns, *, mode: str = "4-level", pdpt_gpa: int | None = None,
                  vmm: bool = False):
-        from .kvm_host import Kvm
-
-        if not isinstance(kvm, Kvm):
-            raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+        _check_kvm(kvm)
         check_choice("mode", mode, self.MODES)
         check_bool("vmm", vmm)
         self.kvm = kvm

@@ -203,7 +203,7 @@ def mmu_notifier_retry_cache(kvm: Kvm, mmu_seq: int) -> bool:
     """
     if not isinstance(kvm, Kvm):
         raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
-    check_int("mmu_seq", mmu_seq, 0)
+    check_int("mmu_seq", mmu_seq, 0, (1 << 64) - 1)
     if kvm.mn_active_invalidate_count:
         return True
     # smp_rmb(): the count is read before the sequence

@@ -97,7 +97,10 @@ def _race_arch() -> KvmVcpuArch:
 class WalkResult(tuple):
     """What a KVM actor returns: ``(ret, gfn or error code, leaf gpte as walked)``."""
 
-    def __new__(cls, ret, value, leaf):
+    def __new__(cls, ret: int, value: int, leaf: int):
+        check_choice("ret", ret, (0, 1))
+        check_int("value", value, 0, (1 << 64) - 1)
+        check_int("leaf", leaf, 0, (1 << 64) - 1)
         return super().__new__(cls, (ret, value, leaf))
 
     @property
