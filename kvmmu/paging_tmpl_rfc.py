@@ -56,7 +56,9 @@ def walker_gpcs(vcpu: KvmVcpu) -> tuple[GfnToPfnCache, ...]:
     kvm = vcpu.kvm
     caches = []
     for i in range(PT_MAX_FULL_LEVELS):
-        name = f"vcpu{vcpu.vcpu_id}.ptep_caches[{i}]"
+        # (vCPU 0's caches are the walker's own names; another vCPU's say whose)
+        name = f"ptep_caches[{i}]" if vcpu.vcpu_id == 0 else \
+            f"vcpu{vcpu.vcpu_id}.ptep_caches[{i}]"
         if name in kvm._prim_names:
             caches.append(kvm.primitive(name))
         else:
