@@ -19,7 +19,7 @@ CHAPTER_OF_MODULE = {
     "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "scenarios.tdp_mmu": 3,
     "guest_memfd": 4, "folio": 4,
     "paging_tmpl": 5, "paging_tmpl_rfc": 5, "pfncache": 5, "mmu_permissions": 5, "pferr": 5,
-    "guest": 5,
+    "guest": 5, "scenarios.paging_tmpl": 5,
     "memslot_update": 6, "prefault": 6,
 }
 
