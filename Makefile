@@ -2,7 +2,8 @@
 #   make book     build the HTML book from the stored notebook outputs -> _build/html/index.html
 #   make test     run every test (what .ci/run calls)
 #   make execute  re-execute every chapter top to bottom, storing outputs and widget state
-#   make lab      open the chapters live in JupyterLab
+#   make lab      open the chapters live in JupyterLab (on a fresh copy: classroom/lab)
+#   make classroom  build the nbgrader course, one assignment per chapter (classroom/course)
 #   make bench    measure the figures the issues ask for
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup book test execute lab bench constraints clean
+.PHONY: setup book test execute lab classroom bench constraints clean
 
 setup: $(STAMP)
 
@@ -33,8 +34,14 @@ test: setup
 execute: setup
 	$(PY) tools/execute_notebooks.py $(NB)
 
+# A class works in classroom/lab, refreshed from book/ each time: the committed
+# notebooks are never opened, so never modified.
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=book
+	$(PY) tools/classroom.py lab
+	$(VENV)/bin/jupyter lab --notebook-dir=classroom/lab $(if $(filter 0,$(shell id -u)),--allow-root)
+
+classroom: setup
+	$(PY) tools/classroom.py course
 
 bench: setup
 	$(PY) tools/bench.py

@@ -45,6 +45,15 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_name(name: str, value) -> str:
+    """Return ``value`` if it is a non-empty string (a CPU's or a holder's name)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
 def check_choice(name: str, value, choices: Iterable):
     """Return ``value`` if it is one of ``choices``."""
     choices = list(choices)

@@ -61,11 +61,12 @@ def _perform(op: Op, cpu: str, world, error=ModelHang):
     return op.run(op.prim, op.args, cpu, world)
 
 
-def run_alone(world, gen, cpu: str = "A", *, _error=ModelHang):
+def run_alone(world, gen, cpu: str = "A", *, trace: list | None = None, _error=ModelHang):
     """Run CPU code alone, every step at once, and return its result.
 
     ``world`` is the world the code runs in (the one its steps act on);
-    ``cpu`` is the letter the locks record as holder.  Raises
+    ``cpu`` is the letter the locks record as holder.  With ``trace`` (a
+    list), each step's label is appended to it as the step runs.  Raises
     :class:`ModelHang` if a step would wait (nobody else can run to end the
     wait), and re-raises whatever the model raises.
     """
@@ -74,11 +75,15 @@ def run_alone(world, gen, cpu: str = "A", *, _error=ModelHang):
     if not hasattr(gen, "send"):
         raise TypeError(f"gen must be a generator (CPU code called with its arguments), "
                         f"got {type(gen).__name__}")
+    if trace is not None and not isinstance(trace, list):
+        raise TypeError(f"trace must be a list or None, got {type(trace).__name__}")
     try:
         value = None
         while True:
             y = gen.send(value)
             value = _perform(y, cpu, world, _error) if type(y) is Op else None
+            if trace is not None and type(y) is Op:
+                trace.append(y.label(value, cpu, world))
     except StopIteration as stop:
         return stop.value
 

@@ -1,33 +1,37 @@
-"""The mm side of guest_memfd's final-put callback: folios, references, truncation.
+"""Folios and their references: what mm does when the last one goes.
 
-Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem
+Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem (RFC v5 as posted)
 
 The functions below carry their own ``Models:`` lines (mm_types.h, mm.h,
-page_ref.h, page-flags.h, pagemap.h, mm/swap.c).
+page_ref.h, page-flags.h, rmap.c, mm/swap.c).
 
 Reference version: Linux 6.17 for the folio calls; ``PGTY_guestmem`` and the
 ``case PGTY_guestmem:`` in ``free_typed_folio`` come from Fuad Tabba's RFC
 "[RFC PATCH v5 06/15] KVM: guest_memfd: Handle final folio_put() of guestmem
-pages" (2025-01), which did not merge as posted (see :mod:`kvmmu.guest_memfd`).
+pages" (2025-01), which did not merge as posted (see
+:mod:`kvmmu.guest_memfd_rfc`).
 
-A folio here is one page-cache folio of a guest_memfd file: its reference
-count, how many host page tables map it, its lock, its page type, and its
-``mapping`` (the file, or ``None`` once truncation removed it).
+A folio here is one page-cache folio of a guest_memfd file
+(:mod:`kvmmu.guest_memfd`): its reference count, how many host page tables
+map it, its lock, its page type, its ``mapping`` (the file, or ``None`` once
+truncation removed it) and the host page it lives in (``pfn``).
 
 **The reference ledger (model only).**  Beside the kernel's ``refcount`` each
 folio keeps ``holders``: who holds how many of those references ("filemap",
-"pte", "gup:A", "spec:B" ...).  Every function that changes the count names the
-holder, and the ledger changes in the same atomic step, so "no reference is
-lost or double-counted" is a checkable statement: ``refcount == sum(holders)``
-and no holder below zero.  The kernel has no such ledger; it is how the model
-sees a put by someone who holds nothing (truncation putting references that the
-callback had already parked, for instance).
+"pte", "gup:host", "kvm:vcpu0", "spec:S" ...).  Every function that changes
+the count names the holder, and the ledger changes in the same atomic step,
+so "no reference is lost or double-counted" is a checkable statement:
+``refcount == sum(holders)`` and no holder below zero.  The kernel has no
+such ledger; it is how the model sees a put by someone who holds nothing
+(truncation putting references that the callback had already parked, for
+instance).
 
-**Operations as steps.**  Anything that may run the final put (and so the
-guest_memfd callback, which sleeps on a lock) is a generator of explorer
-steps: an actor of :mod:`kvmmu.explorer` runs it with
-``yield from``, plain code with :func:`run_op`.  Each change to shared
-state is one explorer step.
+**Operations as steps.**  Anything that may run the final put (and so a
+typed folio's handler, which may sleep on a lock) is CPU code
+(:mod:`kvmmu.cpu`): an explorer actor runs it with ``yield from``, plain
+code with ``cpu.run_alone(kvm, ...)``.  Each change to shared state is one
+explorer step; the plain functions (``folio_ref_add`` ...) are what a step
+runs.
 
 **Where the model simplifies.**
 
@@ -36,14 +40,26 @@ state is one explorer step.
 - ``folio_put`` decrements and, on zero, runs ``__folio_put``: a typed folio
   goes to ``free_typed_folio``; any other folio is marked freed.  Memcg,
   LRU and the per-CPU batches are not modelled.
+- A host page-table mapping is counted (``mapcount``, the rmap's count) and
+  holds one reference; the page tables themselves are not modelled here.
 - Where the kernel would WARN because the *caller* broke a rule (a put with no
   reference left, unmapping a folio that is not mapped), the model raises
-  :class:`KernelWarn`.  Where the kernel's own code WARNs and carries on, the
-  model records the message in the file's ``warnings`` and carries on, so a
-  scenario can show it.
+  :class:`KernelWarn`.
+- ``free_typed_folio()`` dispatches through :data:`FREE_TYPED_FOLIO`, which
+  the module that owns a page type fills in: mm's code does not import KVM's
+  (CONTRIBUTING.md, "Layers").
 """
-from .checks import KernelWarn, check_int  # noqa: F401 (KernelWarn re-exported)
-from .explorer import Op, Violation, step
+from .checks import KernelWarn, check_int, check_name
+from .explorer import Violation, step
+
+__all__ = [
+    "PGTY_guestmem", "FILEMAP", "PTE", "KernelWarn", "Oops", "FOLIO_FIELDS", "Folio", "folio_nr_pages",
+    "folio_ref_count", "folio_mapped", "folio_test_locked", "folio_test_guestmem",
+    "__folio_set_guestmem", "__folio_clear_guestmem", "folio_ref_add", "folio_ref_sub_return",
+    "folio_try_get", "folio_get", "folio_add_file_rmap_pte", "folio_remove_rmap_pte",
+    "folio_put_refs", "folio_put", "put_page", "__folio_put", "free_typed_folio",
+    "FREE_TYPED_FOLIO",
+]
 
 #: ``enum pagetype`` value the RFC adds for guest_memfd folios (page-flags.h).
 PGTY_guestmem = 0xF8
@@ -55,8 +71,6 @@ _PGTY_NAMES = {PGTY_guestmem: "PGTY_guestmem"}
 #: holds one per host page-table mapping.
 FILEMAP = "filemap"
 PTE = "pte"
-
-
 
 
 class Oops(Violation):
@@ -88,6 +102,10 @@ _FIELDS = {
     "holders": {},         # the model's reference ledger: holder -> count
     "pfn": None,           # the first host page of the folio (None: no memory behind it)
 }
+
+
+#: The names of a folio's fields, in the order its state keeps them.
+FOLIO_FIELDS = tuple(_FIELDS)
 
 
 class Folio:
@@ -205,6 +223,17 @@ for _name in _FIELDS:
 del _name
 
 
+def _check_folio(folio) -> Folio:
+    if not isinstance(folio, Folio):
+        raise TypeError(f"folio must be a kvmmu.folio.Folio, got {type(folio).__name__}")
+    return folio
+
+
+def _check_holder(holder) -> str:
+    # The ledger's name for who holds the references ("filemap", "gup:host"...).
+    return check_name("holder", holder)
+
+
 def _ledger(folio: Folio, holder: str, delta: int) -> None:
     """Move ``holder``'s entry by ``delta``; the ledger stays sorted and without zeros."""
     held = dict(folio.holders)
@@ -217,6 +246,7 @@ def folio_nr_pages(folio: Folio) -> int:
 
     Models: include/linux/mm.h: folio_nr_pages()
     """
+    _check_folio(folio)
     return 1 << folio.order
 
 
@@ -225,6 +255,7 @@ def folio_ref_count(folio: Folio) -> int:
 
     Models: include/linux/page_ref.h: folio_ref_count()
     """
+    _check_folio(folio)
     return folio.refcount
 
 
@@ -233,6 +264,7 @@ def folio_mapped(folio: Folio) -> bool:
 
     Models: include/linux/mm.h: folio_mapped()
     """
+    _check_folio(folio)
     return folio.mapcount > 0
 
 
@@ -241,6 +273,7 @@ def folio_test_locked(folio: Folio) -> bool:
 
     Models: include/linux/page-flags.h: folio_test_locked()
     """
+    _check_folio(folio)
     return folio.locked_by is not None
 
 
@@ -249,6 +282,7 @@ def folio_test_guestmem(folio: Folio) -> bool:
 
     Models: include/linux/page-flags.h: folio_test_guestmem()
     """
+    _check_folio(folio)
     return folio.page_type == PGTY_guestmem
 
 
@@ -257,6 +291,7 @@ def __folio_set_guestmem(folio: Folio) -> None:
 
     Models: include/linux/page-flags.h: __folio_set_guestmem()
     """
+    _check_folio(folio)
     if folio.page_type is not None:
         raise KernelWarn(f"__folio_set_guestmem: folio {folio.fid} already has a page type")
     folio.page_type = PGTY_guestmem
@@ -267,6 +302,7 @@ def __folio_clear_guestmem(folio: Folio) -> None:
 
     Models: include/linux/page-flags.h: __folio_clear_guestmem()
     """
+    _check_folio(folio)
     if folio.page_type != PGTY_guestmem:
         raise KernelWarn(f"__folio_clear_guestmem: folio {folio.fid} is not a guestmem folio")
     folio.page_type = None
@@ -277,6 +313,8 @@ def folio_ref_add(folio: Folio, nr: int, holder: str) -> None:
 
     Models: include/linux/page_ref.h: folio_ref_add()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     folio.refcount += nr
     _ledger(folio, holder, nr)
@@ -287,6 +325,8 @@ def folio_ref_sub_return(folio: Folio, nr: int, holder: str) -> int:
 
     Models: include/linux/page_ref.h: folio_ref_sub_return()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     if folio.refcount < nr:
         raise KernelWarn(f"folio_ref_sub_return: folio {folio.fid} has {folio.refcount} "
@@ -305,6 +345,8 @@ def folio_try_get(folio: Folio, holder: str) -> bool:
     walker, GUP-fast before its recheck, the page cache's own lookup) gets one:
     it never resurrects a folio whose count reached zero.
     """
+    _check_folio(folio)
+    _check_holder(holder)
     if folio.refcount == 0:
         return False
     folio.refcount += 1
@@ -317,6 +359,8 @@ def folio_get(folio: Folio, holder: str) -> None:
 
     Models: include/linux/mm.h: folio_get()
     """
+    _check_folio(folio)
+    _check_holder(holder)
     if folio.refcount <= 0:
         raise KernelWarn(f"folio_get: folio {folio.fid} has refcount {folio.refcount} "
                          "(VM_BUG_ON_FOLIO: get on a free folio)")
@@ -334,38 +378,37 @@ def _put_return(folio: Folio, nr: int, holder: str) -> int:
     return folio.refcount
 
 
-# --------------------------------------------------------------------------
-# Running operations.  Every operation below is an explorer actor fragment:
-# it yields the explorer's own steps (``step``, ``wait_until``, lock methods),
-# so an actor runs it with ``yield from``.  ``run_op`` runs the same generator
-# on one CPU, outside any scenario, for worked examples, widgets and tests.
-# --------------------------------------------------------------------------
-class WouldBlock(KernelWarn):
-    """On one CPU, an operation had to wait for something only another CPU could do."""
+def folio_add_file_rmap_pte(folio: Folio, holder: str) -> None:
+    """A host page table now maps the folio: one more mapping in the rmap's count.
 
+    Models: mm/rmap.c: folio_add_file_rmap_pte()
 
-def run_op(gen, cpu: str = "0", world=None, trace: list | None = None):
-    """Run an actor fragment to completion on one CPU; return its result.
-
-    Each yielded explorer ``Op`` is performed at once.  One that is not
-    enabled (a lock held, a wait whose condition is false) raises
-    :class:`WouldBlock`: on one CPU nobody else could ever release it (a
-    recursive ``down_write`` is the usual cause).  With ``trace`` (a list),
-    each step's label is appended.
+    Plain computation (the fault that installs the PTE runs it in a step).
+    The mapping keeps the reference the fault took: in the ledger it moves
+    from ``holder`` to "pte".
     """
-    result = None
-    try:
-        while True:
-            op = gen.send(result)
-            if type(op) is not Op:
-                raise TypeError(f"run_op: the operation yielded {op!r}, not an explorer step")
-            if op.enabled is not None and not op.enabled(op.prim, op.args, cpu, world):
-                raise WouldBlock(f"CPU {cpu} would wait forever: {op.why_blocked(cpu, world)}")
-            result = op.run(op.prim, op.args, cpu, world)
-            if trace is not None:
-                trace.append(op.label(result, cpu, world))
-    except StopIteration as stop:
-        return stop.value
+    _check_folio(folio)
+    _check_holder(holder)
+    if folio.holders.get(holder, 0) <= 0:
+        raise KernelWarn(f"folio_add_file_rmap_pte: {holder} holds no reference to {folio!r}")
+    folio.mapcount += 1
+    _ledger(folio, holder, -1)
+    _ledger(folio, PTE, 1)
+
+
+def folio_remove_rmap_pte(folio: Folio) -> None:
+    """A host page-table mapping of the folio is gone: one mapping fewer.
+
+    Models: mm/rmap.c: folio_remove_rmap_pte()
+
+    Plain computation.  Its reference is put later, after the TLB flush
+    (the zap batches the puts), so the count can still include it while the
+    mapcount no longer does.  Raises :class:`KernelWarn` if nothing maps it.
+    """
+    _check_folio(folio)
+    if folio.mapcount <= 0:
+        raise KernelWarn(f"folio_remove_rmap_pte: {folio!r} is not mapped")
+    folio.mapcount -= 1
 
 
 def folio_put_refs(folio: Folio, nr: int, holder: str):
@@ -376,6 +419,8 @@ def folio_put_refs(folio: Folio, nr: int, holder: str):
     Returns the new count (0: this put was the final one).  The decrement is
     one step; the final put's work (``__folio_put``) runs on the same CPU.
     """
+    _check_folio(folio)
+    _check_holder(holder)
     check_int("nr", nr, 1, 1 << 18)
     what = "folio_put" if nr == 1 else f"folio_put_refs({nr})"
     count = yield from step(f"{what} by {holder}: refcount",
@@ -390,6 +435,20 @@ def folio_put(folio: Folio, holder: str):
 
     Models: include/linux/mm.h: folio_put()
     """
+    _check_folio(folio)
+    _check_holder(holder)
+    return (yield from folio_put_refs(folio, 1, holder))
+
+
+def put_page(folio: Folio, holder: str):
+    """Drop a page reference (a GUP reference, for instance); may be the final put.
+
+    Models: include/linux/mm.h: put_page()
+
+    The kernel's ``put_page(page)`` is ``folio_put(page_folio(page))``.
+    """
+    _check_folio(folio)
+    _check_holder(holder)
     return (yield from folio_put_refs(folio, 1, holder))
 
 
@@ -398,6 +457,7 @@ def __folio_put(folio: Folio):
 
     Models: mm/swap.c: __folio_put()
     """
+    _check_folio(folio)
     ptype = yield from step("__folio_put: page type",
                             lambda: _PGTY_NAMES.get(folio.page_type, "none"))
     if ptype != "none":
@@ -416,6 +476,9 @@ def free_typed_folio(folio: Folio, ptype: str):
     call from core mm into KVM is what Sean Christopherson objected to in
     review: mm/swap.c cannot call a function of a module (CONFIG_KVM=m).
     """
+    _check_folio(folio)
+    if not isinstance(ptype, str):
+        raise TypeError(f"ptype must be a page type name, got {type(ptype).__name__}")
     handler = FREE_TYPED_FOLIO.get(ptype)
     if handler is None:
         raise KernelWarn(f"free_typed_folio: unknown page type {ptype}")

@@ -4,6 +4,7 @@ Models: virt/kvm/guest_memfd.c: kvm_gmem_create(), kvm_gmem_bind(), kvm_gmem_get
 Models: virt/kvm/guest_memfd.c: kvm_gmem_invalidate_begin(), kvm_gmem_invalidate_end(), kvm_gmem_punch_hole()
 Models: mm/filemap.c: filemap_get_entry(), filemap_lock_folio(), filemap_remove_folio()
 Models: mm/truncate.c: truncate_inode_pages_range()
+Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5 as posted), gmem_is_mappable() (RFC v5 as posted), gmem_is_guest_mappable() (RFC v5 as posted)
 
 Reference version: Linux 6.17 (read at v6.17-rc3).  A guest_memfd file
 (``KVM_CREATE_GUEST_MEMFD``) holds a VM's private memory: folios in the
@@ -29,16 +30,26 @@ hold a folio across steps.  Every page-cache operation is CPU code
 - No arch hooks (``kvm_arch_gmem_prepare``/``invalidate``), no hugetlb, no
   ``uptodate`` tracking: a new folio is zeroed and ready at once.
 - Folio references are counted with the model's ledger (:mod:`kvmmu.folio`).
+
+**The RFC of chapter 4.**  Fuad Tabba's RFC v5 (2025-01, not merged) gives
+each page offset of a file a mappability state and lets the VMM mmap the
+file; :mod:`kvmmu.guest_memfd_rfc` models its functions, one layer above
+this module.  What the 6.17 functions here need of it is here: the state
+values and the two predicates, the file attribute that says whether a file
+has the RFC's states (``GmemFile.mappability``: a 6.17 file has none), the
+check the RFC adds to :func:`kvm_gmem_get_pfn`, and truncation unmapping a
+folio the host maps (mm does that for every file; only the RFC's files can
+be mapped).
 """
 from __future__ import annotations
 
-from .checks import KernelWarn, check_int
+from .checks import KernelWarn, check_int, check_name
 from .cpu import cpu_code
-from .errno import EFAULT, EIO
+from .errno import EAGAIN, EFAULT, EIO
 from .explorer import Primitive, step, wait_until
-from .folio import (FILEMAP, Folio, folio_nr_pages, folio_put, folio_put_refs, folio_ref_add,
-                    folio_try_get)
-from .kvm_host import (gfn_to_pfn_cache_invalidate_gfn_range, kvm_mmu_invalidate_begin,
+from .folio import (FILEMAP, FOLIO_FIELDS, PTE, Folio, _check_folio, folio_nr_pages, folio_put,
+                    folio_put_refs, folio_ref_add, folio_try_get)
+from .kvm_host import (_check_kvm, gfn_to_pfn_cache_invalidate_gfn_range, kvm_mmu_invalidate_begin,
                        kvm_mmu_invalidate_end, kvm_mmu_unmap_gfn_range)
 from .levels import PG_LEVEL_4K
 from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
@@ -46,11 +57,20 @@ from .tdp_mmu import KvmGfnRange
 from .tlb import kvm_flush_remote_tlbs_range
 
 __all__ = [
-    "GmemFile", "kvm_gmem_create", "kvm_gmem_file", "kvm_gmem_bind", "folio_lock",
+    "KVM_GMEM_ALL_MAPPABLE", "KVM_GMEM_GUEST_MAPPABLE", "KVM_GMEM_NONE_MAPPABLE",
+    "gmem_is_mappable", "gmem_is_guest_mappable", "GmemFile", "kvm_gmem_create",
+    "kvm_gmem_file", "kvm_gmem_bind", "folio_lock",
     "folio_unlock", "filemap_get_entry", "filemap_lock_folio", "kvm_gmem_get_folio",
     "kvm_gmem_get_pfn", "kvm_gmem_invalidate_begin", "kvm_gmem_invalidate_end",
     "filemap_remove_folio", "truncate_inode_pages_range", "kvm_gmem_punch_hole",
 ]
+
+
+# The RFC's states (patch 05/15): bit 0 set, the guest cannot map the page;
+# bit 1 set, the host cannot.
+KVM_GMEM_ALL_MAPPABLE = 0b00
+KVM_GMEM_GUEST_MAPPABLE = 0b10
+KVM_GMEM_NONE_MAPPABLE = 0b11
 
 
 class GmemFile(Primitive):
@@ -68,6 +88,12 @@ class GmemFile(Primitive):
     _sealed = True
 
     _FIELDS = ("page_cache", "folio_state", "next_fid", "bindings")
+
+    #: Whether the file has the RFC's per-offset mappability states (and so
+    #: may be mapped by the VMM).  A 6.17 file has not; it never changes.
+    mappability = False
+    #: The states, one per offset (a tuple), in a file that has them.
+    mappable_offsets = None
 
     def __init__(self, world, name: str, size: int, order: int = 0):
         super().__init__(world, name)
@@ -123,14 +149,16 @@ class GmemFile(Primitive):
 
     # -- the explorer's view --
     def _state(self):
+        # Folio fields in their fixed order (kvmmu.folio's field table), the
+        # ledger as its sorted items: a canonical value, cheap to build.
         out = []
         for name in self._FIELDS:
             value = getattr(self, name)
             if name == "folio_state":
-                value = tuple((fid, tuple((k, tuple(sorted(v.items())) if isinstance(v, dict)
-                                           else v) for k, v in sorted(st.items())))
-                              for fid, st in sorted(value.items()))
-            elif isinstance(value, dict):
+                value = tuple((fid, tuple(tuple(v.items()) if type(v) is dict else v
+                                          for v in st.values()))
+                              for fid, st in value.items())
+            elif type(value) is dict:
                 value = tuple(sorted(value.items()))
             out.append(value)
         return tuple(out)
@@ -139,10 +167,10 @@ class GmemFile(Primitive):
         for name, value in zip(self._FIELDS, st):
             if name == "folio_state":
                 self.folio_state.clear()
-                for fid, items in value:
+                for fid, values in value:
                     self.folio_state[fid] = {k: (dict(v) if k == "holders" else v)
-                                             for k, v in items}
-            elif isinstance(getattr(self, name), dict):
+                                             for k, v in zip(FOLIO_FIELDS, values)}
+            elif type(getattr(self, name)) is dict:
                 getattr(self, name).clear()
                 getattr(self, name).update(value)
             else:
@@ -153,6 +181,24 @@ class GmemFile(Primitive):
                          if f.mapping is not None) or "empty"
 
 
+def _check_file(file) -> GmemFile:
+    if not isinstance(file, GmemFile):
+        raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
+    return file
+
+
+def _check_who(who) -> str:
+    # The CPU's or holder's name, which the folio lock and the ledger record.
+    return check_name("who", who)
+
+
+def _check_range(kvm, file, start: int, end: int) -> None:
+    _check_kvm(kvm)
+    _check_file(file)
+    check_int("start", start, 0, file.size - 1)
+    check_int("end", end, start + 1, file.size)
+
+
 def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> GmemFile:
     """Create a guest_memfd file of ``size`` pages for ``kvm`` (KVM_CREATE_GUEST_MEMFD).
 
@@ -160,6 +206,7 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> 
 
     Set-up, not CPU code: the file is a new shared object of the VM.
     """
+    _check_kvm(kvm)
     check_int("size", size, 1, 1 << 20)
     n = sum(1 for p in kvm._prims if isinstance(p, GmemFile))
     return kvm._register(GmemFile(kvm, name or f"gmem{n}", size, order))
@@ -167,6 +214,7 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, name: str | None = None) -> 
 
 def kvm_gmem_file(kvm, slot: KvmMemorySlot) -> GmemFile | None:
     """The guest_memfd file a memslot is bound to (``slot->gmem.file``), or None."""
+    _check_kvm(kvm)
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
     if slot.gmem is None:
@@ -181,6 +229,7 @@ def kvm_gmem_bind(kvm, slot: KvmMemorySlot) -> None:
 
     Plain computation: the memslot update runs it inside a step.
     """
+    _check_kvm(kvm)
     file = kvm_gmem_file(kvm, slot)
     if file is None or not slot.flags & KVM_MEM_GUEST_MEMFD:
         raise ValueError(f"slot {slot.id} has no guest_memfd file")
@@ -189,6 +238,32 @@ def kvm_gmem_bind(kvm, slot: KvmMemorySlot) -> None:
                          f"does not fit in {file.name} ({file.size} pages)")
     binding = (slot.id, slot.base_gfn, slot.npages, slot.gmem_pgoff)
     file.bindings = tuple(b for b in file.bindings if b[0] != slot.id) + (binding,)
+
+
+def _check_mappable_file(file, index: int) -> None:
+    _check_file(file)
+    if not file.mappability:
+        raise ValueError(f"{file.name} has no mappability states (a 6.17 file): "
+                         "make it with kvmmu.guest_memfd_rfc.kvm_gmem_create")
+    file.check_index(index)
+
+
+def gmem_is_mappable(file: GmemFile, index: int) -> bool:
+    """Return True if the host may map ``index`` (state ALL).
+
+    Models: virt/kvm/guest_memfd.c: gmem_is_mappable() (RFC v5 as posted)
+    """
+    _check_mappable_file(file, index)
+    return file.mappable_offsets[index] == KVM_GMEM_ALL_MAPPABLE
+
+
+def gmem_is_guest_mappable(file: GmemFile, index: int) -> bool:
+    """Return True if the guest may map ``index`` (state ALL or GUEST: bit 0 clear).
+
+    Models: virt/kvm/guest_memfd.c: gmem_is_guest_mappable() (RFC v5 as posted)
+    """
+    _check_mappable_file(file, index)
+    return not file.mappable_offsets[index] & 0b01
 
 
 # --------------------------------------------------------------------------
@@ -206,6 +281,8 @@ def folio_lock(folio: Folio, who: str):
 
     Models: include/linux/pagemap.h: folio_lock()
     """
+    _check_folio(folio)
+    _check_who(who)
     while not (yield from step(f"folio_lock({folio!r})", lambda: _try_lock(folio, who))):
         yield from wait_until(f"folio {folio.fid} unlocked", lambda w: folio.locked_by is None)
 
@@ -215,6 +292,8 @@ def folio_unlock(folio: Folio, who: str):
 
     Models: mm/filemap.c: folio_unlock()
     """
+    _check_folio(folio)
+    _check_who(who)
     def unlock():
         if folio.locked_by != who:
             raise KernelWarn(f"folio_unlock: {folio!r} is locked by {folio.locked_by}, not {who}")
@@ -231,6 +310,8 @@ def filemap_get_entry(file: GmemFile, index: int, holder: str):
     zero is on its way out: the kernel retries until the count is raised
     again or the entry is gone, and so does the model (a wait).
     """
+    _check_file(file)
+    _check_who(holder)
     file.check_index(index)
     first = index - index % file.nr_pages
 
@@ -256,6 +337,8 @@ def filemap_lock_folio(file: GmemFile, index: int, who: str):
     After the lock, a folio that truncation removed meanwhile is dropped and
     the lookup retried, as ``__filemap_get_folio`` does.
     """
+    _check_file(file).check_index(index)
+    _check_who(who)
     while True:
         folio = yield from filemap_get_entry(file, index, who)
         if folio is None:
@@ -267,11 +350,14 @@ def filemap_lock_folio(file: GmemFile, index: int, who: str):
         yield from folio_put(folio, who)
 
 
+@cpu_code
 def kvm_gmem_get_folio(file: GmemFile, index: int, who: str):
     """Return the locked folio at ``index`` with a reference, allocating it if absent.
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_get_folio()
     """
+    _check_file(file).check_index(index)
+    _check_who(who)
     folio = yield from filemap_lock_folio(file, index, who)
     if folio is not None:
         return folio
@@ -301,7 +387,14 @@ def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
     installed (``kvm_release_faultin_page``).  -EFAULT: the slot has no file
     (it was closed); -EIO: the file is not bound to this slot.  ``max_order``
     is always 0 here (order-0 folios), so it is not returned.
+
+    In a file with the RFC's mappability states (RFC v5 as posted, chapter
+    4) the lookup runs under the file's invalidate lock held for read, and
+    a page the guest may not map (NONE: on its way to private) gives
+    -EAGAIN: the vCPU retries later.
     """
+    _check_kvm(kvm)
+    _check_who(who)
     if not isinstance(slot, KvmMemorySlot):
         raise TypeError(f"slot must be a KvmMemorySlot, got {type(slot).__name__}")
     check_int("gfn", gfn, slot.base_gfn, slot.end_gfn - 1)
@@ -312,8 +405,18 @@ def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
     if binding is None:
         return -EIO, None, None
     index = gfn - slot.base_gfn + slot.gmem_pgoff
+    rfc = file.mappability
+    if rfc:
+        yield from file.invalidate_lock.read_lock()
+        ok = yield from step("gmem_is_guest_mappable?",
+                             lambda: gmem_is_guest_mappable(file, index))
+        if not ok:
+            yield from file.invalidate_lock.read_unlock()
+            return -EAGAIN, None, None
     folio = yield from kvm_gmem_get_folio(file, index, who)
     yield from folio_unlock(folio, who)
+    if rfc:
+        yield from file.invalidate_lock.read_unlock()
     return 0, folio.pfn + (index - folio.index), folio
 
 
@@ -344,6 +447,7 @@ def kvm_gmem_invalidate_begin(kvm, file: GmemFile, start: int, end: int):
     ``kvm_mmu_invalidate_begin`` (once), ``kvm_mmu_unmap_gfn_range``, and a
     flush if anything was zapped.
     """
+    _check_range(kvm, file, start, end)
     ranges = yield from step("bound slots overlapping the range",
                              lambda: _bound_ranges(file, start, end))
     if not ranges:
@@ -367,6 +471,7 @@ def kvm_gmem_invalidate_end(kvm, file: GmemFile, start: int, end: int):
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_invalidate_end()
     """
+    _check_range(kvm, file, start, end)
     ranges = yield from step("bound slots overlapping the range",
                              lambda: _bound_ranges(file, start, end))
     if not ranges:
@@ -384,6 +489,8 @@ def filemap_remove_folio(file: GmemFile, folio: Folio):
     ``folio->mapping`` becomes NULL, then ``folio_put_refs(nr_pages)`` runs
     unconditionally.
     """
+    _check_file(file)
+    _check_folio(folio)
     def delete():
         del file.page_cache[folio.index]
         folio.mapping = None
@@ -391,15 +498,36 @@ def filemap_remove_folio(file: GmemFile, folio: Folio):
     return (yield from folio_put_refs(folio, folio_nr_pages(folio), FILEMAP))
 
 
+def _unmap_all(folio: Folio) -> int:
+    n, folio.mapcount = folio.mapcount, 0
+    return n
+
+
+def _unmap_mapping_folio(folio: Folio):
+    # unmap_mapping_folio(): zap every host PTE of the folio, then put the
+    # references those mappings held (after the TLB flush).
+    nr_ptes = yield from step("unmap_mapping_folio: zap the host PTEs", lambda: _unmap_all(folio))
+    for _ in range(nr_ptes):
+        yield from folio_put(folio, PTE)
+
+
 @cpu_code
 def truncate_inode_pages_range(file: GmemFile, start: int, end: int, who: str):
     """Remove the folios of offsets ``[start, end)`` from the page cache.
 
     Models: mm/truncate.c: truncate_inode_pages_range()
+Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5 as posted), gmem_is_mappable() (RFC v5 as posted), gmem_is_guest_mappable() (RFC v5 as posted)
 
-    Each folio is looked up with a speculative reference, locked, removed
-    from the page cache, unlocked, and the lookup reference put.
+    Each folio is looked up with a speculative reference, locked, unmapped
+    from every host page table that maps it, removed from the page cache,
+    unlocked, and the lookup reference put.  Only a file the VMM can map
+    (the RFC's) has mappings to remove; the model skips that step for the
+    others, where there is never anything to unmap.
     """
+    _check_file(file)
+    check_int("start", start, 0, file.size - 1)
+    check_int("end", end, start + 1, file.size)
+    _check_who(who)
     holder = f"truncate:{who}"
     first = start - start % file.nr_pages
     for index in range(first, end, file.nr_pages):
@@ -407,6 +535,8 @@ def truncate_inode_pages_range(file: GmemFile, start: int, end: int, who: str):
         if folio is None:
             continue
         yield from folio_lock(folio, holder)
+        if file.mappability:
+            yield from _unmap_mapping_folio(folio)
         yield from filemap_remove_folio(file, folio)
         yield from folio_unlock(folio, holder)
         yield from folio_put(folio, holder)
@@ -421,10 +551,8 @@ def kvm_gmem_punch_hole(kvm, file: GmemFile, start: int, end: int, who: str = "v
     With ``KvmConfig.gpc_gmem`` other than "6.17" (chapter 5's RFC), the
     pfn caches over the hole's private gfns are invalidated first.
     """
-    if not isinstance(file, GmemFile):
-        raise TypeError(f"file must be a GmemFile, got {type(file).__name__}")
-    check_int("start", start, 0, file.size - 1)
-    check_int("end", end, start + 1, file.size)
+    _check_range(kvm, file, start, end)
+    _check_who(who)
     hook = kvm.config.gpc_gmem               # chapter 5's RFC: pfn caches know guest_memfd
     yield from file.invalidate_lock.write_lock()
     if hook != "6.17":

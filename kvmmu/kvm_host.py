@@ -378,10 +378,10 @@ class Kvm(World):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if not callable(show):
             raise TypeError(f"show must be callable (kvm -> text), got {type(show).__name__}")
+        self._watch_only = self._watch_only or only
         if name in self.snapshot():
             raise ValueError(f"name {name!r} is already shown in this VM's traces")
         self._watches = _Watches(self._watches + ((name, show),))
-        self._watch_only = self._watch_only or only
 
     def snapshot(self) -> dict:
         """The shared state as readable text, then what :meth:`watch` added."""
@@ -389,6 +389,12 @@ class Kvm(World):
         for name, show in self._watches:
             out[name] = show(self)
         return out
+
+    def _extras(self) -> dict:
+        # For the same reason there is nothing outside the shared objects to
+        # save and restore: the explorer need not deep-copy the configuration
+        # and the mm handle at every state (most of a save's time otherwise).
+        return {}
 
     # -- configuration and handles --
     @property

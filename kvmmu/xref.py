@@ -17,7 +17,7 @@ CHAPTER_OF_MODULE = {
     "bits": 1, "levels": 1, "spte": 1, "spte_races": 1,
     "host_mm": 2, "memslots": 2, "scenarios.host_level": 2,
     "explorer": 3, "tdp_mmu": 3, "tdp_iter": 3, "tlb": 3, "scenarios.tdp_mmu": 3,
-    "guest_memfd": 4, "folio": 4,
+    "guest_memfd": 4, "guest_memfd_rfc": 4, "folio": 4, "scenarios.guest_memfd": 4,
     "paging_tmpl": 5, "paging_tmpl_rfc": 5, "pfncache": 5, "mmu_permissions": 5, "pferr": 5,
     "guest": 5, "scenarios.paging_tmpl": 5,
     "memslot_update": 6, "prefault": 6,

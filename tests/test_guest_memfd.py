@@ -1,5 +1,9 @@
-"""kvmmu.folio / kvmmu.guest_memfd (the RFC model): constants, return codes, the state table,
-bad input, the console's pure function, the exercises, and property tests over action sequences."""
+"""Chapter 4's model on the one VM: kvmmu.folio, kvmmu.guest_memfd's RFC hooks, kvmmu.guest_memfd_rfc.
+
+Constants, return codes, the state table, the one fault path into the RFC's
+check, bad input, the console's pure function, the exercises, and property
+tests over action sequences (kvmmu.scenarios.guest_memfd runs the actions).
+"""
 import random
 
 import pytest
@@ -7,19 +11,40 @@ from hypothesis import given, settings, strategies as st
 
 from kvmmu import folio as F
 from kvmmu import guest_memfd as G
-from kvmmu.errno import EAGAIN, EFAULT
+from kvmmu import guest_memfd_rfc as R
+from kvmmu.cpu import ModelHang, run_alone
+from kvmmu.errno import EAGAIN, EFAULT, RET_PF_FIXED
 from kvmmu.exercises.guest_memfd import KINDS, problem
+from kvmmu.kvm_main import kvm_create_vm
+from kvmmu.scenarios import guest_memfd as S
 from kvmmu.viz import guest_memfd as V
 
 FAST = settings(max_examples=int(__import__('os').environ.get('KVMMU_EXAMPLES', 60)), deadline=None)
 
 
-def run(file, gen):
-    return G.run_op(gen, world=file)
-
-
 def held(*actions, order=0):
-    return G.replay(list(actions), size=1 << order, order=order)
+    """A VM whose file has one folio of ``order``, after ``actions`` on one CPU."""
+    return S.replay(list(actions), size=1 << order, order=order)
+
+
+def file_of(kvm):
+    return S.gmem_file(kvm)
+
+
+def clear(kvm):
+    return run_alone(kvm, R.gmem_clear_mappable(file_of(kvm), 0, 1))
+
+
+def register(kvm, **variant):
+    return run_alone(kvm, R.kvm_slot_gmem_register_callback(kvm, S.gmem_slot(kvm), S.GFN,
+                                                            **variant))
+
+
+def with_state(state):
+    """A VM whose only offset starts in ``state`` (the file made so, not converted)."""
+    kvm = kvm_create_vm(zoom=S.ZOOM)
+    R.kvm_gmem_create(kvm, 1, state=state)
+    return kvm
 
 
 # ---------------------------------------------------------------- constants
@@ -30,184 +55,260 @@ def test_constants_match_the_rfc():
     assert G.KVM_GMEM_GUEST_MAPPABLE & 1 == 0 and G.KVM_GMEM_GUEST_MAPPABLE & 2
     assert G.KVM_GMEM_NONE_MAPPABLE & 1 and G.KVM_GMEM_NONE_MAPPABLE & 2
     assert F.PGTY_guestmem == 0xF8
-    assert (G.VM_FAULT_SIGBUS, G.VM_FAULT_LOCKED) == (0x2, 0x200)
-    assert G.state_name(0b10) == "GUEST"
+    assert (R.VM_FAULT_SIGBUS, R.VM_FAULT_LOCKED) == (0x2, 0x200)
+    assert R.state_name(0b10) == "GUEST"
     with pytest.raises(ValueError, match="state"):
-        G.state_name(1)
+        R.state_name(1)
+    # mm's switch reaches the RFC's callback through the handler table.
+    assert F.FREE_TYPED_FOLIO["PGTY_guestmem"] is R.kvm_gmem_handle_folio_put
 
 
 @pytest.mark.parametrize("state,host,guest", [("ALL", True, True), ("GUEST", False, True),
                                               ("NONE", False, False)])
 def test_who_may_map_each_state(state, host, guest):
-    f = G.GmemFile(state=state)
-    assert G.gmem_is_mappable(f, 0) is host
-    assert G.gmem_is_guest_mappable(f, 0) is guest
-    assert (run(f, G.kvm_gmem_fault(f, 0)) == G.VM_FAULT_LOCKED) is host
-    assert run(f, G.guest_fault(f, 0)) == (0 if guest else -EAGAIN)
-    assert f.guest_mapped[0] is guest
+    kvm = with_state(state)
+    file = kvm.primitive("gmem0")
+    assert G.gmem_is_mappable(file, 0) is host
+    assert G.gmem_is_guest_mappable(file, 0) is guest
+    ret, folio = run_alone(kvm, R.kvm_gmem_fault(file, 0))
+    assert (ret == R.VM_FAULT_LOCKED) is host and (folio is not None) is host
+
+
+def _fault_labels(kvm):
+    from kvmmu.explorer import Actor, Invariant, Scenario, run_schedule
+    sc = Scenario("fault", lambda: kvm, [Actor("A", "vCPU", S.vcpu_fault)],
+                  [Invariant("true", lambda w: True)])
+    trace = run_schedule(sc, "A" * 60, complete=True)
+    return trace.results["A"], [s.label for s in trace.steps]
+
+
+@pytest.mark.parametrize("state,result", [("ALL", RET_PF_FIXED), ("GUEST", RET_PF_FIXED),
+                                          ("NONE", -EAGAIN)])
+def test_the_vcpu_fault_goes_through_kvm_gmem_get_pfn_and_its_rfc_check(state, result):
+    kvm = S.gmem_world()()
+    file = file_of(kvm)
+    file.mappable_offsets = (R.STATE_BY_NAME[state],)
+    r, trace = _fault_labels(kvm)
+    assert r == ("RET_PF_FIXED" if result == RET_PF_FIXED else "-EAGAIN")
+    assert trace[0].startswith("memslot lookup")
+    assert any(lab.startswith("gmem_is_guest_mappable?") for lab in trace)
+    assert S.guest_mapped(kvm) is (result == RET_PF_FIXED)
+    # KVM's private mapping holds no reference: only the page cache's are left.
+    assert file.folio_at(0).holders == {F.FILEMAP: 1}
+
+
+def test_a_617_file_has_no_states_and_its_fault_takes_no_invalidate_lock():
+    from kvmmu.kvm_main import kvm_vm_ioctl_create_vcpu, set_memory_region
+    from kvmmu.memslots import KVM_MEM_GUEST_MEMFD
+    from kvmmu.mmu import kvm_mmu_reload
+    kvm = kvm_create_vm(zoom=S.ZOOM)
+    vcpu = kvm_vm_ioctl_create_vcpu(kvm)
+    file = G.kvm_gmem_create(kvm, 1, name="gmem0")
+    assert not file.mappability and file.mappable_offsets is None
+    with pytest.raises(ValueError, match="no mappability states"):
+        G.gmem_is_guest_mappable(file, 0)
+    set_memory_region(kvm, S.SLOT, S.GPA, 0x1000, S.HVA, flags=KVM_MEM_GUEST_MEMFD,
+                      guest_memfd="gmem0")
+    kvm.memslot_state.private = frozenset({S.GFN})
+    kvm_mmu_reload(vcpu)
+    folio = run_alone(kvm, G.kvm_gmem_get_folio(file, 0, "set-up"))     # populated, as S's are
+    run_alone(kvm, G.folio_unlock(folio, "set-up"))
+    run_alone(kvm, F.folio_put(folio, "set-up"))
+    r617, labels617 = _fault_labels(kvm)
+    rrfc, labels_rfc = _fault_labels(S.gmem_world()())
+    assert r617 == rrfc == "RET_PF_FIXED"
+    assert not any("invalidate_lock" in lab or "mappable" in lab for lab in labels617)
+    # The RFC adds exactly its lock, its check and the unlock to the same path.
+    assert len(labels_rfc) == len(labels617) + 3
+    assert "read_lock(gmem0.invalidate_lock)" in labels_rfc
 
 
 @pytest.mark.parametrize("order", [0, 1, 2])
 def test_clear_mappable_compares_with_nr_pages_plus_one(order):
     nr = 1 << order
     clean = held(order=order)
-    assert clean.folio_at(0).refcount == nr            # the page cache's references
-    run(clean, G.gmem_clear_mappable(clean, 0, 1))
-    assert clean.state(0) == "GUEST" and clean.folio_at(0).refcount == nr
+    assert file_of(clean).folio_at(0).refcount == nr            # the page cache's references
+    clear(clean)
+    assert file_of(clean).state(0) == "GUEST" and file_of(clean).folio_at(0).refcount == nr
     one_more = held("spec get", order=order)
-    run(one_more, G.gmem_clear_mappable(one_more, 0, 1))
-    assert one_more.state(0) == "NONE"                 # nr + 1 (lookup) + 1 foreign > nr + 1
-    absent = G.GmemFile(populate=False)
-    run(absent, G.gmem_clear_mappable(absent, 0, 1))
-    assert absent.state(0) == "GUEST"                  # no folio: -ENOENT is fine
+    clear(one_more)
+    assert file_of(one_more).state(0) == "NONE"     # nr + 1 (lookup) + 1 foreign > nr + 1
+    absent = with_state("ALL")
+    run_alone(absent, R.gmem_clear_mappable(absent.primitive("gmem0"), 0, 1))
+    assert absent.primitive("gmem0").state(0) == "GUEST"        # no folio: -ENOENT is fine
 
 
 # ---------------------------------------------------------------- register / callback
-def _register(f):
-    run(f, G.gmem_clear_mappable(f, 0, 1))
-    return run(f, G.kvm_slot_gmem_register_callback(f, 0))
+def _unshare(kvm):
+    clear(kvm)
+    return register(kvm)
 
 
 def test_register_while_mapped_returns_eagain_and_registers_nothing():
-    f = held("host map")
-    assert _register(f) == -EAGAIN
-    folio = f.folio_at(0)
+    kvm = held("host map")
+    assert _unshare(kvm) == -EAGAIN
+    folio = file_of(kvm).folio_at(0)
     assert not F.folio_test_guestmem(folio)            # the comment/code mismatch
-    assert folio.holders[F.FILEMAP] == 1 and f.state(0) == "NONE"
+    assert folio.holders[F.FILEMAP] == 1 and file_of(kvm).state(0) == "NONE"
 
 
 def test_register_with_foreign_reference_parks_filemap_refs():
-    f = held("host map", "get ref", "host unmap")
-    assert _register(f) == -EAGAIN
-    folio = f.folio_at(0)
+    kvm = held("host map", "get ref", "host unmap")
+    assert _unshare(kvm) == -EAGAIN
+    folio = file_of(kvm).folio_at(0)
     assert F.folio_test_guestmem(folio)
     assert folio.refcount == 1 and folio.holders.get(F.FILEMAP, 0) == 0  # only the GUP ref
     # a second register sees the type and changes nothing
-    assert run(f, G.kvm_slot_gmem_register_callback(f, 0)) == -EAGAIN
-    assert folio.refcount == 1 and f.callbacks == 0
+    assert register(kvm) == -EAGAIN
+    assert folio.refcount == 1 and file_of(kvm).callbacks == 0
 
 
 def test_register_without_foreign_reference_completes():
-    f = held("spec get")
-    run(f, G.gmem_clear_mappable(f, 0, 1))
-    assert f.state(0) == "NONE"
-    G.apply_action(f, "spec put")
-    assert run(f, G.kvm_slot_gmem_register_callback(f, 0)) == 0
-    folio = f.folio_at(0)
-    assert f.state(0) == "GUEST" and not F.folio_test_guestmem(folio) and folio.refcount == 1
+    kvm = held("spec get")
+    clear(kvm)
+    assert file_of(kvm).state(0) == "NONE"
+    S.apply_action(kvm, "spec put")
+    assert register(kvm) == 0
+    folio = file_of(kvm).folio_at(0)
+    assert file_of(kvm).state(0) == "GUEST" and not F.folio_test_guestmem(folio)
+    assert folio.refcount == 1
 
 
 @pytest.mark.parametrize("order", [0, 2])
 def test_callback_fires_only_when_the_foreign_count_reaches_zero(order):
     nr = 1 << order
-    f = held("host map", "get ref", "spec get", "host unmap", "convert to private", order=order)
-    folio = f.folio_at(0)
-    assert f.state(0) == "NONE" and F.folio_test_guestmem(folio)
+    kvm = held("host map", "get ref", "spec get", "host unmap", "convert to private", order=order)
+    file = file_of(kvm)
+    folio = file.folio_at(0)
+    assert file.state(0) == "NONE" and F.folio_test_guestmem(folio)
     assert folio.refcount == 2                         # GUP + speculative; nr parked
-    G.apply_action(f, "spec put")
-    assert f.callbacks == 0 and f.state(0) == "NONE" and folio.refcount == 1
-    G.apply_action(f, "put ref")
-    assert f.callbacks == 1 and f.state(0) == "GUEST"
+    S.apply_action(kvm, "spec put")
+    assert file.callbacks == 0 and file.state(0) == "NONE" and folio.refcount == 1
+    S.apply_action(kvm, "put ref")
+    assert file.callbacks == 1 and file.state(0) == "GUEST"
     assert folio.refcount == nr and not F.folio_test_guestmem(folio)   # back at baseline
-    assert G.at_baseline(f) is None and not G.check_invariants(f)
-    assert [h[1:] for h in f.history] == [("ALL", "NONE", "gmem_clear_mappable"),
-                                          ("NONE", "GUEST", "kvm_gmem_handle_folio_put")]
+    assert S.at_baseline(kvm) is None and not S.check_invariants(kvm)
+    assert [h[1:] for h in file.history] == [("ALL", "NONE", "gmem_clear_mappable"),
+                                             ("NONE", "GUEST", "kvm_gmem_handle_folio_put")]
 
 
 def test_share_again_cancels_the_pending_callback():
-    f = held("host map", "get ref", "host unmap", "convert to private")
-    folio = f.folio_at(0)
-    G.apply_action(f, "share again")
-    assert f.state(0) == "ALL" and not F.folio_test_guestmem(folio)
+    kvm = held("host map", "get ref", "host unmap", "convert to private")
+    file = file_of(kvm)
+    folio = file.folio_at(0)
+    S.apply_action(kvm, "share again")
+    assert file.state(0) == "ALL" and not F.folio_test_guestmem(folio)
     assert folio.refcount == 2                         # page cache + GUP
-    G.apply_action(f, "put ref")
-    assert f.callbacks == 0 and folio.refcount == 1 and not folio.freed
+    S.apply_action(kvm, "put ref")
+    assert file.callbacks == 0 and folio.refcount == 1 and not folio.freed
 
 
 def test_guest_fault_retries_in_none_and_host_fault_sigbuses():
-    f = held("host map", "get ref", "host unmap", "convert to private")
-    ret, msg = G.apply_action(f, "guest fault")
-    assert ret == -EAGAIN and "retries" in msg
-    ret, msg = G.apply_action(f, "host map")
-    assert ret == G.VM_FAULT_SIGBUS and "ALL" in msg
-    assert G.apply_action(f, "get ref")[0] == -EFAULT
+    kvm = held("host map", "get ref", "host unmap", "convert to private")
+    ret, msg = S.apply_action(kvm, "guest fault")
+    assert ret == "-EAGAIN" and "retries" in msg and not S.guest_mapped(kvm)
+    ret, msg = S.apply_action(kvm, "host map")
+    assert ret == R.VM_FAULT_SIGBUS and "ALL" in msg
+    assert S.apply_action(kvm, "get ref")[0] == -EFAULT
 
 
 def test_host_fault_on_pending_folio_in_all_warns():
-    # Only reachable when register runs on a page shared again meanwhile (unguarded row 9/10).
-    f = held("host map", "get ref", "host unmap")
-    run(f, G.kvm_slot_gmem_register_callback(f, 0))   # register on an ALL page
-    assert F.folio_test_guestmem(f.folio_at(0)) and f.state(0) == "ALL"
-    assert run(f, G.kvm_gmem_fault(f, 0)) == G.VM_FAULT_SIGBUS
-    assert "callback pending" in f.warnings[-1]
-    G.apply_action(f, "put ref")
-    assert f.state(0) == "GUEST" and not f.bad_transitions   # ALL -> GUEST by the callback
+    # Only reachable when register runs on a page shared again meanwhile (unguarded rows 9/10).
+    kvm = held("host map", "get ref", "host unmap")
+    file = file_of(kvm)
+    register(kvm)                                      # register on an ALL page
+    assert F.folio_test_guestmem(file.folio_at(0)) and file.state(0) == "ALL"
+    assert run_alone(kvm, R.kvm_gmem_fault(file, 0)) == (R.VM_FAULT_SIGBUS, None)
+    assert "callback pending" in kvm.warnings[-1]
+    S.apply_action(kvm, "put ref")
+    assert file.state(0) == "GUEST" and not file.bad_transitions   # ALL -> GUEST by the callback
 
 
 def test_unshare_twice_while_pending_goes_guest_with_a_host_reference():
-    f = held("host map", "get ref", "host unmap", "convert to private")
-    G.apply_action(f, "convert to private")
-    assert f.state(0) == "GUEST"
-    assert G.check_invariants(f) == ["private is private"]
-    assert ("NONE", "GUEST", "gmem_clear_mappable") in [h[1:] for h in f.history]
+    kvm = held("host map", "get ref", "host unmap", "convert to private")
+    S.apply_action(kvm, "convert to private")
+    assert file_of(kvm).state(0) == "GUEST"
+    assert S.check_invariants(kvm) == ["private is private"]
+    assert ("NONE", "GUEST", "gmem_clear_mappable") in [h[1:] for h in file_of(kvm).history]
 
 
 def test_truncating_a_pending_folio_oopses_and_the_fix_does_not():
-    f = held("host map", "get ref", "host unmap", "convert to private")
-    ret, msg = G.apply_action(f, "punch hole")
-    assert ret == "oops" and "OOPS" in msg and "NULL" in f.oops[0]
-    old = f.folios[0]
+    kvm = held("host map", "get ref", "host unmap", "convert to private")
+    ret, msg = S.apply_action(kvm, "punch hole")
+    file = file_of(kvm)
+    assert ret == "oops" and "OOPS" in msg and "NULL" in file.oops[0]
+    old = file.folios[0]
     assert old.mapping is None and old.refcount == 0 and old.holders["gup:host"] == 1
-    assert set(G.check_invariants(f)) == {"references accounted", "no oops"}
-    assert f.invalidate_lock.writer == "0"          # the crashed truncation still holds it
-    with pytest.raises(G.WouldBlock):
-        G.apply_action(f, "guest fault")
+    assert set(S.check_invariants(kvm)) == {"references accounted", "no oops"}
+    assert file.invalidate_lock.writer == "A"       # the crashed truncation still holds it
+    # The invalidation it began never ends: the vCPU's fault retries forever ...
+    assert S.apply_action(kvm, "guest fault")[0] == "RET_PF_RETRY"
+    # ... and a conversion waits for the lock forever.
+    with pytest.raises(ModelHang, match="invalidate_lock"):
+        S.apply_action(kvm, "share again")
     with pytest.raises(F.Oops, match="NULL"):
-        G.run_op(G.kvm_gmem_handle_folio_put(old), world=f)
+        run_alone(kvm, R.kvm_gmem_handle_folio_put(old))
     with pytest.raises(F.KernelWarn, match="underflow"):
-        G.apply_action(f, "put ref")
-    fixed = G.replay(["host map", "get ref", "host unmap", "convert to private", "punch hole"],
+        S.apply_action(kvm, "put ref")
+    fixed = S.replay(["host map", "get ref", "host unmap", "convert to private", "punch hole"],
                      fix_pending=True)
-    old = fixed.folios[0]
-    assert not fixed.oops and old.refcount == 1 and fixed.state(0) == "GUEST"
-    G.apply_action(fixed, "put ref")
-    assert old.freed and not G.check_invariants(fixed)
+    old = file_of(fixed).folios[0]
+    assert not file_of(fixed).oops and old.refcount == 1 and file_of(fixed).state(0) == "GUEST"
+    S.apply_action(fixed, "put ref")
+    assert old.freed and not S.check_invariants(fixed)
+
+
+def test_punch_hole_zaps_the_guest_mapping_and_unmaps_the_host():
+    kvm = held("host map", "guest fault")
+    file = file_of(kvm)
+    assert S.guest_mapped(kvm) and file.folio_at(0).mapcount == 1
+    seq = kvm.mmu_invalidate_seq
+    S.apply_action(kvm, "punch hole")
+    old = file.folios[0]
+    assert not S.guest_mapped(kvm) and old.mapcount == 0 and old.freed
+    assert kvm.mmu_invalidate_seq == seq + 1 and kvm.warnings == ()
 
 
 def test_alternative_with_the_posted_lock_order_self_deadlocks_on_one_cpu():
-    f = held("spec get")
-    run(f, G.gmem_clear_mappable(f, 0, 1))
-    G.apply_action(f, "spec put")
-    with pytest.raises(G.WouldBlock, match="invalidate_lock"):
-        run(f, G.kvm_slot_gmem_register_callback(f, 0, alternative=True))
-    g = held("spec get")
-    run(g, G.gmem_clear_mappable(g, 0, 1))
-    G.apply_action(g, "spec put")
-    assert run(g, G.kvm_slot_gmem_register_callback(g, 0, alternative=True,
-                                                    put_after_unlock=True)) == -EAGAIN
-    assert g.callbacks == 1 and g.state(0) == "GUEST" and G.at_baseline(g) is None
+    kvm = held("spec get")
+    clear(kvm)
+    S.apply_action(kvm, "spec put")
+    with pytest.raises(ModelHang, match="invalidate_lock"):
+        register(kvm, alternative=True)
+    kvm = held("spec get")
+    clear(kvm)
+    S.apply_action(kvm, "spec put")
+    assert register(kvm, alternative=True, put_after_unlock=True) == -EAGAIN
+    assert file_of(kvm).callbacks == 1 and file_of(kvm).state(0) == "GUEST"
+    assert S.at_baseline(kvm) is None
 
 
-def test_run_op_trace_and_labels():
-    f = G.GmemFile()
-    trace = []
-    G.run_op(G.kvm_gmem_fault(f, 0), world=f, trace=trace)
-    assert trace[0] == "read_lock(invalidate_lock)" and trace[-1] == "read_unlock(invalidate_lock)"
-    assert "map the folio in the host page table" in trace
+def test_the_host_fault_maps_after_the_invalidate_lock_is_dropped():
+    from kvmmu.explorer import Actor, Invariant, Scenario, run_schedule
+    kvm = S.gmem_world()()
+    sc = Scenario("host fault", lambda: kvm,
+                  [Actor("A", "host", lambda w: R.host_fault(file_of(w), 0))],
+                  [Invariant("true", lambda w: True)])
+    labels = [s.label for s in run_schedule(sc, "A" * 20, complete=True).steps]
+    assert labels[0] == "read_lock(gmem0.invalidate_lock)"
+    unlock = labels.index("read_unlock(gmem0.invalidate_lock)")
+    assert labels[unlock + 1].startswith("finish_fault: map the folio")
+    assert labels[-1].startswith("folio_unlock")
+    assert file_of(kvm).folio_at(0).holders == {F.FILEMAP: 1, F.PTE: 1}
 
 
 # ---------------------------------------------------------------- illegal ops and bad input
 def test_illegal_operations_raise_like_a_warn():
-    f = G.GmemFile()
+    kvm = held()
     with pytest.raises(F.KernelWarn, match="nothing maps offset 0"):
-        G.apply_action(f, "host unmap")
+        S.apply_action(kvm, "host unmap")
     with pytest.raises(F.KernelWarn, match="holds no GUP reference"):
-        G.apply_action(f, "put ref")
+        S.apply_action(kvm, "put ref")
     with pytest.raises(F.KernelWarn, match="no speculative reference"):
-        G.apply_action(f, "spec put")
-    folio = f.folio_at(0)
+        S.apply_action(kvm, "spec put")
+    folio = file_of(kvm).folio_at(0)
     with pytest.raises(F.KernelWarn, match="underflow"):
-        G.run_op(F.folio_put_refs(folio, 2, F.FILEMAP), world=f)
+        run_alone(kvm, F.folio_put_refs(folio, 2, F.FILEMAP))
     assert folio.refcount == 1                            # nothing changed
     with pytest.raises(F.KernelWarn, match="free folio"):
         F.folio_get(F.Folio(9, index=0), "x")
@@ -215,78 +316,99 @@ def test_illegal_operations_raise_like_a_warn():
         F.__folio_set_guestmem(F.Folio(9, index=0, page_type=F.PGTY_guestmem))
     with pytest.raises(F.KernelWarn, match="not a guestmem"):
         F.__folio_clear_guestmem(folio)
+    with pytest.raises(F.KernelWarn, match="not mapped"):
+        F.folio_remove_rmap_pte(folio)
+    with pytest.raises(F.KernelWarn, match="holds no reference"):
+        F.folio_add_file_rmap_pte(folio, "nobody")
 
 
 def test_bad_arguments_name_the_argument():
-    with pytest.raises(ValueError, match="index"):
-        G.apply_action(G.GmemFile(), "host map", index=1)
+    kvm = held()
+    file = file_of(kvm)
     with pytest.raises(ValueError, match="action"):
-        G.apply_action(G.GmemFile(), "fly")
+        S.apply_action(kvm, "fly")
+    with pytest.raises(TypeError, match="kvm"):
+        S.apply_action(file, "host map")
+    with pytest.raises(ValueError, match="variant"):
+        S.apply_action(kvm, "host map", fix=True)
     with pytest.raises(ValueError, match="state"):
-        G.GmemFile(state="PRIVATE")
+        R.kvm_gmem_create(kvm_create_vm(), 1, state="PRIVATE")
     with pytest.raises(ValueError, match="size must be a multiple"):
-        G.GmemFile(size=3, order=1)
+        R.kvm_gmem_create(kvm_create_vm(), 3, order=1)
     with pytest.raises(ValueError, match="order"):
-        G.GmemFile(order=10)
-    with pytest.raises(TypeError, match="populate"):
-        G.GmemFile(populate=1)
+        R.kvm_gmem_create(kvm_create_vm(), 1 << 10, order=10)
     with pytest.raises(ValueError, match="end"):
-        G.run_op(G.gmem_clear_mappable(G.GmemFile(), 0, 0))
+        next(R.gmem_clear_mappable(file, 0, 0))
+    with pytest.raises(ValueError, match="index"):
+        next(R.kvm_gmem_fault(file, 1))
+    with pytest.raises(TypeError, match="GmemMappableFile"):
+        next(R.gmem_set_mappable(G.kvm_gmem_create(kvm_create_vm(), 1), 0, 1))
+    with pytest.raises(ValueError, match="gfn"):
+        next(R.kvm_slot_gmem_register_callback(kvm, S.gmem_slot(kvm), S.GFN + 1))
+    with pytest.raises(TypeError, match="slot"):
+        next(R.convert_to_private(kvm, None, S.GFN))
+    with pytest.raises(TypeError, match="alternative"):
+        next(R.__gmem_register_callback(file, file.folio(0), 0, alternative=1))
     with pytest.raises(TypeError, match="actions"):
-        G.replay("host map")
+        S.replay("host map")
     with pytest.raises(ValueError, match="nr"):
         F.folio_ref_add(F.Folio(0, index=0), 0, "x")
     with pytest.raises(ValueError, match="setup action"):
-        G.gmem_world("nope")
+        S.gmem_world("nope")
+    with pytest.raises(TypeError, match="function"):
+        R.transition_allowed("ALL", "NONE", 3)
+    with pytest.raises(ValueError, match="ret"):
+        R.vm_fault_name(-1)
 
 
 # ---------------------------------------------------------------- the transition table
 def test_figure_and_tests_use_one_table():
     edges = V.state_machine_edges()
-    assert [e[1:] for e in edges] == list(G.TRANSITIONS)
+    assert [e[1:] for e in edges] == list(R.TRANSITIONS)
     for _n, src, dst, fn, cond, kind in edges:
-        assert src in G.STATE_BY_NAME and dst in G.STATE_BY_NAME and src != dst
+        assert src in R.STATE_BY_NAME and dst in R.STATE_BY_NAME and src != dst
         assert kind in ("rfc", "unguarded", "fix") and cond
     rfc = {(s, d) for _n, s, d, _f, _c, k in edges if k == "rfc"}
     assert rfc == {("ALL", "GUEST"), ("ALL", "NONE"), ("NONE", "GUEST"), ("NONE", "ALL"),
                    ("GUEST", "ALL")}
-    assert not G.transition_allowed("GUEST", "NONE", "kvm_gmem_handle_folio_put")
+    assert not R.transition_allowed("GUEST", "NONE", "kvm_gmem_handle_folio_put")
 
 
 def test_a_change_outside_the_table_is_recorded():
-    f = G.GmemFile()
-    f.xa_store(0, G.KVM_GMEM_NONE_MAPPABLE, "kvm_gmem_fault")
-    assert f.bad_transitions == ["0: ALL -> NONE by kvm_gmem_fault"]
-    assert "transitions follow the table" in G.check_invariants(f)
+    kvm = held()
+    R._xa_store(file_of(kvm), 0, G.KVM_GMEM_NONE_MAPPABLE, "kvm_gmem_fault")
+    assert file_of(kvm).bad_transitions == ("0: ALL -> NONE by kvm_gmem_fault",)
+    assert "transitions follow the table" in S.check_invariants(kvm)
 
 
 # ---------------------------------------------------------------- properties
-ACTION = st.sampled_from(G.ACTIONS)
+ACTION = st.sampled_from(S.ACTIONS)
 
 
-def _protocol_ok(file, action) -> bool:
+def _protocol_ok(kvm, action) -> bool:
     # A caller that follows the protocol unshares only shared pages.
-    return action != "convert to private" or file.state(0) == "ALL"
+    return action != "convert to private" or file_of(kvm).state(0) == "ALL"
 
 
 @FAST
 @given(st.lists(ACTION, max_size=14), st.sampled_from([0, 1]))
 def test_any_sequence_keeps_counts_and_the_table(actions, order):
     """Posted RFC, any legal sequence: refcount never negative, states move along the table."""
-    f = G.GmemFile(size=1 << order, order=order)
+    kvm = held(order=order)
+    file = file_of(kvm)
     for action in actions:
-        before = [fo.refcount for fo in f.folios]
+        before = [fo.refcount for fo in file.folios]
         try:
-            G.apply_action(f, action)
+            S.apply_action(kvm, action)
         except F.KernelWarn:
-            assert [fo.refcount for fo in f.folios] == before   # refused: nothing changed
+            assert [fo.refcount for fo in file.folios] == before   # refused: nothing changed
             continue
-        assert all(fo.refcount >= 0 for fo in f.folios)
-        assert not f.bad_transitions
-        for _i, old, new, fn in f.history:
-            assert G.transition_allowed(old, new, fn)
-        if f.oops:      # truncating a pending folio: the reviewer's bug, nothing to check after
-            assert "NULL" in f.oops[0]
+        assert all(fo.refcount >= 0 for fo in file.folios)
+        assert not file.bad_transitions
+        for _i, old, new, fn in file.history:
+            assert R.transition_allowed(old, new, fn)
+        if file.oops:   # truncating a pending folio: the reviewer's bug, nothing to check after
+            assert "NULL" in file.oops[0]
             return
 
 
@@ -296,29 +418,31 @@ def test_protocol_sequences_keep_every_invariant(actions, order):
     """With the punch-hole fix and unshare only from ALL, every invariant holds after every action,
     the callback runs only when the last foreign reference goes, and dropping everything returns
     the folio to its baseline."""
-    f = G.GmemFile(size=1 << order, order=order)
+    kvm = held(order=order)
+    file = file_of(kvm)
     for action in actions:
-        if not _protocol_ok(f, action):
+        if not _protocol_ok(kvm, action):
             continue
-        callbacks = f.callbacks
+        callbacks = file.callbacks
         try:
-            G.apply_action(f, action, fix_pending=True)
+            S.apply_action(kvm, action, fix_pending=True)
         except F.KernelWarn:
             continue
-        assert G.check_invariants(f) == []
-        if f.callbacks > callbacks:
-            folio = f.folio_at(0)
+        assert S.check_invariants(kvm) == []
+        assert kvm.warnings == ()
+        if file.callbacks > callbacks:
+            folio = file.folio_at(0)
             assert {h: n for h, n in folio.holders.items() if n} == {F.FILEMAP: 1 << order}
     # Drop everything the host still holds: the folio returns to its baseline.
     for _ in range(8):
         for cleanup in ("host unmap", "put ref", "spec put"):
             try:
-                G.apply_action(f, cleanup, fix_pending=True)
+                S.apply_action(kvm, cleanup, fix_pending=True)
             except F.KernelWarn:
                 pass
-    assert G.check_invariants(f) == []
-    assert G.at_baseline(f) is None
-    for folio in f.folios:
+    assert S.check_invariants(kvm) == []
+    assert S.at_baseline(kvm) is None
+    for folio in file.folios:
         if folio.mapping is None:
             assert folio.freed and folio.refcount == 0
         else:
@@ -333,7 +457,7 @@ GARBAGE = [None, 5, "host map", ("fly",), ("host map", 3), [["x"]], b"x", 1.5, "
 def test_console_never_raises_on_bad_state(state):
     v = V.folio_console(state, "host map")
     assert isinstance(v, V.ConsoleView)
-    if not isinstance(state, (tuple, list)) or state and not all(a in G.ACTIONS for a in state):
+    if not isinstance(state, (tuple, list)) or state and not all(a in S.ACTIONS for a in state):
         assert not v.ok and v.state == ()
     assert isinstance(v.html(), str) and isinstance(repr(v), str)
 
@@ -354,22 +478,24 @@ def test_console_shows_refusals_and_return_codes():
     v = V.folio_console(("host map",), "convert to private")
     assert v.ok and "NO callback registered" in v.message
     fields = dict(v.fields)
-    assert fields["state"] == "NONE (0b11)" and fields["refcount"] == "2" and fields["mapcount"] == "1"
-    assert fields["type"] == "none"
+    assert fields["state"] == "NONE (0b11)" and fields["refcount"] == "2"
+    assert fields["mapcount"] == "1" and fields["type"] == "none"
     v = V.folio_console(("host map", "get ref", "host unmap"), "convert to private")
     assert "callback registered" in v.message and dict(v.fields)["type"].startswith("guestmem")
     v = V.folio_console(v.state, "put ref")
     assert "kvm_gmem_handle_folio_put" in v.message and dict(v.fields)["state"] == "GUEST (0b10)"
+    v = V.folio_console(v.state, "guest fault")
+    assert "RET_PF_FIXED" in v.message and dict(v.fields)["guest mapping"] == "yes"
     long = ("host map", "host unmap") * 200
     assert V.folio_console(long, "host map").ok
 
 
-def test_console_deadlock_is_a_message():
-    # There is no one-CPU deadlock in the console's actions; check the WouldBlock path directly.
-    f = G.GmemFile()
-    G.run_op(f.invalidate_lock.write_lock(), world=f)
-    with pytest.raises(G.WouldBlock):
-        G.apply_action(f, "guest fault")
+def test_console_says_when_an_action_would_wait_forever():
+    # After the oops the dead truncation holds the invalidate lock: sharing again would wait.
+    crashed = ("host map", "get ref", "host unmap", "convert to private", "punch hole")
+    v = V.folio_console(crashed, "share again")
+    assert not v.ok and "would wait forever" in v.message and v.state == crashed
+    assert "OOPS" in dict(v.fields)
 
 
 # ---------------------------------------------------------------- exercises
@@ -383,17 +509,13 @@ def test_problems_are_reproducible_and_computed(seed):
 
 
 def test_sequence_problem_answer_matches_replay():
+    from kvmmu.exercises.guest_memfd import _describe
     for seed in range(40):
         p = problem(seed, "sequence")
         actions = p.question.split("actions: ", 1)[1].split(". What", 1)[0].split(", ")
         order = int(p.question.split("order-", 1)[1].split(" ", 1)[0])
-        f = G.replay(actions, size=1 << order, order=order)
-        assert p.solution().endswith(f"Answer: {G_describe(f)}.")
-
-
-def G_describe(f):
-    from kvmmu.exercises.guest_memfd import _describe
-    return _describe(f)
+        kvm = S.replay(actions, size=1 << order, order=order)
+        assert p.solution().endswith(f"Answer: {_describe(kvm)}.")
 
 
 def test_problem_bad_input():
@@ -404,7 +526,7 @@ def test_problem_bad_input():
 
 
 # ---------------------------------------------------------------- figures
-def test_figures_draw(monkeypatch):
+def test_figures_draw():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -412,7 +534,9 @@ def test_figures_draw(monkeypatch):
 
     fig = V.state_machine_figure()
     assert len(fig.axes) == 2
-    trace = run_schedule(G.scenario_pin(put_after_unlock=True, vcpu=False), "B" * 18, complete=True)
+    sc = S.scenario_pin(put_after_unlock=True, vcpu=False)
+    whole = next(k for k in range(1, 60) if "B" in run_schedule(sc, "B" * k).results)
+    trace = run_schedule(sc, "B" * whole, complete=True)        # B first, then A
     rows = V.refcount_timeline_rows(trace)
     assert rows[0][3] == 2 and rows[-1][3] == 1 and rows[-1][4] == "GUEST"
     assert min(r[3] for r in rows) == 0                  # the final put
@@ -421,10 +545,18 @@ def test_figures_draw(monkeypatch):
     plt.close("all")
 
 
+def test_file_column_reads_what_the_file_shows():
+    kvm = held("host map", "get ref")
+    states, folios = V.file_column(file_of(kvm)._show())
+    assert states == ("ALL",) and folios[0].startswith("ref=3 map=1")
+    with pytest.raises(TypeError, match="text"):
+        V.file_column(None)
+
+
 def test_widget_builds():
     w = V.folio_console_widget()
     grid, out, _log = w.children
-    assert len(grid.children) == len(G.ACTIONS) + 1
+    assert len(grid.children) == len(S.ACTIONS) + 1
     grid.children[0].click()                              # host map
     assert "VM_FAULT_LOCKED" in out.value
     grid.children[1].click()                              # host unmap
@@ -437,7 +569,8 @@ def test_widget_builds():
 def test_import_does_not_pull_views():
     import subprocess
     import sys
-    code = ("import sys, kvmmu.guest_memfd, kvmmu.folio, kvmmu.exercises.guest_memfd; "
+    code = ("import sys, kvmmu.guest_memfd_rfc, kvmmu.folio, kvmmu.exercises.guest_memfd, "
+            "kvmmu.scenarios.guest_memfd; "
             "print(any(m in sys.modules for m in ('matplotlib', 'ipywidgets')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -448,7 +581,44 @@ def test_random_console_walk_is_deterministic():
         rng = random.Random(seed)
         state, msgs = (), []
         for _ in range(30):
-            v = V.folio_console(state, rng.choice(G.ACTIONS))
+            v = V.folio_console(state, rng.choice(S.ACTIONS))
             state, msgs = v.state, msgs + [v.message]
         return state, msgs
     assert walk(3) == walk(3)
+
+
+def test_run_alone_can_record_each_step():
+    kvm = held()
+    trace = []
+    ret = run_alone(kvm, R.gmem_clear_mappable(file_of(kvm), 0, 1), trace=trace)
+    assert ret == 0 and trace[0] == "write_lock(gmem0.invalidate_lock)"
+    assert "folio_ref_count -> 2" in trace and trace[-1] == "write_unlock(gmem0.invalidate_lock)"
+    with pytest.raises(TypeError, match="trace"):
+        run_alone(kvm, R.gmem_set_mappable(file_of(kvm), 0, 1), trace=())
+
+
+@pytest.mark.parametrize("module", ["kvmmu.folio", "kvmmu.guest_memfd", "kvmmu.guest_memfd_rfc",
+                                    "kvmmu.scenarios.guest_memfd", "kvmmu.viz.guest_memfd",
+                                    "kvmmu.exercises.guest_memfd"])
+@pytest.mark.parametrize("bad", [None, -1, 1.5, "x", 2**70])
+def test_every_exported_function_rejects_bad_arguments_by_name(module, bad):
+    """Each exported function given a bad value for every argument it needs raises
+    TypeError/ValueError (a generator before its first step), never anything else."""
+    import importlib
+    import inspect
+    m = importlib.import_module(module)
+    checked = 0
+    for name in m.__all__:
+        fn = getattr(m, name)
+        if inspect.isclass(fn) or not callable(fn):
+            continue
+        need = [p for p in inspect.signature(fn).parameters.values()
+                if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+        if not need:
+            continue
+        with pytest.raises((TypeError, ValueError)):
+            out = fn(*[bad] * len(need))
+            if inspect.isgenerator(out):
+                next(out)
+        checked += 1
+    assert checked >= 1

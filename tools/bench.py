@@ -7,7 +7,8 @@
 Sections: import (import time of kvmmu and of each model module), tests (the
 full test command, set-up excluded), book (a clean book build from stored
 outputs), chapters (tools/bench_explorer.py and each tools/bench_ch*.py), nbval
-(each chapter's strict nbval run, timed alone).
+(each chapter's strict nbval run, timed alone), spin (tools/bench_spin.py: the
+explorer and SPIN side by side).
 """
 import shutil
 import subprocess
@@ -67,6 +68,8 @@ def bench_book():
 
 def bench_chapters():
     for script in sorted((ROOT / "tools").glob("bench_*.py")):
+        if script.name == "bench_spin.py":
+            continue                  # its own section, "spin"
         seconds, r = _run([PY, str(script)])
         print(f"--- {script.name} ({seconds:.1f} s)")
         print(r.stdout.rstrip() or r.stderr.rstrip()[-500:])
@@ -87,8 +90,14 @@ def bench_nbval():
     print(f"nbval over book/ as the test command runs it (2 workers): {seconds:.1f} s")
 
 
+def bench_spin():
+    seconds, r = _run([PY, str(ROOT / "tools" / "bench_spin.py")])
+    print(f"--- bench_spin.py ({seconds:.1f} s)")
+    print(r.stdout.rstrip() or r.stderr.rstrip()[-500:])
+
+
 SECTIONS = {"import": bench_import, "tests": bench_tests, "book": bench_book, "chapters": bench_chapters,
-            "nbval": bench_nbval}
+            "nbval": bench_nbval, "spin": bench_spin}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):

@@ -1,8 +1,8 @@
 """Seeded guest_memfd problems: follow a sequence of actions on one folio; predict a return code.
 
 ``problem(seed)`` draws everything from ``random.Random(seed)``; every answer
-is computed by :mod:`kvmmu.guest_memfd` (the RFC model), never written by
-hand.  Two kinds:
+is computed by the chapter's model (:mod:`kvmmu.guest_memfd_rfc` on the one
+VM of :mod:`kvmmu.scenarios.guest_memfd`), never written by hand.  Two kinds:
 
 - ``"sequence"``: after these actions, what are the state of offset 0, the
   folio's refcount and mapcount, and is a callback pending?
@@ -11,10 +11,14 @@ hand.  Two kinds:
 """
 import random
 
-from .. import guest_memfd as G
-from ..checks import check_choice, check_int
-from ..folio import KernelWarn, folio_test_guestmem
+from ..checks import KernelWarn, check_choice, check_int
+from ..cpu import run_alone
+from ..folio import folio_mapped, folio_test_guestmem
+from ..guest_memfd_rfc import gmem_clear_mappable, kvm_slot_gmem_register_callback
+from ..scenarios import guest_memfd as S
 from .base import Problem
+
+__all__ = ["KINDS", "problem"]
 
 KINDS = ("sequence", "register")
 
@@ -27,7 +31,7 @@ _WEIGHTS = {"host map": 3, "host unmap": 3, "get ref": 3, "put ref": 3, "spec ge
 def _legal_sequence(rng: random.Random, order: int, length: int) -> list:
     """Draw ``length`` actions, each legal after the ones before it."""
     actions: list = []
-    names = list(G.ACTIONS)
+    names = list(S.ACTIONS)
     for _ in range(length):
         pool = [a for a in names for _ in range(_WEIGHTS[a])]
         rng.shuffle(pool)
@@ -35,10 +39,10 @@ def _legal_sequence(rng: random.Random, order: int, length: int) -> list:
             if actions and candidate == actions[-1] and candidate != "convert to private":
                 continue
             try:
-                f = G.replay(actions + [candidate], size=1 << order, order=order)
+                kvm = S.replay(actions + [candidate], size=1 << order, order=order)
             except KernelWarn:
                 continue
-            if f.oops:
+            if S.gmem_file(kvm).oops:
                 continue
             actions.append(candidate)
             break
@@ -47,7 +51,8 @@ def _legal_sequence(rng: random.Random, order: int, length: int) -> list:
     return actions
 
 
-def _describe(file) -> str:
+def _describe(kvm) -> str:
+    file = S.gmem_file(kvm)
     folio = file.folio_at(0)
     if folio is None:
         return f"state {file.state(0)}, no folio in the page cache"
@@ -56,13 +61,13 @@ def _describe(file) -> str:
             f"{pending}")
 
 
-def _walkthrough(actions, order) -> list:
-    file = G.GmemFile(size=1 << order, order=order)
-    lines = [f"start: {_describe(file)}"]
+def _walkthrough(actions, order) -> tuple:
+    kvm = S.replay([], size=1 << order, order=order)
+    lines = [f"start: {_describe(kvm)}"]
     for a in actions:
-        _ret, msg = G.apply_action(file, a)
-        lines.append(f"{a}: {msg}\n      -> {_describe(file)}")
-    return lines, file
+        _ret, msg = S.apply_action(kvm, a)
+        lines.append(f"{a}: {msg}\n      -> {_describe(kvm)}")
+    return lines, kvm
 
 
 def _header(seed: int, order: int) -> str:
@@ -81,8 +86,8 @@ def _sequence_problem(seed: int, rng: random.Random) -> Problem:
             break
     question = (f"{_header(seed, order)}: {', '.join(actions)}. What is the state of offset 0 "
                 "afterwards, what are the folio's refcount and mapcount, and is a callback pending?")
-    lines, file = _walkthrough(actions, order)
-    solution = "\n".join(lines) + f"\nAnswer: {_describe(file)}."
+    lines, kvm = _walkthrough(actions, order)
+    solution = "\n".join(lines) + f"\nAnswer: {_describe(kvm)}."
     return Problem(seed, question, solution, "sequence")
 
 
@@ -94,14 +99,15 @@ def _register_problem(seed: int, rng: random.Random) -> Problem:
         ("host map", "get ref"), ("host map", "spec get", "host unmap"),
     )
     setup = list(setups[rng.randrange(len(setups))])
-    file = G.replay(setup, size=1 << order, order=order)
+    kvm = S.replay(setup, size=1 << order, order=order)
+    file = S.gmem_file(kvm)
     folio = file.folio_at(0)
-    was_mapped = G.folio_mapped(folio)
+    was_mapped = folio_mapped(folio)
     was_pending = folio_test_guestmem(folio)
     # The unshare first stores NONE (clear_mappable); the question is about the register call.
-    G.run_op(G.gmem_clear_mappable(file, 0, 1), world=file)
+    run_alone(kvm, gmem_clear_mappable(file, 0, 1))
     state_after_clear = file.state(0)
-    ret = G.run_op(G.kvm_slot_gmem_register_callback(file, 0), world=file)
+    ret = run_alone(kvm, kvm_slot_gmem_register_callback(kvm, S.gmem_slot(kvm), S.GFN))
     done = ", ".join(setup) if setup else "nothing"
     question = (f"{_header(seed, order)}: {done}; then gmem_clear_mappable(0, 1) and "
                 "kvm_slot_gmem_register_callback for offset 0. What does gmem_clear_mappable "
@@ -109,14 +115,14 @@ def _register_problem(seed: int, rng: random.Random) -> Problem:
                 "afterwards?")
     solution = (f"gmem_clear_mappable stores {state_after_clear} (its lookup sees a count above "
                 f"nr_pages + 1 = {(1 << order) + 1}).\n"
-                f"kvm_slot_gmem_register_callback -> {G._register_note(ret, was_mapped, was_pending)}.\n"
-                f"Afterwards: {_describe(file)}.")
+                f"kvm_slot_gmem_register_callback -> {S.register_note(ret, was_mapped, was_pending)}.\n"
+                f"Afterwards: {_describe(kvm)}.")
     return Problem(seed, question, solution, "register")
 
 
 def problem(seed: int, kind: str | None = None) -> Problem:
     """Return the problem for ``seed`` (its kind drawn from the seed unless given)."""
-    check_int("seed", seed)
+    check_int("seed", seed, 0, (1 << 63) - 1)
     if kind is not None:
         check_choice("kind", kind, KINDS)
     rng = random.Random(seed)

@@ -31,17 +31,22 @@ class Op:
 
     ``enabled(prim, args, cpu, world)`` (None: always) says whether the step
     can happen now; an actor whose pending step is not enabled is blocked.
-    Actors never build these: they ``yield from`` the primitives' methods.
+    ``footprint`` (optional, a :class:`~kvmmu.explorer.footprint.Footprint`)
+    declares what the step reads and writes, for the partial-order
+    reduction; None asks the primitive (its ``_footprint(kind, args)``), and
+    a step nobody describes conflicts with every other.  Actors never build
+    these: they ``yield from`` the primitives' methods.
     """
 
-    __slots__ = ("prim", "kind", "args", "run", "enabled")
+    __slots__ = ("prim", "kind", "args", "run", "enabled", "footprint")
 
-    def __init__(self, prim, kind: str, args, run, enabled=None):
+    def __init__(self, prim, kind: str, args, run, enabled=None, footprint=None):
         self.prim = prim
         self.kind = kind
         self.args = args
         self.run = run
         self.enabled = enabled
+        self.footprint = footprint
 
     def key(self):
         """The hashable identity of this pending step (part of the state key)."""

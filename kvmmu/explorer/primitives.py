@@ -21,6 +21,8 @@ from .ops import Op, _Diverged
 if TYPE_CHECKING:
     from .world import World
 
+_U64_MAX = (1 << 64) - 1     # checked inline first: actors step these methods very often
+
 
 class _Primitive:
     """A shared object registered with a World; its state is part of every key."""
@@ -41,12 +43,28 @@ class _Primitive:
         raise _Diverged(f"{type(self).__name__} {self.name!r} has no _load(), so worlds "
                         "holding it cannot be restored")
 
+    def _footprint(self, kind, args):
+        """What the pending step ``kind(*args)`` reads and writes, for the reduction.
+
+        Return None (the default: it may touch anything, so it conflicts with
+        every other step) or a pair ``(reads, writes)`` of location lists: a
+        location is this primitive (or any other), a world attribute's name,
+        or a tuple naming a part of one, such as ``(self, pfn, index)`` for
+        one entry (see :mod:`kvmmu.explorer.footprint`).  It must cover what
+        the step's ``run`` and ``enabled`` functions read and write.  A
+        subclass may also define ``_enablers(kind, args, cpu)``: the letters
+        of the CPUs one of which must step before a blocked step can run
+        (None: anyone), which lets the reduction leave a blocked CPU alone.
+        """
+        return None
+
 
 #: The public name for building a custom primitive (the model does, for its
 #: EPT memory, TLBs, host memory, memslots...): subclass it, register the
 #: instance with ``World._register``, and give it ``_state()`` (a hashable
 #: snapshot), ``_load(state)`` (restore in place) and ``_show()`` (readable
-#: text).  A primitive that sets the class attribute ``_sealed = True``
+#: text); for the partial-order reduction, optionally ``_footprint(kind,
+#: args)``.  A primitive that sets the class attribute ``_sealed = True``
 #: promises that no actor ever keeps an object from inside it across a step
 #: (actors keep ints, tuples and handles), which spares the snapshot engine
 #: from walking its contents when it checks actors for stale references.
@@ -91,7 +109,8 @@ class Word(_Primitive):
 
         Models: include/asm-generic/rwonce.h: WRITE_ONCE()
         """
-        check_u64("value", value)
+        if type(value) is not int or not 0 <= value <= _U64_MAX:
+            check_u64("value", value)
         return (yield Op(self, "write", (value,), _word_write))
 
     def xchg(self, value):
@@ -99,7 +118,8 @@ class Word(_Primitive):
 
         Models: include/linux/atomic/atomic-instrumented.h: xchg()
         """
-        check_u64("value", value)
+        if type(value) is not int or not 0 <= value <= _U64_MAX:
+            check_u64("value", value)
         return (yield Op(self, "xchg", (value,), _word_xchg))
 
     def try_cmpxchg(self, expected, new):
@@ -110,8 +130,10 @@ class Word(_Primitive):
 
         Models: include/linux/atomic/atomic-instrumented.h: try_cmpxchg64()
         """
-        check_u64("expected", expected)
-        check_u64("new", new)
+        if type(expected) is not int or not 0 <= expected <= _U64_MAX:
+            check_u64("expected", expected)
+        if type(new) is not int or not 0 <= new <= _U64_MAX:
+            check_u64("new", new)
         return (yield Op(self, "try_cmpxchg", (expected, new), _word_cmpxchg))
 
     def _what(self, kind, args):

@@ -6,9 +6,10 @@ every actor has finished.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .footprint import declared
 from .world import World
 
 
@@ -23,10 +24,22 @@ class Actor:
 
 @dataclass(frozen=True)
 class Invariant:
-    """A named predicate over the world that must hold after every step."""
+    """A named predicate over the world that must hold after every step.
+
+    ``reads`` (optional) declares the locations ``fn`` reads (primitives,
+    world attribute names, or tuples naming parts of them: see
+    :mod:`kvmmu.explorer.footprint`).  The partial-order reduction treats
+    every step that writes one of them as visible; by default an invariant
+    may read anything, so every step that writes anything is visible.
+    """
 
     name: str
     fn: Callable[["World"], bool]
+    reads: Any = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.reads is not None:
+            declared(self.reads, (), f"invariant {self.name!r}")   # check it early
 
 
 class Scenario:

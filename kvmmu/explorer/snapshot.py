@@ -39,7 +39,7 @@ def _detached(op):
     copy_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
                                  tuple(cells))
     copy_fn.__kwdefaults__ = fn.__kwdefaults__
-    return Op(None, "wait", (op.args[0], copy_fn), _noop, _wait_enabled)
+    return Op(None, "wait", (op.args[0], copy_fn), _noop, _wait_enabled, op.footprint)
 
 
 class _SnapshotEngine:
@@ -55,7 +55,7 @@ class _SnapshotEngine:
     starts over with the replay engine.
     """
 
-    method = "snapshot"
+    method = "snapshot-legacy"
     POOL_MAX = 50_000
 
     def __init__(self, sc, res):

@@ -18,6 +18,7 @@ import types
 from enum import Enum
 from typing import Any, Callable
 
+from .footprint import declared
 from .freeze import _freeze
 from .locks import Mutex, RWLock, SpinLock
 from .ops import Op
@@ -155,13 +156,22 @@ class World:
         return out
 
     def _key(self):
+        return (tuple([p._state() for p in self._prims]), self._extras_key())
+
+    def _extras_key(self):
+        """The part of the key outside the primitives (see ``snapshot_extra``)."""
         # The default snapshot_extra is frozen straight from the attributes
         # (a list of primitives freezes to their names: constant, harmless).
         if type(self).snapshot_extra is World.snapshot_extra:
-            extra = _freeze(self._extras())
-        else:
-            extra = _freeze(self.snapshot_extra())
-        return (tuple([p._state() for p in self._prims]), extra)
+            return _freeze(self._extras())
+        return _freeze(self.snapshot_extra())
+
+    def _save_extras(self):
+        """Copies of the plain attributes (None if there are none), for ``_load_extras``."""
+        extras = self._extras()
+        if not extras:
+            return None
+        return {k: self._copy_value(v) for k, v in extras.items()}
 
     def _save(self):
         """Everything needed to put this world back as it is now (for explore)."""
@@ -187,6 +197,10 @@ class World:
         states, extras = saved
         for p, st in zip(self._prims, states):
             p._load(st)
+        self._load_extras(extras)
+
+    def _load_extras(self, extras):
+        """Put the plain attributes back as ``_save_extras()`` (or ``_save()``) saved them."""
         current = self._extras()
         if extras is None:
             extras = {}
@@ -338,22 +352,36 @@ def _noop(prim, args, cpu, world):
     return None
 
 
-def step(label: str, fn: Callable[[], Any] | None = None):
-    """One indivisible step labelled ``label`` that runs ``fn()``; returns its result."""
+def step(label: str, fn: Callable[[], Any] | None = None, *, reads=None, writes=None):
+    """One indivisible step labelled ``label`` that runs ``fn()``; returns its result.
+
+    ``reads``/``writes`` (optional) declare the shared state ``fn`` reads and
+    writes, as locations (a primitive, the name of a world attribute, or a
+    tuple naming a part of one: see :mod:`kvmmu.explorer.footprint`), so
+    that the partial-order reduction may treat the step as independent of
+    steps touching other locations.  Declare nothing and the step conflicts
+    with every other step; declare one of the two and the other is empty.
+    """
     if not isinstance(label, str) or not label:
         raise ValueError(f"label must be a non-empty string, got {label!r}")
     if fn is not None and not callable(fn):
         raise TypeError(f"fn must be callable or None, got {type(fn).__name__}")
-    return (yield Op(None, "step", (label, fn), _step_run))
+    fp = declared(reads, writes, f"step {label!r}")
+    return (yield Op(None, "step", (label, fn), _step_run, None, fp))
 
 
-def wait_until(label: str, predicate: Callable[["World"], bool]):
-    """A step that can only happen once ``predicate(world)`` is true (blocks till then)."""
+def wait_until(label: str, predicate: Callable[["World"], bool], *, reads=None):
+    """A step that can only happen once ``predicate(world)`` is true (blocks till then).
+
+    ``reads`` (optional) declares the locations the predicate reads (see
+    :func:`step`); by default it may read anything.
+    """
     if not isinstance(label, str) or not label:
         raise ValueError(f"label must be a non-empty string, got {label!r}")
     if not callable(predicate):
         raise TypeError(f"predicate must be callable, got {type(predicate).__name__}")
-    return (yield Op(None, "wait", (label, predicate), _noop, _wait_enabled))
+    fp = None if reads is None else declared(reads, (), f"wait_until {label!r}")
+    return (yield Op(None, "wait", (label, predicate), _noop, _wait_enabled, fp))
 
 
 def _text(v) -> str:

@@ -138,11 +138,11 @@ def host_level_world(npages: int = _PAGES_2M, backing: str = "4K", kvm_maps=None
         run_alone(kvm, kvm_mmu_page_fault(vcpu, FAULT_GPA + (1 << PAGE_SHIFT), _READ))
     if kvm_maps is not None:
         run_alone(kvm, kvm_mmu_do_page_fault(vcpu, FAULT_GPA, _READ, False, max_level=kvm_maps))
-    kvm.show("mmu_lock", lambda k: k.mmu_lock._show())
-    kvm.show("irqs", _irqs_text)
-    kvm.show("invalidation", _invalidation_text)
-    kvm.show("host", lambda k: _host_text(k, watch))
-    kvm.show("KVM maps", _maps_text)
+    kvm.watch("mmu_lock", lambda k: k.mmu_lock._show(), only=True)
+    kvm.watch("irqs", _irqs_text)
+    kvm.watch("invalidation", _invalidation_text)
+    kvm.watch("host", lambda k: _host_text(k, watch))
+    kvm.watch("KVM maps", _maps_text)
     return kvm
 
 

@@ -5,17 +5,25 @@ it never raises, and returns a :class:`ConsoleView` whose ``state`` is the
 new history (the actions that took effect) and whose ``message`` says what
 the action returned, or why it was refused.  ``folio_console_widget()`` only
 wires buttons to it.  ``state_machine_figure()`` draws
-:data:`kvmmu.guest_memfd.TRANSITIONS` (the table the tests check every state
-change against); ``state_machine_edges()`` is the data it draws.
+:data:`kvmmu.guest_memfd_rfc.TRANSITIONS` (the table the tests check every
+state change against); ``state_machine_edges()`` is the data it draws.
 ``refcount_timeline(trace)`` plots the count and the state of offset 0 along
-an explorer trace; ``refcount_timeline_rows(trace)`` is its data.
+an explorer trace of chapter 4's VM; ``refcount_timeline_rows(trace)`` is
+its data, read from the file's column of the trace (:func:`file_column`).
 """
 import html as _html
 import re
 from dataclasses import dataclass
 
-from .. import guest_memfd as G
-from ..folio import PGTY_guestmem, KernelWarn
+from .. import guest_memfd_rfc as R
+from ..checks import KernelWarn, check_bool, check_int
+from ..cpu import ModelHang
+from ..explorer import Trace
+from ..folio import PGTY_guestmem
+from ..scenarios import guest_memfd as S
+
+__all__ = ["state_machine_edges", "state_machine_figure", "file_column", "refcount_timeline_rows",
+           "refcount_timeline", "ConsoleView", "folio_console", "folio_console_widget"]
 
 #: Node positions of the state-machine figure.
 _POS = {"ALL": (0.0, 1.0), "NONE": (3.0, 1.0), "GUEST": (1.5, -0.9)}
@@ -28,7 +36,7 @@ _STYLE = {"rfc": ("-", "#1d3557"), "unguarded": ("--", "#999999"), "fix": (":", 
 # --------------------------------------------------------------------------
 def state_machine_edges() -> list[tuple]:
     """Number the rows of TRANSITIONS: ``(n, from, to, function, condition, kind)``."""
-    return [(n, *row) for n, row in enumerate(G.TRANSITIONS, start=1)]
+    return [(n, *row) for n, row in enumerate(R.TRANSITIONS, start=1)]
 
 
 def state_machine_figure(show_unguarded: bool = True):
@@ -39,6 +47,7 @@ def state_machine_figure(show_unguarded: bool = True):
     punch-hole fix.  The legend under the drawing gives each number's
     function and condition.
     """
+    check_bool("show_unguarded", show_unguarded)
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -50,7 +59,7 @@ def state_machine_figure(show_unguarded: bool = True):
                                      gridspec_kw={"height_ratios": [1.25, 1]})
     boxes = {}
     for name, (x, y) in _POS.items():
-        value = G.STATE_BY_NAME[name]
+        value = R.STATE_BY_NAME[name]
         boxes[name] = ax.add_patch(FancyBboxPatch(
             (x - 0.45, y - 0.2), 0.9, 0.4, boxstyle="round,pad=0.02", facecolor="#f1faee",
             edgecolor="#1d3557", linewidth=1.6, zorder=3))
@@ -97,28 +106,58 @@ def state_machine_figure(show_unguarded: bool = True):
 # --------------------------------------------------------------------------
 # A trace's refcount and state over time.
 # --------------------------------------------------------------------------
-_REF = re.compile(r"\bref=(\d+)\b")
+_FOLIO = re.compile(r"folio (\d+)@\d+ (ref=(\d+)[^;|]*)")
+
+
+def file_column(text: str) -> tuple:
+    """Read the file's column of a trace: ``(states, {folio id: its short state})``.
+
+    The column is what the file shows (``ALL | folio 0@0 ref=2 map=0 [...]``):
+    the offsets' states, then each folio.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the file's column of a trace, got {type(text).__name__}")
+    head, _, rest = text.partition(" | ")
+    states = tuple(head.split())
+    if not states or any(s not in R.STATE_BY_NAME for s in states):
+        raise ValueError(f"text must start with the offsets' states (ALL, GUEST, NONE), "
+                         f"got {text[:40]!r}")
+    folios = {int(m.group(1)): m.group(2).strip() for m in _FOLIO.finditer(rest)}
+    return states, folios
+
+
+def _check_trace(trace) -> Trace:
+    if not isinstance(trace, Trace):
+        raise TypeError(f"trace must be a kvmmu.explorer.Trace, got {type(trace).__name__}")
+    return trace
 
 
 def refcount_timeline_rows(trace, folio: int = 0) -> list[tuple]:
-    """Per moment of ``trace`` (initial state first): ``(index, actor, label, refcount, state, guestmem)``."""
-    key = f"folio{folio}"
+    """Per moment of ``trace`` (initial state first): ``(index, actor, label, refcount, state, guestmem)``.
+
+    ``state`` is offset 0's; ``refcount`` is None once the folio left the trace's view.
+    """
+    _check_trace(trace)
+    check_int("folio", folio, 0)
     rows = []
     for snap in trace.snapshots():
-        st = snap["state"]
-        text = st.get(key, "")
-        m = _REF.search(text)
+        if S.FILE not in snap["state"]:
+            raise ValueError(f"trace must be one of chapter 4's (a {S.FILE} column), "
+                             f"got {trace.scenario!r}")
+        states, folios = file_column(snap["state"][S.FILE])
+        text = folios.get(folio, "")
+        m = re.match(r"ref=(\d+)", text)
         rows.append((snap["index"], snap["actor"] or "-", snap["label"],
-                     int(m.group(1)) if m else None, st.get("state[0]", "?"),
+                     int(m.group(1)) if m else None, states[0] if states else "?",
                      "guestmem" in text))
     return rows
 
 
 def refcount_timeline(trace, folio: int = 0):
     """Plot folio ``folio``'s count (steps) and offset 0's state (bands) along ``trace``."""
+    rows = refcount_timeline_rows(trace, folio)
     import matplotlib.pyplot as plt
 
-    rows = refcount_timeline_rows(trace, folio)
     colours = {"ALL": "#a8dadc", "NONE": "#f4a261", "GUEST": "#e63946"}
     fig, ax = plt.subplots(figsize=(11, 3.6))
     xs = [r[0] for r in rows]
@@ -180,9 +219,10 @@ class ConsoleView:
         return self.html()
 
 
-def _fields(file) -> tuple:
+def _fields(kvm) -> tuple:
+    file = S.gmem_file(kvm)
     folio = file.folio_at(0)
-    out = [("state", f"{file.state(0)} ({G.STATE_BY_NAME[file.state(0)]:#04b})")]
+    out = [("state", f"{file.state(0)} ({R.STATE_BY_NAME[file.state(0)]:#04b})")]
     if folio is None:
         out.append(("folio", "none in the page cache"))
     else:
@@ -196,12 +236,12 @@ def _fields(file) -> tuple:
         out.append((f"old folio {f.fid}", "freed" if f.freed else
                     f"truncated, refcount {f.refcount}, references "
                     + (", ".join(f"{h}={n}" for h, n in sorted(f.holders.items()) if n) or "-")))
-    out.append(("guest mapping", "yes" if file.guest_mapped[0] else "no"))
+    out.append(("guest mapping", "yes" if S.guest_mapped(kvm, 0) else "no"))
     out.append(("callbacks run", str(file.callbacks)))
-    broken = G.check_invariants(file)
+    broken = S.check_invariants(kvm)
     out.append(("invariants", "all hold" if not broken else "BROKEN: " + ", ".join(broken)))
-    if file.warnings:
-        out.append(("WARN", file.warnings[-1]))
+    if kvm.warnings:
+        out.append(("WARN", kvm.warnings[-1]))
     if file.oops:
         out.append(("OOPS", file.oops[-1]))
     return tuple(out)
@@ -216,28 +256,32 @@ def folio_console(state=(), action: str = "", fix_pending: bool = False) -> Cons
     never finish on one CPU comes back as a message, with the state unchanged.
     ``action=""`` only shows the state.
     """
+    fix = fix_pending is True
     try:
         if isinstance(state, str) or not isinstance(state, (tuple, list)):
             raise TypeError("state must be a tuple of earlier actions")
         state = tuple(state)
-        bad = [a for a in state if a not in G.ACTIONS]
+        bad = [a for a in state if not isinstance(a, str) or a not in S.ACTIONS]
         if bad:
             raise ValueError(f"unknown action {bad[0]!r} in state")
-        file = G.replay(state, fix_pending=bool(fix_pending))
+        kvm = S.replay(state, fix_pending=fix)
     except Exception as exc:  # the console never raises: a bad state is reported
-        return ConsoleView((), str(action), False, f"bad state: {exc}", ())
+        return ConsoleView((), str(action)[:80], False, f"bad state: {str(exc)[:200]}", ())
     if action == "" or action is None:
-        return ConsoleView(state, "", True, "ready", _fields(file))
-    if action not in G.ACTIONS:
-        return ConsoleView(state, str(action), False,
-                           f"unknown action {action!r}; choose from {', '.join(G.ACTIONS)}",
-                           _fields(file))
+        return ConsoleView(state, "", True, "ready", _fields(kvm))
+    if not isinstance(action, str) or action not in S.ACTIONS:
+        return ConsoleView(state, str(action)[:80], False,
+                           f"unknown action {str(action)[:80]!r}; choose from "
+                           f"{', '.join(S.ACTIONS)}", _fields(kvm))
     try:
-        _ret, message = G.apply_action(file, action, fix_pending=bool(fix_pending))
+        _ret, message = S.apply_action(kvm, action, fix_pending=fix)
     except KernelWarn as exc:
         return ConsoleView(state, action, False, f"refused (the kernel would WARN): {exc}",
-                           _fields(G.replay(state, fix_pending=bool(fix_pending))))
-    return ConsoleView(state + (action,), action, True, message, _fields(file))
+                           _fields(S.replay(state, fix_pending=fix)))
+    except ModelHang as exc:
+        return ConsoleView(state, action, False, f"refused: on one CPU {exc}",
+                           _fields(S.replay(state, fix_pending=fix)))
+    return ConsoleView(state + (action,), action, True, message, _fields(kvm))
 
 
 def folio_console_widget(start=(), fix_pending: bool = False):
@@ -262,7 +306,7 @@ def folio_console_widget(start=(), fix_pending: bool = False):
 
     layout = W.Layout(width="150px")
     buttons = []
-    for action in G.ACTIONS:
+    for action in S.ACTIONS:
         b = W.Button(description=action, layout=layout)
         b.add_class("kvmmu-folio-action")
         b.add_class("kvmmu-folio-" + action.replace(" ", "-"))

@@ -1,0 +1,886 @@
+"""The memo engine of ``explore`` (``method="snapshot"``, the default).
+
+Each actor is run as an automaton learned on the way: its local states are
+interned (the state key of :mod:`kvmmu.explorer.frames`, computed once per
+local state, not once per transition), and a *local transition* -- the
+actor in local state ``s`` performs its pending step, receives value ``r``
+and runs on to its next ``yield`` -- is remembered as ``(s, r) -> s'``.  A
+transition of the search then costs the step itself on the restored world
+(``Word.read`` is one attribute load) plus dictionary lookups; the Python
+generator is resumed only the first time a ``(s, r)`` pair occurs.
+
+That reuse is right when the actor's code between two yields depends on
+nothing but its frames and ``r``, the rule of the package docstring ("touch
+shared state only in steps").  The engine checks it every time it runs such
+code: the world and its primitives are watched (:mod:`kvmmu.explorer.guard`)
+and compared before and after.  Reading a plain attribute of the world that
+no state has changed so far (a configuration such as ``w.order``) is
+allowed: the attribute is taken as constant, and the search starts over
+(``_Restart``) should a later state change it.  Anything else the code read
+or wrote makes the step *live* (``_demote``): from then on it is run from a
+real generator in the state at hand, as the legacy engine runs every step,
+and its footprint is "everything".  A step that may change the actor's own
+objects (``_closed`` says no: a step function closing over the actor's
+lists, rebinding its variables) is live from the start.  A live generator
+comes from a pool (the generators that reached the state) or is rebuilt by
+sending a fresh one the values received on the way.
+
+World states are tuples of the primitives' states (plus the frozen plain
+attributes); a step of a built-in primitive changes one element, so the
+next key shares all the others.  The world is restored by loading only the
+primitives whose state object differs.
+"""
+from __future__ import annotations
+
+import copy
+import dis
+import functools
+import types
+from dataclasses import fields, is_dataclass
+from enum import Enum
+
+from . import freeze as _freeze_mod
+from .footprint import EVERYTHING
+from .frames import _FRAMES_OK, _gen_key
+from .freeze import _freeze
+from .guard import Watch
+from .ops import Op, Violation, _Diverged
+from .por import _RUN_MODES, _BUILTIN_ENABLED, enablers, op_footprint
+from .primitives import _Primitive
+from .run import _as_op, _final_verdict, _first_line
+from .world import World, _immutable
+
+_DIRTY = object()       # the live world's plain attributes are in no known state
+_NO_MEMO = object()     # _resume: do not remember this continuation
+
+
+class _Unwatched:
+    """A Watch that watches nothing (for steps whose code is run live anyway)."""
+
+    ok = True
+
+    def start(self):
+        pass
+
+    def stop(self):
+        return []
+
+
+_UNWATCHED = _Unwatched()
+
+
+class _Copy:
+    """A mutable value an actor received, kept in a history (rebuilds send copies of it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _Restart(Exception):
+    """What the search relied on changed (a footprint grew, an assumption broke): start over."""
+
+
+class _Rec:
+    """One local state of one actor (see the module docstring)."""
+
+    __slots__ = ("key", "op", "result", "parent", "recv", "pool", "memo", "closed",
+                 "touch", "tainted", "fp", "learned", "base_fp", "simple", "pure", "done",
+                 "enabled")
+
+    def __init__(self, key, op, result, parent, recv):
+        self.key = key
+        self.op = op
+        self.result = result
+        self.parent = parent      # (_Rec, value received) of the first path here, or None
+        self.recv = recv
+        self.pool = []            # live generators suspended in this state
+        self.memo = {}            # frozen value received -> next _Rec
+        self.closed = False
+        self.touch = -1           # index of the only primitive the step changes, -1: any
+        self.tainted = False      # its frames hold a container of the world
+        self.fp = None            # effective footprint (set by the reducer)
+        self.base_fp = None
+        self.learned = False      # its footprint is in the actor's lifetime footprint
+        self.done = True          # the actor has finished (``result`` is its return value)
+        self.enabled = None       # (enabled, prim, args) of the pending step, None: always
+        self.simple = False       # its frames hold no mutable object at all
+        self.pure = False         # no code on the way here touched the world: a rebuild
+        #                           needs no check
+
+
+class _MemoEngine:
+    """Reach a state by restoring the world's primitives; step actors by their learned automata."""
+
+    method = "snapshot"
+    POOL_MAX = 50_000
+
+    def __init__(self, sc):
+        self.sc = sc
+        self.res = None
+        self.letters = sc.letters
+        self.n = len(sc.actors)
+        self.ids = [dict() for _ in range(self.n)]
+        self.started = False
+        self.failure = None
+        self.pooled = 0
+        self.finals: dict = {}        # state key -> final verdict (final checks run once)
+        self._ample: dict = {}        # (actor states, runnable) -> actors to step
+        self._ample_gen = -1
+        self.reducer = None           # the Reducer of a reduced search running, else None
+        self.demoted = 0              # local states whose step became live (see _demote)
+        self.varying: set = set()     # world attributes some state changed
+        self.assumed: set = set()     # world attributes read between steps, taken as constant
+        self._assumable: dict = {}    # attribute name -> whether it may be assumed constant
+
+    # -- set-up ------------------------------------------------------------
+    def start(self):
+        if self.started:
+            return self.failure
+        self.started = True
+        sc = self.sc
+        w = self.world = sc.world()
+        if not isinstance(w, World):
+            raise TypeError(f"scenario {sc.name!r}: world() must return a kvmmu.explorer.World, "
+                            f"got {type(w).__name__}")
+        w._seal()
+        self.prims = list(w._prims)
+        self.prim_index = {id(p): k for k, p in enumerate(self.prims)}
+        self.watch = Watch(w, self.prims)
+        self.watch.stop()
+        gens = []
+        for a in sc.actors:
+            g = a.fn(w)
+            if not isinstance(g, types.GeneratorType):
+                raise TypeError(
+                    f"scenario {sc.name!r}: actor {a.letter} ({a.title}) must be a generator "
+                    f"function (one that yields), but calling it returned {type(g).__name__}")
+            gens.append(g)
+        recs = []
+        watch = self.watch
+        for i, g in enumerate(gens):
+            watch.start()
+            try:
+                y = next(g)
+            except StopIteration as stop:
+                watch.stop()
+                recs.append(self._intern(i, None, None, stop.value, None, None, True))
+                continue
+            except AssertionError as e:
+                watch.stop()
+                self.failure = f"assertion failed in {self.letters[i]}: {_first_line(e)}"
+                return self.failure
+            except BaseException:
+                watch.stop()
+                raise
+            # Code before the first yield that looks at the world runs again,
+            # in another world, when the actor is rebuilt: check those rebuilds.
+            pure = not watch.stop() and watch.ok
+            op = _as_op(y, sc, i)
+            rec = self._intern(i, g, op, None, None, None, pure)
+            self._pool(rec, g, op)
+            recs.append(rec)
+        ps = tuple([p._state() for p in self.prims])
+        saved = w._save_extras()
+        ekey = w._extras_key()
+        self.root = (ps, saved, ekey, tuple(recs))
+        self.root_items = _items(ekey) if type(w).snapshot_extra is World.snapshot_extra \
+            else None
+        self.cur_ps, self.cur_saved = ps, saved
+        return None
+
+    def initial(self):
+        ps, saved, ekey, recs = self.root
+        self._load(ps, saved)
+        self._next = (ps, saved, ekey, recs)
+        self._runnable = None
+        return (ps, ekey, recs), None
+
+    # -- actor states ------------------------------------------------------
+    def _intern(self, i, g, op, result, parent, recv, pure):
+        """The _Rec of actor i in the state just reached (g suspended at op, or done).
+
+        ``parent``/``recv``: the state it came from and the value it received;
+        ``pure``: no code on that path touched the world.
+        """
+        if op is None:
+            key = ("done", _freeze(result))
+            tainted, simple = False, True
+        else:
+            key, tainted, simple = self._actor_key(i, g, op)
+        rec = self.ids[i].get(key)
+        if rec is not None:
+            return rec
+        rec = _Rec(key, None, result, parent, recv)
+        rec.simple = simple
+        rec.pure = pure
+        rec.done = op is None
+        if op is None:
+            pass
+        elif (not tainted and op.prim is not None and op.run in _RUN_MODES and op.footprint is None
+              and op.enabled in _BUILTIN_ENABLED and _plain(op.args)):
+            # A built-in primitive's step: module-level functions, plain arguments.
+            rec.closed = True
+            rec.op = op
+            rec.touch = self.prim_index.get(id(op.prim), -1)
+            rec.base_fp = op_footprint(op)
+        else:
+            shared = self._shared_ids()
+            rec.tainted = tainted
+            rec.closed = not tainted and _closed(op, shared)
+            rec.op = _detach(op, self.world, shared) if rec.closed else _detach_wait(
+                op, self.world, shared)
+            if rec.closed and op.prim is not None and op.run in _RUN_MODES \
+                    and op.enabled in _BUILTIN_ENABLED:
+                rec.touch = self.prim_index.get(id(op.prim), -1)
+            rec.base_fp = EVERYTHING if tainted else op_footprint(op)
+        if rec.op is not None and rec.op.enabled is not None:
+            rec.enabled = (rec.op.enabled, rec.op.prim, rec.op.args)
+        self.ids[i][key] = rec
+        return rec
+
+    def _actor_key(self, i, g, op):
+        # The key; whether the frames hold a way into the world (a container
+        # of the world or a handle, whose deepcopy is itself: code between
+        # steps could read the world through it unseen); whether they hold
+        # no mutable object at all.  Anything deeper in the world is refused,
+        # as the legacy engine's alias check does.
+        if not _FRAMES_OK:
+            raise _Diverged("this Python does not show generator frames to the explorer")
+        _freeze_mod._COLLECT = met = []
+        try:
+            key = (_gen_key(g), op.key())
+        finally:
+            _freeze_mod._COLLECT = None
+        tainted = False
+        if met:
+            nested = self.world._nested_ids()
+            top = self._top_ids()
+            for obj in met:
+                if id(obj) in nested:
+                    a = self.sc.actors[i]
+                    raise _Diverged(
+                        f"actor {a.letter} ({a.title}) keeps a {type(obj).__name__} that lives "
+                        "inside the world across a step, which a restore would replace")
+                if id(obj) in top or _is_handle(obj):
+                    tainted = True
+        return key, tainted, not met
+
+    def _top_ids(self) -> set:
+        return {id(v) for v in self.world._extras().values() if type(v) in (dict, list, set)}
+
+    def _shared_ids(self) -> set:
+        w = self.world
+        return self._top_ids() | {id(w)} | {id(p) for p in self.prims}
+
+    def _pool(self, rec, g, op):
+        if self.pooled < self.POOL_MAX:
+            rec.pool.append((g, op))
+            self.pooled += 1
+
+    def _history(self, rec):
+        hist = []
+        while rec.parent is not None:
+            hist.append(rec.recv)
+            rec = rec.parent
+        hist.reverse()
+        return hist
+
+    def _generator(self, i, rec):
+        """(generator, its Op) suspended in ``rec``: pooled, or rebuilt from its history."""
+        if rec.pool:
+            self.pooled -= 1
+            self.res.pool_hits += 1
+            return rec.pool.pop()
+        self.res.rebuilds += 1
+        a = self.sc.actors[i]
+        try:
+            g = a.fn(self.world)
+            y = next(g)
+            for v in self._history(rec):
+                y = g.send(copy.deepcopy(v.value) if type(v) is _Copy else v)
+            op = _as_op(y, self.sc, i)
+            same = rec.pure or self._actor_key(i, g, op)[0] == rec.key
+        except _Diverged:
+            raise
+        except Exception as e:       # includes StopIteration: it ended early
+            raise _Diverged(f"actor {a.letter} ({a.title}) raised {type(e).__name__} when "
+                            "rebuilt from its own history") from e
+        if not same:
+            raise _Diverged(
+                f"actor {a.letter} ({a.title}) does not come back to the same state when "
+                "rebuilt from the values it received: does it read or write shared state "
+                "between two steps (outside step(), wait_until() or a primitive's method)?")
+        return g, op
+
+    # -- the world ---------------------------------------------------------
+    def _load(self, ps, saved):
+        cur = self.cur_ps
+        if cur is not ps:
+            prims = self.prims
+            if cur is None:
+                for p, st in zip(prims, ps):
+                    p._load(st)
+            else:
+                for k in range(len(ps)):
+                    st = ps[k]
+                    if cur[k] is not st:
+                        prims[k]._load(st)
+            self.cur_ps = ps
+        if self.cur_saved is not saved:
+            self.world._load_extras(saved)
+            self.cur_saved = saved
+
+    def _dirty(self):
+        self.cur_ps = None
+        self.cur_saved = _DIRTY
+
+    def _capture(self, base_ps, base_saved, base_key):
+        """The live world's state after a step that may have changed anything."""
+        if len(self.world._prims) != len(self.prims):
+            raise _Diverged("a shared object was created during the search: the memo engine "
+                            "keeps the primitives the world had at the start")
+        now = [p._state() for p in self.prims]
+        for k, st in enumerate(now):
+            if st == base_ps[k]:
+                now[k] = base_ps[k]       # share the unchanged states (cheap restores)
+        ps = tuple(now)
+        w = self.world
+        ekey = w._extras_key()
+        if ekey == base_key:
+            saved, ekey = base_saved, base_key
+            self.cur_ps, self.cur_saved = ps, saved
+        else:
+            saved = w._save_extras()
+            self.cur_ps, self.cur_saved = ps, saved
+            self._note_changes(ekey)
+        return ps, saved, ekey
+
+    def _note_changes(self, ekey):
+        # World attributes that differ from the start are not constant; if
+        # code between steps was taken to read a constant one, start over.
+        root = self.root_items
+        if root is None:
+            return
+        items = _items(ekey)
+        changed = {k for k in root.keys() | items.keys() if root.get(k) != items.get(k)}
+        new = changed - self.varying
+        if not new:
+            return
+        self.varying |= new
+        broken = new & self.assumed
+        if broken:
+            self.assumed -= broken
+            for ids in self.ids:
+                for rec in ids.values():
+                    rec.memo.clear()
+                    rec.pure = False
+            raise _Restart
+
+    # -- one transition ----------------------------------------------------
+    def runnable(self, payload):
+        return payload[4]
+
+    def child(self, payload, i):
+        """Actor i steps in the state ``payload``: the new state's key, or a violation name."""
+        ps, saved, ekey, recs, _ = payload
+        self._load(ps, saved)
+        rec = recs[i]
+        cpu = self.letters[i]
+        w = self.world
+        if rec.closed:
+            op = rec.op
+            try:
+                r = op.run(op.prim, op.args, cpu, w)
+            except Violation as bad:
+                self._dirty()
+                return bad.name
+            fr = r if r is None or type(r) is int else _freeze(r)
+            nxt = rec.memo.get(fr)
+            if nxt is not None:
+                k = rec.touch
+                if k >= 0:
+                    nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
+                    self.cur_ps = nps
+                    nsaved, nkey = saved, ekey
+                else:
+                    nps, nsaved, nkey = self._capture(ps, saved, ekey)
+            else:
+                out = self._continue_closed(i, rec, r, fr, payload)
+                if type(out) is str:
+                    return out
+                nxt, nps, nsaved, nkey = out
+        else:
+            out = self._step_live(i, rec, payload)
+            if type(out) is str:
+                return out
+            nxt, nps, nsaved, nkey = out
+        nrecs = recs[:i] + (nxt,) + recs[i + 1:]
+        self._next = (nps, nsaved, nkey, nrecs)
+        self._runnable = None
+        return (nps, nkey, nrecs)
+
+    def _continue_closed(self, i, rec, r, fr, payload):
+        # First time (rec, r): run the actor on from a live generator.
+        ps, saved, ekey, _recs, _ = payload
+        op = rec.op
+        cpu = self.letters[i]
+        if rec.pool:
+            g = rec.pool.pop()[0]
+            self.pooled -= 1
+            self.res.pool_hits += 1
+        elif rec.pure:
+            # Nothing on its way here looked at the world: rebuilding it from
+            # its history leaves the world (after the step) alone.
+            g = self._generator(i, rec)[0]
+        else:
+            # A rebuild runs the actor's code against the live world: put the
+            # state before the step back around it, then take the step again.
+            self._dirty()
+            self._load(ps, saved)
+            g = self._generator(i, rec)[0]
+            self._dirty()
+            self._load(ps, saved)
+            try:
+                r = op.run(op.prim, op.args, cpu, self.world)
+            except Violation as bad:        # pragma: no cover - it did not fail before
+                self._dirty()
+                return bad.name
+        k = rec.touch
+        if k >= 0:
+            before_ps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
+            self.cur_ps = before_ps
+            before_saved, before_key = saved, ekey
+        else:
+            before_ps, before_saved, before_key = self._capture(ps, saved, ekey)
+        out = self._resume(i, rec, g, r, fr)
+        if type(out) is str:
+            return out
+        nxt, clean = out
+        if clean and rec.simple and (r is None or type(r) is int or _immutable(r)):
+            # Nothing but the watched world and primitives was in its reach:
+            # what they saw is all it did.
+            return nxt, before_ps, before_saved, before_key
+        after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
+        if not clean or after_ps != before_ps or after_key != before_key:
+            rec.memo.pop(fr, None)
+            nxt.pure = False
+            self._demote(i, rec)
+        return nxt, after_ps, after_saved, after_key
+
+    def _step_live(self, i, rec, payload):
+        # A step that may change the actor's own objects: run it from a live
+        # generator in this very state, as the legacy engine does.
+        ps, saved, ekey, _recs, _ = payload
+        if rec.pool:
+            g, gop = rec.pool.pop()
+            self.pooled -= 1
+            self.res.pool_hits += 1
+        else:
+            self._dirty()
+            self._load(ps, saved)
+            g, gop = self._generator(i, rec)
+            self._dirty()
+            self._load(ps, saved)
+        try:
+            r = gop.run(gop.prim, gop.args, self.letters[i], self.world)
+        except Violation as bad:
+            self._dirty()
+            return bad.name
+        if rec.base_fp is EVERYTHING:
+            # Conflicts with everything and is never reused: what its code
+            # between the steps touches is simply part of the step.
+            out = self._resume(i, rec, g, r, _NO_MEMO, _UNWATCHED)
+            if type(out) is str:
+                return out
+            return (out[0],) + self._capture(ps, saved, ekey)
+        before = self._capture(ps, saved, ekey)
+        out = self._resume(i, rec, g, r, _NO_MEMO)
+        if type(out) is str:
+            return out
+        nxt, clean = out
+        after_ps, after_saved, after_key = self._capture(*before)
+        if not clean or after_ps != before[0] or after_key != before[2]:
+            nxt.pure = False
+            self._demote(i, rec)
+        return nxt, after_ps, after_saved, after_key
+
+    def _demote(self, i, rec):
+        """Code after ``rec``'s step touched the world: run that step live from now on.
+
+        Live, the code runs in the right world each time, as the legacy
+        engine runs it, and the step conflicts with every other: a reduced
+        search that has already counted on a smaller footprint starts over.
+        """
+        self.demoted += 1
+        rec.closed = False
+        rec.touch = -1
+        rec.memo.clear()
+        if rec.base_fp is not EVERYTHING:
+            rec.base_fp = EVERYTHING
+            rec.fp = None
+            rec.learned = False
+            self._ample.clear()
+            reducer = self.reducer
+            if reducer is not None:
+                rec.fp = reducer.effective(EVERYTHING)
+                rec.learned = True
+                reducer.learn(i, rec.fp)
+                if self.res.reduced_expansions:
+                    raise _Restart
+
+    def _clean(self, seen) -> bool:
+        """Whether what code between two steps touched (``seen``) still lets it be reused.
+
+        Reading a plain attribute of the world that no state has changed so
+        far (a configuration) is fine: it is taken as constant, and if a
+        later state changes it the search starts over.
+        """
+        for verb, where, name in seen:
+            if verb != "reads" or where != "world" or not self._may_assume(name):
+                return False
+        for _verb, _where, name in seen:
+            self.assumed.add(name)
+        return True
+
+    def _may_assume(self, name) -> bool:
+        root = self.root_items
+        if root is None or name in self.varying or name not in root:
+            return False
+        ok = self._assumable.get(name)
+        if ok is None:
+            # Its frozen value must show all it holds: no handle, whose
+            # state lives elsewhere.
+            _freeze_mod._COLLECT = met = []
+            try:
+                _freeze(getattr(self.world, name))
+            finally:
+                _freeze_mod._COLLECT = None
+            ok = self._assumable[name] = not any(_is_handle(x) for x in met)
+        return ok
+
+    def _resume(self, i, rec, g, r, fr, watch=None):
+        """Send ``r`` to g under watch: (next _Rec, whether it kept off the world), or a violation.
+
+        With ``fr`` (the frozen ``r``), a continuation that kept off the world
+        is remembered as ``(rec, fr) -> next`` (the caller withdraws it if the
+        world turns out changed all the same).
+        """
+        cpu = self.letters[i]
+        t = type(r)
+        # What the history keeps: the value itself, or (mutable) a private copy
+        # wrapped so that a rebuild sends a fresh copy of it.
+        kept = r if (t is int or r is None or t is bool or t is str or _immutable(r)) \
+            else _Copy(copy.deepcopy(r))
+        watch = watch or self.watch
+        watch.start()
+        try:
+            y = g.send(r)
+        except StopIteration as stop:
+            seen = watch.stop()
+            clean = not seen or self._clean(seen)
+            nxt = self._intern(i, None, None, stop.value, rec, kept,
+                               rec.pure and rec.closed and clean)
+            if fr is not _NO_MEMO and clean:
+                rec.memo[fr] = nxt
+            return nxt, clean
+        except AssertionError as e:
+            watch.stop()
+            self._dirty()
+            return f"assertion failed in {cpu}: {_first_line(e)}"
+        except BaseException as e:
+            watch.stop()
+            e.add_note(f"kvmmu.explorer: raised by actor {cpu} ({self.sc.actors[i].title}) of "
+                       f"scenario {self.sc.name!r}")
+            raise
+        seen = watch.stop()
+        clean = watch.ok and (not seen or self._clean(seen))
+        op = _as_op(y, self.sc, i)
+        nxt = self._intern(i, g, op, None, rec, kept, rec.pure and rec.closed and clean)
+        self._pool(nxt, g, op)
+        if fr is not _NO_MEMO and clean:
+            rec.memo[fr] = nxt
+        return nxt, clean
+
+    # -- verdicts and payloads ---------------------------------------------
+    def _runnable_now(self, recs):
+        w, letters = self.world, self.letters
+        out = []
+        j = 0
+        for rec in recs:
+            if not rec.done:
+                en = rec.enabled
+                if en is None or en[0](en[1], en[2], letters[j], w):
+                    out.append(j)
+            j += 1
+        return tuple(out)
+
+    def verdict(self, key):
+        """(violation or None, every actor finished) for the state just reached."""
+        recs = self._next[3]
+        w = self.world
+        self._runnable = run = self._runnable_now(recs)
+        done = True
+        for r in recs:
+            if not r.done:
+                done = False
+                break
+        for inv in self.sc.invariants:
+            if not inv.fn(w):
+                return inv.name, done
+        if done:
+            v = self.finals.get(key, self)
+            if v is self:
+                v = _final_verdict(self.sc, w, {self.letters[j]: r.result
+                                                 for j, r in enumerate(recs)})
+                self.finals[key] = v
+            return v, True
+        if not run:
+            return "deadlock", False
+        return None, False
+
+    def payload(self):
+        ps, saved, ekey, recs = self._next
+        run = self._runnable
+        if run is None:
+            run = self._runnable_now(recs)
+        return (ps, saved, ekey, recs, run)
+
+    def full_key(self, key):
+        """The state key as :func:`kvmmu.explorer.state_key` gives it."""
+        ps, ekey, recs = key
+        return ((ps, ekey), tuple(r.key for r in recs))
+
+    # -- what the reduction needs ------------------------------------------
+    def ample(self, payload, reducer):
+        """The actors the reduced search steps in ``payload``'s state (see ``Reducer.ample``)."""
+        recs, run = payload[3], payload[4]
+        ck = (recs, run)
+        amp = self._ample.get(ck)
+        if amp is not None and self._ample_gen == reducer.generation:
+            return amp
+        if self._ample_gen != reducer.generation:
+            self._ample.clear()
+            self._ample_gen = reducer.generation
+        amp, asked = reducer.ample(*self.reduction_inputs(payload, reducer))
+        amp = tuple(amp)
+        if not asked:
+            self._ample[ck] = amp
+        return amp
+
+    def reduction_inputs(self, payload, reducer):
+        """(status, effective footprints, enablers) of the actors in ``payload``'s state."""
+        ps, saved, _ekey, recs, run = payload
+        self._load(ps, saved)
+        status = [0] * self.n
+        fps = [None] * self.n
+        for j, rec in enumerate(recs):
+            if rec.op is None:
+                continue
+            status[j] = 2
+            fp = rec.fp
+            if fp is None:
+                fp = rec.fp = reducer.effective(rec.base_fp)
+            fps[j] = fp
+        for j in run:
+            status[j] = 1
+        w, letters, index = self.world, self.letters, self.sc._index
+
+        def nes(j):
+            return enablers(recs[j].op, letters[j], w, index)
+        return status, fps, nes
+
+    def stepped(self, i, reducer):
+        """The effective footprint of actor i's pending step in the state just reached."""
+        rec = self._next[3][i]
+        if rec.op is None or rec.learned:
+            return None
+        fp = rec.fp
+        if fp is None:
+            fp = rec.fp = reducer.effective(rec.base_fp)
+        return fp
+
+    def stepped_in(self, payload, i, reducer):
+        """The effective footprint of actor i's pending step in ``payload`` (None: done)."""
+        rec = payload[3][i]
+        if rec.op is None:
+            return None
+        if rec.fp is None:
+            rec.fp = reducer.effective(rec.base_fp)
+        return rec.fp
+
+    def mark_learned(self, i):
+        self._next[3][i].learned = True
+
+    def learn_all(self, reducer):
+        """Teach ``reducer`` the footprint of every local state met so far (before a restart)."""
+        for i, ids in enumerate(self.ids):
+            for rec in ids.values():
+                if rec.op is not None and not rec.learned:
+                    if rec.fp is None:
+                        rec.fp = reducer.effective(rec.base_fp)
+                    reducer.learn(i, rec.fp)
+                    rec.learned = True
+
+
+# -- which steps may be reused: closed steps and detached copies ------------
+
+def _items(ekey) -> dict:
+    """The frozen plain attributes of a world, by name, from its frozen ``_extras()``."""
+    return {k: v for k, v in ekey[1:]}
+
+
+def _plain(args) -> bool:
+    for a in args:
+        t = type(a)
+        if not (t is int or t is str or a is None):
+            return False
+    return True
+
+
+def _is_handle(obj) -> bool:
+    """An object whose deepcopy is itself: a reference into the world (a folio handle)."""
+    if getattr(type(obj), "__deepcopy__", None) is None:
+        return False
+    try:
+        return copy.deepcopy(obj) is obj
+    except Exception:
+        return True
+
+
+def _closed(op, shared) -> bool:
+    """Whether ``op`` can only change the world, never the actor's own objects."""
+    if op.prim is None:
+        fn = op.args[1] if len(op.args) > 1 else None
+        if op.kind == "wait":
+            return True               # runs nothing; its predicate only reads
+        return _callable_ok(fn, shared, 0)
+    return (_value_ok(op.args, shared, 0) and _callable_ok(op.run, shared, 0)
+            and _callable_ok(op.enabled, shared, 0))
+
+
+def _value_ok(x, shared, depth) -> bool:
+    # A value the step may keep: immutable, or a shared object (the world, a
+    # primitive, a container of the world, a handle whose deepcopy is itself).
+    t = type(x)
+    if t is int or t is str or x is None or t is bool or t is float or t is bytes or t is range:
+        return True
+    if depth > 6:
+        return False
+    if t is tuple or t is frozenset:
+        return all(_value_ok(v, shared, depth + 1) for v in x)
+    if id(x) in shared or isinstance(x, (World, _Primitive, Enum, type)):
+        return True
+    if isinstance(x, tuple):          # a NamedTuple
+        return all(_value_ok(v, shared, depth + 1) for v in x)
+    if callable(x) and _callable_ok(x, shared, depth + 1):
+        return True
+    params = getattr(t, "__dataclass_params__", None)
+    if params is not None and params.frozen and is_dataclass(x):
+        return all(_value_ok(getattr(x, f.name), shared, depth + 1) for f in fields(x))
+    if getattr(t, "__deepcopy__", None) is not None:
+        try:
+            return copy.deepcopy(x) is x
+        except Exception:
+            return False
+    return False
+
+
+def _callable_ok(fn, shared, depth) -> bool:
+    if fn is None or isinstance(fn, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return fn is None or fn.__self__ is None or isinstance(fn.__self__, types.ModuleType) \
+            or _value_ok(fn.__self__, shared, depth + 1)
+    if depth > 6:
+        return False
+    t = type(fn)
+    if t is types.FunctionType:
+        if _rebinds(fn.__code__):
+            return False
+        for c in fn.__closure__ or ():
+            try:
+                v = c.cell_contents
+            except ValueError:
+                continue
+            if not _value_ok(v, shared, depth + 1):
+                return False
+        return (_value_ok(fn.__defaults__, shared, depth + 1)
+                and _value_ok(tuple((fn.__kwdefaults__ or {}).values()), shared, depth + 1))
+    if t is functools.partial:
+        return (_callable_ok(fn.func, shared, depth + 1) and _value_ok(fn.args, shared, depth + 1)
+                and _value_ok(tuple(fn.keywords.values()), shared, depth + 1))
+    if t is types.MethodType:
+        return _value_ok(fn.__self__, shared, depth + 1) and \
+            _callable_ok(fn.__func__, shared, depth + 1)
+    return False
+
+
+_REBINDS: dict = {}
+
+
+def _rebinds(code) -> bool:
+    """Whether a function with this code rebinds a variable of an enclosing function."""
+    hit = _REBINDS.get(code)
+    if hit is None:
+        hit = _REBINDS[code] = _rebinds_names(code, frozenset(code.co_freevars))
+    return hit
+
+
+def _rebinds_names(code, outer) -> bool:
+    if not outer:
+        return False
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_DEREF", "DELETE_DEREF") and ins.argval in outer:
+            return True
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType) and _rebinds_names(c, outer & frozenset(c.co_freevars)):
+            return True
+    return False
+
+
+def _fresh(fn, memo):
+    # A copy of a function whose cells hold what the actor's cells hold now
+    # (deep copies of its own objects when ``memo`` is given), so that it
+    # stays right after the actor moves on and rebinds its variables.
+    if type(fn) is functools.partial:
+        return functools.partial(_fresh(fn.func, memo), *fn.args, **fn.keywords)
+    if type(fn) is not types.FunctionType or not fn.__closure__:
+        return fn
+    cells = []
+    for c in fn.__closure__:
+        try:
+            v = c.cell_contents
+        except ValueError:
+            cells.append(types.CellType())
+            continue
+        if memo is not None and not _immutable(v) and id(v) not in memo:
+            v = copy.deepcopy(v, memo)
+        cells.append(types.CellType(v))
+    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                             tuple(cells))
+    out.__kwdefaults__ = fn.__kwdefaults__
+    return out
+
+
+def _detach(op, world, shared):
+    """A copy of the closed ``op`` that no longer shares cells with the actor's frames."""
+    if op.prim is None:
+        if op.kind == "wait":
+            return _detach_wait(op, world, shared)
+        fn = op.args[1]
+        return Op(None, op.kind, (op.args[0], _fresh(fn, None)), op.run, op.enabled,
+                  op.footprint)
+    return Op(op.prim, op.kind, op.args, _fresh(op.run, None), _fresh(op.enabled, None),
+              op.footprint)
+
+
+def _detach_wait(op, world, shared):
+    if op.kind != "wait":
+        return op
+    # deepcopy's memo maps id -> copy: the world, its primitives and its
+    # containers map to themselves (the predicate must read the live ones).
+    memo = world._copy_memo()
+    for v in world._extras().values():
+        memo[id(v)] = v
+    pred = _fresh(op.args[1], memo)
+    return Op(None, "wait", (op.args[0], pred), op.run, op.enabled, op.footprint)
