@@ -49,8 +49,8 @@ from .errno import EAGAIN, EFAULT, EIO
 from .explorer import Primitive, step, wait_until
 from .folio import (FILEMAP, FOLIO_FIELDS, PTE, Folio, _check_folio, folio_nr_pages, folio_put,
                     folio_put_refs, folio_ref_add, folio_try_get)
-from .kvm_host import (_check_kvm, kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
-                       kvm_mmu_unmap_gfn_range)
+from .kvm_host import (_check_kvm, gfn_to_pfn_cache_invalidate_gfn_range, kvm_mmu_invalidate_begin,
+                       kvm_mmu_invalidate_end, kvm_mmu_unmap_gfn_range)
 from .levels import PG_LEVEL_4K
 from .memslots import KVM_MEM_GUEST_MEMFD, KvmMemorySlot
 from .tdp_mmu import KvmGfnRange
@@ -511,6 +511,7 @@ def _unmap_mapping_folio(folio: Folio):
         yield from folio_put(folio, PTE)
 
 
+@cpu_code
 def truncate_inode_pages_range(file: GmemFile, start: int, end: int, who: str):
     """Remove the folios of offsets ``[start, end)`` from the page cache.
 
@@ -545,12 +546,39 @@ def kvm_gmem_punch_hole(kvm, file: GmemFile, start: int, end: int, who: str = "v
     """fallocate(PUNCH_HOLE) on file offsets ``[start, end)``: invalidate, truncate, end.
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_punch_hole()
+
+    With ``KvmConfig.gpc_gmem`` other than "6.17" (chapter 5's RFC), the
+    pfn caches over the hole's private gfns are invalidated first.
     """
     _check_range(kvm, file, start, end)
     _check_who(who)
+    hook = kvm.config.gpc_gmem               # chapter 5's RFC: pfn caches know guest_memfd
     yield from file.invalidate_lock.write_lock()
+    if hook != "6.17":
+        yield from _gmem_invalidate_gpcs(kvm, file, start, end, counted=hook == "rfc")
     yield from kvm_gmem_invalidate_begin(kvm, file, start, end)
     yield from truncate_inode_pages_range(file, start, end, who)
     yield from kvm_gmem_invalidate_end(kvm, file, start, end)
+    if hook == "rfc":
+        yield from step("mn_active_invalidate_count--", lambda: _mn_count(kvm, -1))
     yield from file.invalidate_lock.write_unlock()
     return 0
+
+
+def _mn_count(kvm, delta: int) -> int:
+    kvm.mn_active_invalidate_count += delta
+    return kvm.mn_active_invalidate_count
+
+
+def _gmem_invalidate_gpcs(kvm, file: GmemFile, start: int, end: int, counted: bool):
+    # The RFC's hook as the model fills it in (KvmConfig.gpc_gmem): the
+    # MMU notifier's protocol for the pfn caches over the hole's gfns.  The
+    # count is raised before any cache lock is taken and dropped only after
+    # the sequence moved (kvm_gmem_punch_hole), so a refresh that overlaps
+    # retries; "rfc-uncounted" leaves it out.
+    if counted:
+        yield from step("mn_active_invalidate_count++", lambda: _mn_count(kvm, 1))
+    ranges = yield from step("bound slots overlapping the hole",
+                             lambda: _bound_ranges(file, start, end))
+    for _slot_id, gfn_start, gfn_end in ranges:
+        yield from gfn_to_pfn_cache_invalidate_gfn_range(kvm, gfn_start, gfn_end)

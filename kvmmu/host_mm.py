@@ -306,6 +306,15 @@ class HostMemory(Primitive):
 
     def read_data(self, pfn: int, offset: int) -> int:
         """Read the u64 at byte ``offset`` of data page ``pfn`` (a kernel mapping's read)."""
+        page = self.pages.get(pfn) if type(pfn) is int else None
+        if (page is not None and page.kind == "folio" and not page.freed
+                and type(offset) is int and 0 <= offset <= PAGE_SIZE - 8 and not offset & 7):
+            # the common case, a live data page, without building a pointer
+            index = offset >> 3
+            for i, value in self.words.get(pfn, ()):
+                if i == index:
+                    return value
+            return page.fill
         ptr = self._data_ptr(pfn, offset, "read")
         return self.peek(ptr)
 
@@ -722,16 +731,35 @@ def host_translation(mm: HostMm, hva: int) -> tuple[int, int] | None:
     """
     _check_mm(mm)
     check_hva("hva", hva)
-    entry = mm.mem.peek(pgd_offset(mm, hva))
-    for level, offset in ((PUD, pud_offset), (PMD, pmd_offset), (PTE, pte_offset_kernel)):
+    return _translate(mm, hva)
+
+
+_LEVEL_WALK = ((PUD, PUD_SHIFT, KVM_PAGES_PER_HPAGE(PG_LEVEL_1G) - 1),
+               (PMD, PMD_SHIFT, KVM_PAGES_PER_HPAGE(PG_LEVEL_2M) - 1),
+               (PTE, PAGE_SHIFT, 0))
+
+
+def _peek_entry(mem: HostMemory, pfn: int, index: int) -> int:
+    # HostMemory.peek() of a table entry, without building a pointer when the
+    # page is a table (anything else takes peek's own way).
+    page = mem.pages.get(pfn)
+    if page is not None and page.kind == "table":
+        return page.entries.get(index, 0)
+    return mem.peek(EntryPtr(pfn, index))
+
+
+def _translate(mm: HostMm, hva: int):
+    # host_translation() without its argument checks (for callers that did them).
+    mem = mm.mem
+    entry = _peek_entry(mem, mm.pgd, (hva >> PGDIR_SHIFT) & (PTRS_PER_TABLE - 1))
+    for level, shift, in_page in _LEVEL_WALK:
         if not entry & _PAGE_PRESENT:
             return None
-        entry = mm.mem.peek(offset(entry, hva))
+        entry = _peek_entry(mem, entry_pfn(entry), (hva >> shift) & (PTRS_PER_TABLE - 1))
         if not entry & _PAGE_PRESENT:
             return None
         if level == PTE or entry & _PAGE_PSE:
-            offset_in = (hva >> PAGE_SHIFT) & (KVM_PAGES_PER_HPAGE(level) - 1)
-            return entry_pfn(entry) + offset_in, level
+            return entry_pfn(entry) + ((hva >> PAGE_SHIFT) & in_page), level
     return None  # unreachable: the PTE level always returns
 
 
@@ -1083,7 +1111,7 @@ def punch_hole(mm, start: int, end: int):
 def _user_pfn(mm, hva: int):
     # The page behind a user address, faulted in (zeroed) on first touch;
     # None outside every mapping, or while the page is being migrated.
-    found = host_translation(mm, hva)
+    found = _translate(mm, hva)
     if found is not None:
         return found[0]
     if not mm.in_vma(hva):

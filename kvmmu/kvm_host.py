@@ -4,7 +4,8 @@ Models: include/linux/kvm_host.h: struct kvm, struct kvm_vcpu
 Models: include/linux/kvm_host.h: mmu_invalidate_retry_gfn(), mmu_invalidate_retry_gfn_unsafe(), mmu_invalidate_retry()
 Models: include/linux/kvm_host.h: kvm_make_request(), kvm_test_request(), kvm_check_request()
 Models: virt/kvm/kvm_main.c: kvm_mmu_invalidate_begin(), kvm_mmu_invalidate_range_add(), kvm_mmu_invalidate_end()
-Models: virt/kvm/kvm_main.c: kvm_mmu_unmap_gfn_range(), hva_to_pfn(), kvm_vcpu_mark_page_dirty()
+Models: virt/kvm/kvm_main.c: kvm_mmu_unmap_gfn_range(), hva_to_pfn(), kvm_vcpu_mark_page_dirty(), mark_page_dirty_in_slot()
+Models: virt/kvm/pfncache.c: gfn_to_pfn_cache_invalidate_start()
 Models: arch/x86/kvm/mmu/mmu.c: kvm_unmap_gfn_range()
 
 Reference version: Linux 6.17 (read at v6.17-rc3).
@@ -35,9 +36,11 @@ simple by configuration (:class:`KvmConfig`: which kernel behaviour, and
 **Where functions live.**  The functions here are the ones ``kvm_host.h``
 declares for the rest of KVM: inline helpers, and the kvm_main.c and mmu.c
 functions that the architecture's code and guest_memfd.c call
-(``hva_to_pfn``, the invalidation bracket, ``kvm_unmap_gfn_range``).  They
-sit in this module, below their callers, so that imports only go down
-(CONTRIBUTING.md, "Layers").
+(``hva_to_pfn``, the invalidation bracket, ``kvm_unmap_gfn_range``), and
+the pfn-cache invalidation ``virt/kvm/kvm_mm.h`` declares for kvm_main.c
+(and, in chapter 5's RFC, for guest_memfd.c).  They sit in this module,
+below their callers, so that imports only go down (CONTRIBUTING.md,
+"Layers"); the caches themselves are :mod:`kvmmu.pfncache`'s.
 
 **Where the model simplifies.**
 
@@ -58,7 +61,7 @@ from dataclasses import dataclass
 from .checks import check_bool, check_choice, check_int
 from .cpu import Handle, cpu_code
 from .errno import EFAULT
-from .explorer import Primitive, World
+from .explorer import Primitive, World, step
 from .host_mm import HostMm, __get_user, _user_pfn
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_1G, PG_LEVEL_2M,
                      PG_LEVEL_4K, PT64_ROOT_4LEVEL, PT64_ROOT_MAX_LEVEL)
@@ -72,13 +75,15 @@ from .tlb import TlbEntry, VcpuTlbs
 __all__ = [
     "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS", "KVM_REQ_VM_DEAD", "KVM_REQ_TLB_FLUSH", "KVM_REQUESTS",
     "KVM_PFN_ERR_MASK", "KVM_PFN_ERR_FAULT", "KVM_PFN_ERR_RO_FAULT", "KVM_HVA_ERR_BAD",
-    "PREFAULT_POLICIES", "KvmConfig", "KvmFields", "VcpuState", "KvmVcpu", "Kvm",
+    "PREFAULT_POLICIES", "GPC_GMEM", "KvmConfig", "KvmFields", "VcpuState", "KvmVcpu", "Kvm",
     "is_error_pfn", "kvm_is_error_hva", "kvm_vcpu_memslots", "kvm_vcpu_gfn_to_memslot",
     "mmu_invalidate_retry_gfn", "mmu_invalidate_retry_gfn_unsafe", "mmu_invalidate_retry",
     "kvm_make_request", "kvm_test_request", "kvm_check_request", "kvm_make_all_cpus_request",
     "kvm_mmu_invalidate_begin", "kvm_mmu_invalidate_range_add", "kvm_mmu_invalidate_end",
     "kvm_unmap_gfn_range", "kvm_mmu_unmap_gfn_range", "hva_to_pfn",
-    "gfn_to_hva_memslot_prot", "kvm_vcpu_mark_page_dirty", "kvm_vcpu_read_guest",
+    "gfn_to_hva_memslot_prot", "kvm_vcpu_mark_page_dirty", "mark_page_dirty_in_slot",
+    "kvm_vcpu_read_guest", "gfn_to_pfn_cache_invalidate_start",
+    "gfn_to_pfn_cache_invalidate_gfn_range",
 ]
 
 # vCPU requests the model uses (arch/x86/include/asm/kvm_host.h, include/linux/kvm_host.h).
@@ -113,6 +118,18 @@ PREFAULT_POLICIES = {
             "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS is pending",
 }
 
+#: Whether pfn caches know guest_memfd: the versions chapter 5 compares.
+GPC_GMEM = {
+    "6.17": "pfn caches map only the VMM's user mapping; a guest_memfd hole punch "
+            "does not touch them",
+    "rfc": "Patrick Roy's RFC v2 as the model fills it in: a cache over a private gfn "
+           "maps the guest_memfd folio, and a guest_memfd hole punch raises "
+           "mn_active_invalidate_count, invalidates the caches over the hole's gfns, "
+           "and drops the count after the sequence moved",
+    "rfc-uncounted": "the same hook without the mn_active_invalidate_count bracket "
+                     "(the chapter's exercise: a refresh slips through)",
+}
+
 _GFN_MAX = GFN_MAX
 
 
@@ -130,10 +147,10 @@ class KvmConfig:
     ``prefault_policy``: one of :data:`PREFAULT_POLICIES`;
     ``pre_fault_allowed``: ``kvm->arch.pre_fault_allowed``;
     ``kvm_can_access_gmem``: whether KVM can read guest_memfd memory (the
-    chapter 5 RFC's switch); ``nx_huge_pages``: the ``kvm.nx_huge_pages``
-    iTLB-multihit workaround (an instruction fetch maps 4K, a huge leaf is
-    not executable); ``zoom``: names of CPU code that runs as one step
-    (:mod:`kvmmu.cpu`).
+    chapter 5 RFC's switch); ``gpc_gmem``: one of :data:`GPC_GMEM`;
+    ``nx_huge_pages``: the ``kvm.nx_huge_pages`` iTLB-multihit workaround
+    (an instruction fetch maps 4K, a huge leaf is not executable); ``zoom``:
+    names of CPU code that runs as one step (:mod:`kvmmu.cpu`).
     """
 
     nr_as_ids: int = 1
@@ -146,6 +163,7 @@ class KvmConfig:
     prefault_policy: str = "6.18"
     pre_fault_allowed: bool = True
     kvm_can_access_gmem: bool = True
+    gpc_gmem: str = "6.17"
     nx_huge_pages: bool = False
     zoom: frozenset = frozenset()
 
@@ -160,6 +178,7 @@ class KvmConfig:
                      "pre_fault_allowed", "kvm_can_access_gmem", "nx_huge_pages"):
             check_bool(name, getattr(self, name))
         check_choice("prefault_policy", self.prefault_policy, PREFAULT_POLICIES)
+        check_choice("gpc_gmem", self.gpc_gmem, GPC_GMEM)
         if isinstance(self.zoom, str) or not all(isinstance(z, str) for z in self.zoom):
             raise TypeError("zoom must be a collection of function names")
         object.__setattr__(self, "zoom", frozenset(self.zoom))
@@ -730,7 +749,21 @@ def kvm_vcpu_mark_page_dirty(vcpu: KvmVcpu, gfn: int) -> None:
     """
     check_int("gfn", gfn, 0, _GFN_MAX)
     kvm = _check_vcpu(vcpu).kvm
-    kvm.fields.dirty = kvm.fields.dirty | {gfn}
+    mark_page_dirty_in_slot(kvm, kvm_vcpu_gfn_to_memslot(vcpu, gfn), gfn)
+
+
+def mark_page_dirty_in_slot(kvm: Kvm, memslot, gfn: int) -> None:
+    """Record ``gfn`` of ``memslot`` in the dirty log (nothing without a slot).
+
+    Models: virt/kvm/kvm_main.c: mark_page_dirty_in_slot()
+
+    The model's dirty log is one set of gfns for the VM (the kernel keeps
+    a bitmap per slot, or a ring, only while dirty logging is on).
+    """
+    _check_kvm(kvm)
+    check_int("gfn", gfn, 0, _GFN_MAX)
+    if memslot is not None:
+        kvm.fields.dirty = kvm.fields.dirty | {gfn}
 
 
 def kvm_vcpu_read_guest(vcpu: KvmVcpu, gpa: int) -> tuple[int, int]:
@@ -749,3 +782,86 @@ def kvm_vcpu_read_guest(vcpu: KvmVcpu, gpa: int) -> tuple[int, int]:
     if kvm_is_error_hva(hva):
         return -EFAULT, 0
     return __get_user(vcpu.kvm.mm, hva + (gpa & (PAGE_SIZE - 1)))
+
+
+# ---------------------------------------------------------------------------
+# Invalidating pfn caches (pfncache.c, declared in kvm_mm.h for kvm_main.c)
+# ---------------------------------------------------------------------------
+def _has_gpcs(kvm: Kvm) -> bool:
+    # Whether the VM has any pfn cache at all.  A VM without one (every
+    # chapter but 5) has nothing on gpc_list, so the model skips the scan
+    # instead of taking a step to read an empty list.  (The primitives a VM
+    # registers are its make-up, fixed before a run: no shared state.)
+    return any(getattr(p, "_is_gpc", False) for p in kvm._prims)
+
+
+def _gpc_invalidate_matching(kvm: Kvm, what: str, matches):
+    # The scan of gfn_to_pfn_cache_invalidate_start(): a test under the read
+    # lock, then, if it hits, the same test again under the write lock before
+    # clearing valid (the cache may have changed in between).  The list is
+    # read in one step: kvm->gpc_lock is not modelled as a lock (see the
+    # module notes).
+    names = yield from step(f"invalidate {what}: read kvm->gpc_list",
+                            lambda: kvm.fields.gpc_list)
+    for name in names:
+        gpc = kvm.primitive(name)
+        yield from gpc.lock.read_lock()
+        hit = yield from step(f"invalidate {what}: {name} in range?", lambda: matches(gpc))
+        yield from gpc.lock.read_unlock()
+        if hit:
+            yield from gpc.lock.write_lock()
+
+            def clear():
+                if matches(gpc):
+                    gpc.valid = False
+            yield from step(f"invalidate {what}: {name}.valid = false", clear)
+            yield from gpc.lock.write_unlock()
+
+
+@cpu_code
+def gfn_to_pfn_cache_invalidate_start(kvm: Kvm, start: int, end: int):
+    """Clear ``valid`` on every pfn cache whose user address is in ``[start, end)``.
+
+    Models: virt/kvm/pfncache.c: gfn_to_pfn_cache_invalidate_start()
+
+    Called by the MMU notifier's range_start before it takes ``mmu_lock``
+    (so no cache lock is ever taken under ``mmu_lock``), with
+    ``mn_active_invalidate_count`` already raised: a refresh that overlaps
+    sees the count and retries.  Only the start of the page is compared:
+    a cache maps one page.
+    """
+    _check_kvm(kvm)
+    check_int("start", start, 0, (1 << 64) - 1)
+    check_int("end", end, start, (1 << 64) - 1)
+    if not _has_gpcs(kvm):
+        return
+
+    def matches(gpc) -> bool:
+        return gpc.valid and not is_error_pfn(gpc.pfn) and start <= gpc.uhva < end
+    yield from _gpc_invalidate_matching(kvm, f"hva [{start:#x}, {end:#x})", matches)
+
+
+@cpu_code
+def gfn_to_pfn_cache_invalidate_gfn_range(kvm: Kvm, start_gfn: int, end_gfn: int):
+    """Clear ``valid`` on every pfn cache over a private gfn in ``[start_gfn, end_gfn)``.
+
+    Models: virt/kvm/pfncache.c: gfn_to_pfn_cache_invalidate_start() (RFC v2, as the model fills it in: by gfn, for guest_memfd)
+
+    No 6.17 counterpart: in Patrick Roy's RFC, pfn caches can map guest_memfd
+    pages, so a hole punched in guest_memfd must reach them too; it does so
+    through the gfn, since guest_memfd pages have no user address.  The
+    patch says the caches are hooked up to the notifiers but not how: this
+    is the model's reading (``KvmConfig.gpc_gmem``).
+    """
+    _check_kvm(kvm)
+    check_int("start_gfn", start_gfn, 0, _GFN_MAX)
+    check_int("end_gfn", end_gfn, start_gfn, _GFN_MAX + 1)
+    if not _has_gpcs(kvm):
+        return
+
+    def matches(gpc) -> bool:
+        if not gpc.valid or is_error_pfn(gpc.pfn) or gpc.gpa == INVALID_GPA:
+            return False
+        gfn = gpc.gpa >> PAGE_SHIFT
+        return start_gfn <= gfn < end_gfn and gfn in kvm.memslot_state.private
+    yield from _gpc_invalidate_matching(kvm, f"gfns [{start_gfn:#x}, {end_gfn:#x})", matches)

@@ -48,9 +48,9 @@ from .errno import EEXIST, EINTR, EINVAL, EIO, errno_name
 from .explorer import step, wait_until
 from .guest_memfd import kvm_gmem_bind
 from .host_mm import MmuNotifier, MmuNotifierOps
-from .kvm_host import (KVM_REQ_VM_DEAD, Kvm, KvmVcpu, kvm_make_all_cpus_request,
-                       kvm_mmu_invalidate_begin, kvm_mmu_invalidate_end,
-                       kvm_mmu_unmap_gfn_range)
+from .kvm_host import (KVM_REQ_VM_DEAD, Kvm, KvmVcpu, gfn_to_pfn_cache_invalidate_start,
+                       kvm_make_all_cpus_request, kvm_mmu_invalidate_begin,
+                       kvm_mmu_invalidate_end, kvm_mmu_unmap_gfn_range)
 from .levels import PAGE_SHIFT, PAGE_SIZE
 from .memslots import (GFN_MAX, HVA_MAX, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES,
                        KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
@@ -483,12 +483,15 @@ def _mn_count(kvm: Kvm, delta: int) -> int:
 
 @cpu_code
 def kvm_mmu_notifier_invalidate_range_start(mn: MmuNotifier, start: int, end: int):
-    """KVM's range_start: count it, begin an invalidation, add the range, zap.
+    """KVM's range_start: count it, invalidate pfn caches, begin an invalidation, zap.
 
     Models: virt/kvm/kvm_main.c: kvm_mmu_notifier_invalidate_range_start()
     """
     kvm = mn.owner                              # mmu_notifier_to_kvm()
     yield from step("mn_active_invalidate_count++", lambda: _mn_count(kvm, 1))
+    # pfn caches first, before mmu_lock: no cache lock is taken under mmu_lock,
+    # which is why the caches look at mn_active_invalidate_count.
+    yield from gfn_to_pfn_cache_invalidate_start(kvm, start, end)
     return (yield from kvm_handle_hva_range(kvm, start, end, kvm_mmu_invalidate_begin,
                                             kvm_mmu_unmap_gfn_range))
 

@@ -1,6 +1,6 @@
 """KVM_RUN: a vCPU runs its guest, which touches memory; an EPT violation comes back to KVM.
 
-Models: arch/x86/kvm/x86.c: vcpu_run(), vcpu_enter_guest()
+Models: arch/x86/kvm/x86.c: vcpu_run(), vcpu_enter_guest(), load_pdptrs()
 
 Reference version: Linux 6.17 (read at v6.17-rc3).  The guest is reduced to
 one memory access; what matters is what KVM does around it: before each
@@ -15,17 +15,19 @@ ends the run as an MMIO exit.  A retry waits until something the fault read
 has changed (:func:`kvmmu.mmu.retry_wait`), or, with ``faults`` given,
 gives up after that many faults (a guest that moves on).
 """
-from .checks import check_bool, check_int
+from .checks import check_bool, check_int, check_u64
 from .cpu import cpu_code
 from .errno import RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_RETRY_INVALID_SLOT
 from .errno import RET_PF_SPURIOUS, RET_PF_WRITE_PROTECTED, errno_name, ret_pf_name
 from .explorer import step
-from .kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KvmVcpu, kvm_check_request
+from .kvm_host import (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KvmVcpu, kvm_check_request,
+                       kvm_vcpu_read_guest)
 from .levels import PAGE_SHIFT
 from .mmu import kvm_mmu_free_obsolete_roots, kvm_mmu_page_fault, kvm_mmu_reload, retry_wait
 from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_WRITE_MASK
+from .spte import PT_PRESENT_MASK, rsvd_bits
 
-__all__ = ["vcpu_enter_guest_requests", "vcpu_run"]
+__all__ = ["vcpu_enter_guest_requests", "vcpu_run", "load_pdptrs"]
 
 
 def vcpu_enter_guest_requests(vcpu: KvmVcpu) -> int:
@@ -83,3 +85,33 @@ def vcpu_run(vcpu: KvmVcpu, gpa: int, write: bool = False, faults: int | None = 
         if faults is not None and taken >= faults:
             return ret_pf_name(r)
         yield from retry_wait(vcpu, "RET_PF_RETRY: the guest re-executes the access")
+
+
+def load_pdptrs(vcpu: KvmVcpu, cr3: int, maxphyaddr: int = 46) -> tuple:
+    """Read the four PAE PDPTEs at ``cr3``, as a MOV to CR3 in PAE mode does; return them.
+
+    Models: arch/x86/kvm/x86.c: load_pdptrs()
+
+    The kernel returns 0 when a present PDPTE has a reserved bit set (or
+    cannot be read) and the caller injects #GP; the model raises
+    ``ValueError`` naming the entry.  Plain computation (set-up of the
+    vCPU's registers).
+    """
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    check_u64("cr3", cr3)
+    check_int("maxphyaddr", maxphyaddr, 36, 52)
+    if cr3 >> 32:
+        raise ValueError(f"cr3 must be below 4 GiB for PAE paging, got {cr3:#x}")
+    base = cr3 & 0xFFFF_FFE0
+    rsvd = rsvd_bits(maxphyaddr, 63) | rsvd_bits(5, 8) | rsvd_bits(1, 2)
+    pdptrs = []
+    for i in range(4):
+        ret, pdpte = kvm_vcpu_read_guest(vcpu, base + 8 * i)
+        if ret:
+            raise ValueError(f"PDPTE {i} at gpa {base + 8 * i:#x} cannot be read: the CR3 load fails")
+        if pdpte & PT_PRESENT_MASK and pdpte & rsvd:
+            raise ValueError(f"PDPTE {i} = {pdpte:#x} has reserved bits {pdpte & rsvd:#x} set: "
+                             "the MOV to CR3 would raise #GP")
+        pdptrs.append(pdpte)
+    return tuple(pdptrs)

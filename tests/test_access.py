@@ -14,20 +14,28 @@ The expected-result function below knows nothing of KVM's permission bitmap
 or of ``permission_fault``; it walks the entries itself and applies the
 rules one by one.  A disagreement is a bug in one of the two.
 
-The A/D rule it checks is KVM's (kernel-facts §5(c)): A/D are written only
-after the permission check passed; then A in every entry of the path and D
-in the leaf of a write.  (Hardware may set A bits of upper levels even when
-the access later faults; KVM's walker does not, and neither does this test.)
+The A/D rule it checks is KVM's: A/D are written only after the permission
+check passed; then A in every entry of the path and D in the leaf of a
+write.  (Hardware may set A bits of upper levels even when the access later
+faults; KVM's walker does not, and neither does this test.)
+
+The machine under test is the one VM (:func:`kvmmu.guest.guest_vm`) and the
+6.17 walker run alone on its vCPU (``run_alone`` over
+``walk_addr_generic``); the test writes and reads the entries straight in
+the pages behind the table frames, as the guest's CPU would.
 """
 import itertools
 import time
 
 import pytest
 
-from kvmmu.guest_memory import GuestMemory
-from kvmmu.memslots import KVM_MEM_READONLY, KvmMemorySlot
-from kvmmu.guest_paging import Vcpu, load_pdptrs
-from kvmmu.walker import GuestWalker, walk_addr_generic
+from kvmmu.cpu import run_alone
+from kvmmu.guest import HOST, guest_page
+from kvmmu.guest import guest_vm as _guest_vm
+from kvmmu.memslots import KVM_MEM_READONLY
+from kvmmu.mmu_permissions import KvmVcpuArch
+from kvmmu.paging_tmpl import GuestWalker, walk_addr_generic
+from kvmmu.x86 import load_pdptrs
 
 # ---- architectural bit positions (SDM vol. 3 tables 4-14..4-19, 4-11) -------
 P, RW, US, A, D, PS = 1 << 0, 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 7
@@ -38,7 +46,6 @@ MAXPHYADDR = 46
 EC_P, EC_WR, EC_US, EC_RSVD, EC_ID, EC_PK = 1, 2, 4, 8, 16, 32
 IMPLICIT = 1 << 48              # KVM's "implicit supervisor access" flag
 
-HOST = 0x7F00_0000_0000
 PML4, PDPT, PD, PT = 0x100, 0x101, 0x102, 0x103        # table gfns
 DATA_4K = 0x455                                        # leaf targets
 DATA_2M = 0x600                                        # 2M aligned (0x600 = 3 * 512)
@@ -158,13 +165,44 @@ GVA_OF = [GVA]      # the address the expected function translates
 # ---------------------------------------------------------------------------
 # The machine under test.
 # ---------------------------------------------------------------------------
-def make_memory(readonly_tables: bool = False):
-    slots = [KvmMemorySlot(0, 0, 0x800, HOST)]
-    if readonly_tables:
-        slots = [KvmMemorySlot(0, 0, 0x100, HOST),
-                 KvmMemorySlot(1, 0x100, 0x10, HOST + 0x1000_0000, flags=KVM_MEM_READONLY),
-                 KvmMemorySlot(2, 0x110, 0x6F0, HOST + 0x2000_0000)]
-    return GuestMemory(slots)
+class Guest:
+    """A VM with one vCPU, and the guest CPU's own view of its table pages."""
+
+    def __init__(self, readonly_tables: bool = False):
+        regions = [(0, 0x800, HOST)]
+        if readonly_tables:
+            regions = [(0, 0x100, HOST), (0x100, 0x10, HOST + 0x1000_0000, KVM_MEM_READONLY),
+                       (0x110, 0x6F0, HOST + 0x2000_0000)]
+        self.vcpu = _guest_vm(regions)
+        self.kvm = self.vcpu.kvm
+        self._pfns = {}
+
+    def _pfn(self, gfn: int) -> int:
+        if gfn not in self._pfns:
+            self._pfns[gfn] = guest_page(self.kvm, gfn, create=True)
+        return self._pfns[gfn]
+
+    def write(self, gpa: int, value: int) -> None:
+        """The guest (or, for a ROM, the VMM) stores an entry."""
+        self.kvm.mm.mem.write_data(self._pfn(gpa >> 12), gpa & 0xFFF, value)
+
+    def read(self, gpa: int) -> int:
+        return self.kvm.mm.mem.read_data(self._pfn(gpa >> 12), gpa & 0xFFF)
+
+    def load(self, **regs) -> object:
+        """Give the vCPU these registers; return the walk MMU they make."""
+        self.vcpu.arch = KvmVcpuArch(**regs)
+        return self.vcpu.arch.walk_mmu
+
+    def walk(self, w, mmu, gva: int, access: int) -> int:
+        return run_alone(self.kvm, walk_addr_generic(w, self.vcpu, mmu, gva, access))
+
+    def dirty_gfns(self) -> list[int]:
+        return sorted(self.kvm.fields.dirty)
+
+
+def make_memory(readonly_tables: bool = False) -> Guest:
+    return Guest(readonly_tables)
 
 
 def entry_gpas(gva: int):
@@ -217,7 +255,7 @@ UPPER_CPU_MODES = [
 ]
 
 
-def run_case(w, vcpu, mem, gpas, path, access, cpu, root=4, gva=GVA, in_memory=None):
+def run_case(w, mmu, mem, gpas, path, access, cpu, root=4, gva=GVA, in_memory=None):
     """Write ``path`` into guest memory, walk, and compare with ``expected``.
 
     ``in_memory`` (a dict level -> value) remembers what the previous case
@@ -226,10 +264,10 @@ def run_case(w, vcpu, mem, gpas, path, access, cpu, root=4, gva=GVA, in_memory=N
     in_memory = {} if in_memory is None else in_memory
     for level, entry in path:
         if in_memory.get(level) != entry:
-            mem.guest_write_u64(gpas[level], entry, vmm=True)
-    got = walk_addr_generic(w, vcpu, mem, gva, access)
+            mem.write(gpas[level], entry)
+    got = mem.walk(w, mmu, gva, access)
     exp = expected(path, access, cpu, root)
-    after = {level: mem.guest_read_u64(gpas[level]) for level, _ in path}
+    after = {level: mem.read(gpas[level]) for level, _ in path}
     in_memory.clear()
     in_memory.update(after)
 
@@ -266,13 +304,13 @@ def test_exhaustive_4level_without_pkeys():
     error_codes = set()
     in_memory = {}
     for cpu in cpu_modes():
-        vcpu = Vcpu(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
+        mmu = mem.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
         for pde, pte in configs:
             path = [(4, UPPER | (PDPT << 12)), (3, UPPER | (PD << 12)), (2, pde)]
             if pte is not None:
                 path.append((1, pte))
             for _name, access in ACCESSES:
-                fault = run_case(w, vcpu, mem, gpas, path, access, cpu, in_memory=in_memory)
+                fault = run_case(w, mmu, mem, gpas, path, access, cpu, in_memory=in_memory)
                 counts["fault" if fault else "ok"] += 1
                 if fault:
                     error_codes.add(w.fault.error_code)
@@ -299,7 +337,7 @@ def test_upper_levels_and_large_pages():
     in_memory = {}
     for gbpages in (True, False):
         for cpu in UPPER_CPU_MODES:
-            vcpu = Vcpu(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, gbpages=gbpages, **cpu)
+            mmu = mem.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, gbpages=gbpages, **cpu)
             cpu = dict(cpu, gbpages=gbpages)
             for l4_bits in itertools.product((0, 1), repeat=len(names)):
                 l4 = sum(FLAG_BITS[x] for x, b in zip(names, l4_bits) if b) | (PDPT << 12)
@@ -313,7 +351,7 @@ def test_upper_levels_and_large_pages():
                         path = [(4, l4), (3, l3), (2, UPPER | (PT << 12)),
                                 (1, UPPER | D | (DATA_4K << 12))]
                     for _name, access in UPPER_ACCESSES:
-                        run_case(w, vcpu, mem, gpas, path, access, cpu, in_memory=in_memory)
+                        run_case(w, mmu, mem, gpas, path, access, cpu, in_memory=in_memory)
                         n += 1
     assert n > 20_000
 
@@ -324,13 +362,13 @@ def test_large_page_alignment_bits_are_reserved():
     gpas = entry_gpas(GVA)
     w = GuestWalker()
     cpu = dict(cr0_wp=True, cr4_smep=False, cr4_smap=False, efer_nx=True, eflags_ac=False)
-    vcpu = Vcpu(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
+    mmu = mem.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
     cases = [
         [(4, UPPER | (PDPT << 12)), (3, UPPER | (PD << 12)), (2, UPPER | PS | (DATA_2M << 12) | (1 << 13))],
         [(4, UPPER | (PDPT << 12)), (3, UPPER | PS | (0x40000 << 12) | (1 << 21))],
         [(4, UPPER | (PDPT << 12)), (3, UPPER | PS | (0x40000 << 12) | (1 << 12))],   # PAT: fine
     ]
-    outcomes = [run_case(w, vcpu, mem, gpas, path, 0, cpu) for path in cases]
+    outcomes = [run_case(w, mmu, mem, gpas, path, 0, cpu) for path in cases]
     assert outcomes == [True, True, False]
 
 
@@ -347,14 +385,14 @@ def test_protection_keys():
                     pkru = (ad | wd << 1) << (2 * key) | other << (2 * (7 - key))
                     cpu = dict(cr0_wp=wp, cr4_smep=False, cr4_smap=smap, efer_nx=True,
                                eflags_ac=ac, cr4_pke=pke, pkru=pkru)
-                    vcpu = Vcpu(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
+                    mmu = mem.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
                     for u, wr, d in itertools.product((0, 1), repeat=3):
                         leaf = (P | (US if u else 0) | (RW if wr else 0) | (D if d else 0)
                                 | (key << 59) | (DATA_4K << 12))
                         path = [(4, UPPER | (PDPT << 12)), (3, UPPER | (PD << 12)),
                                 (2, UPPER | (PT << 12)), (1, leaf)]
                         for _name, access in ACCESSES:
-                            run_case(w, vcpu, mem, gpas, path, access, cpu)
+                            run_case(w, mmu, mem, gpas, path, access, cpu)
                             n += 1
                             pk_faults += bool(w.fault.error_code & EC_PK) and w.fault.address == GVA
     assert n == 16 * 2 * 4 * 2 * 8 * 8
@@ -373,13 +411,13 @@ def test_5level_and_pae_leaf_flags():
     try:
         n = 0
         for cpu in cpu_modes():
-            vcpu = Vcpu(cr3=0x104 << 12, cr4_la57=True, maxphyaddr=MAXPHYADDR, **cpu)
+            mmu = mem.load(cr3=0x104 << 12, cr4_la57=True, maxphyaddr=MAXPHYADDR, **cpu)
             for pte_bits in itertools.product((0, 1), repeat=6):
                 pte = sum(FLAG_BITS[x] for x, b in zip(["P", "W", "U", "A", "D", "NX"], pte_bits) if b)
                 path = [(5, UPPER | (PML4 << 12)), (4, UPPER | (PDPT << 12)),
                         (3, UPPER | (PD << 12)), (2, UPPER | (PT << 12)), (1, pte | (DATA_4K << 12))]
                 for _name, access in ACCESSES:
-                    run_case(w, vcpu, mem, gpas, path, access, cpu, root=5, gva=gva5)
+                    run_case(w, mmu, mem, gpas, path, access, cpu, root=5, gva=gva5)
                     n += 1
         # PAE: PDPT at gpa 0x100000 (gfn 0x100), PD at gfn 0x102, PT at gfn 0x103
         gva = (2 << 30) | (7 << 21) | (9 << 12) | 0x123
@@ -387,16 +425,16 @@ def test_5level_and_pae_leaf_flags():
         mem = make_memory()
         pdpt_gpa = PML4 << 12
         gpas = {3: pdpt_gpa + 8 * 2, 2: (PD << 12) + 8 * 7, 1: (PT << 12) + 8 * 9}
-        mem.guest_write_u64(gpas[3], P | (PD << 12))
+        mem.write(gpas[3], P | (PD << 12))
         for cpu in cpu_modes():
-            pdptrs = load_pdptrs(mem, pdpt_gpa, maxphyaddr=MAXPHYADDR)
-            vcpu = Vcpu(cr3=pdpt_gpa, efer_lma=False, pdptrs=pdptrs, maxphyaddr=MAXPHYADDR, **cpu)
+            pdptrs = load_pdptrs(mem.vcpu, pdpt_gpa, maxphyaddr=MAXPHYADDR)
+            mmu = mem.load(cr3=pdpt_gpa, efer_lma=False, pdptrs=pdptrs, maxphyaddr=MAXPHYADDR, **cpu)
             for pte_bits in itertools.product((0, 1), repeat=7):
                 pte = sum(FLAG_BITS[x] for x, b in
                           zip(["P", "W", "U", "A", "D", "NX", "RSVD"], pte_bits) if b)
                 path = [(2, UPPER | (PT << 12)), (1, pte | (DATA_4K << 12))]
                 for _name, access in ACCESSES:
-                    run_case(w, vcpu, mem, gpas, path, access, cpu, root=3, gva=gva)
+                    run_case(w, mmu, mem, gpas, path, access, cpu, root=3, gva=gva)
                     n += 1
         assert n == 32 * 64 * 8 + 32 * 128 * 8
     finally:
@@ -406,15 +444,15 @@ def test_5level_and_pae_leaf_flags():
 def test_pae_pdpte_not_present_and_reserved():
     mem = make_memory()
     pdpt_gpa = PML4 << 12
-    mem.guest_write_u64(pdpt_gpa, 0)                       # PDPTE 0 not present
-    mem.guest_write_u64(pdpt_gpa + 8, P | (PD << 12))
-    vcpu = Vcpu(cr3=pdpt_gpa, efer_lma=False, pdptrs=load_pdptrs(mem, pdpt_gpa))
+    mem.write(pdpt_gpa, 0)                                 # PDPTE 0 not present
+    mem.write(pdpt_gpa + 8, P | (PD << 12))
+    mmu = mem.load(cr3=pdpt_gpa, efer_lma=False, pdptrs=load_pdptrs(mem.vcpu, pdpt_gpa))
     w = GuestWalker()
-    assert walk_addr_generic(w, vcpu, mem, 0x1000, EC_WR) == 0
+    assert mem.walk(w, mmu, 0x1000, EC_WR) == 0
     assert w.fault.error_code == EC_WR and w.level == 3
-    mem.guest_write_u64(pdpt_gpa, P | RW | (PD << 12))     # R/W is reserved in a PAE PDPTE
+    mem.write(pdpt_gpa, P | RW | (PD << 12))               # R/W is reserved in a PAE PDPTE
     with pytest.raises(ValueError, match="PDPTE 0 .* reserved bits 0x2"):
-        load_pdptrs(mem, pdpt_gpa)
+        load_pdptrs(mem.vcpu, pdpt_gpa)
 
 
 def test_read_only_slot_tables_keep_their_ad_bits():
@@ -423,20 +461,21 @@ def test_read_only_slot_tables_keep_their_ad_bits():
     gpas = entry_gpas(GVA)
     w = GuestWalker()
     cpu = dict(cr0_wp=True, cr4_smep=False, cr4_smap=False, efer_nx=True, eflags_ac=False)
-    vcpu = Vcpu(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
+    mmu = mem.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
     path = [(4, P | RW | US | (PDPT << 12)), (3, P | RW | US | (PD << 12)),
             (2, P | RW | US | (PT << 12)), (1, P | RW | US | (DATA_4K << 12))]
     for level, entry in path:
-        mem.guest_write_u64(gpas[level], entry, vmm=True)
-    assert walk_addr_generic(w, vcpu, mem, GVA, EC_WR | EC_US) == 1
-    assert [mem.guest_read_u64(gpas[lv]) for lv, _ in path] == [e for _, e in path]
+        mem.write(gpas[level], entry)
+    assert mem.walk(w, mmu, GVA, EC_WR | EC_US) == 1
+    assert [mem.read(gpas[lv]) for lv, _ in path] == [e for _, e in path]
     assert all(o.startswith("skipped") for *_x, o in w.ad_log) and len(w.ad_log) == 4
     assert mem.dirty_gfns() == []
     # the same tables in a writable slot do get A/D, and their gfns are logged dirty
     mem2 = make_memory()
     for level, entry in path:
-        mem2.guest_write_u64(gpas[level], entry)
-    assert walk_addr_generic(w, vcpu, mem2, GVA, EC_WR | EC_US) == 1
-    assert [mem2.guest_read_u64(gpas[lv]) for lv, _ in path] == (
+        mem2.write(gpas[level], entry)
+    mmu2 = mem2.load(cr3=PML4 << 12, maxphyaddr=MAXPHYADDR, **cpu)
+    assert mem2.walk(w, mmu2, GVA, EC_WR | EC_US) == 1
+    assert [mem2.read(gpas[lv]) for lv, _ in path] == (
         [e | A for _, e in path[:3]] + [path[3][1] | A | D])
     assert mem2.dirty_gfns() == [PML4, PDPT, PD, PT]

@@ -4,22 +4,24 @@
 mappings), a CPU mode and four accesses from ``random.Random(seed)``; the
 student translates each access or names the page fault and its error code,
 OSTEP style.  ``problem(seed, kind="ad")`` asks which Accessed/Dirty bits a
-sequence of accesses sets.  Every answer is computed by
-:func:`kvmmu.walk_trace.trace_walk`, never written by hand.
+sequence of accesses sets.  Every answer is computed by the walker
+(:func:`kvmmu.viz.walk_trace.trace_walk`), never written by hand.
 """
 import random
 
-from .. import guest_paging as GP
-from .. import walk_trace as WT
 from ..checks import check_choice, check_int
-from ..guest_memory import GuestMemory
-from ..memslots import KvmMemorySlot
+from ..guest import HOST, GuestPageTables, guest_read_u64, guest_vm, guest_write_u64
+from ..pferr import PFERR_FETCH_MASK, PFERR_USER_MASK, PFERR_WRITE_MASK
+from ..spte import PT64_NX_MASK, PT_PAGE_SIZE_MASK, PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK
+from ..viz import walk_trace as WT
+from ..viz.walk_trace import LEVEL_NAMES, access_str
 from .base import Problem
 
+__all__ = ["KINDS", "problem"]
+
 KINDS = ("translate", "ad")
-HOST = 0x7F00_0000_0000
-P, W, U, NX, PS = (GP.PT_PRESENT_MASK, GP.PT_WRITABLE_MASK, GP.PT_USER_MASK, GP.PT64_NX_MASK,
-                   GP.PT_PAGE_SIZE_MASK)
+P, W, U, NX, PS = (PT_PRESENT_MASK, PT_WRITABLE_MASK, PT_USER_MASK, PT64_NX_MASK,
+                   PT_PAGE_SIZE_MASK)
 LEGEND = ("Entry bits: P=0, W(R/W)=1, U(U/S)=2, A=5, D=6, PS=7, NX=63; the address is in bits "
           "51:12; MAXPHYADDR is 46, so bits 51:46 are reserved.  Index bits of a virtual "
           "address: PML4 47:39, PDPT 38:30, PD 29:21, PT 20:12.  Error-code bits: P=0x1, W=0x2, "
@@ -46,21 +48,22 @@ def _guest(rng: random.Random):
 
 
 def _build(mappings, tweak):
-    mem = GuestMemory([KvmMemorySlot(0, 0, 0x800, HOST)])
-    pt = GP.GuestPageTables(mem, range(0x100, 0x120))
+    vcpu = guest_vm([(0, 0x800, HOST)])
+    kvm = vcpu.kvm
+    pt = GuestPageTables(kvm, range(0x100, 0x120))
     for _name, gva, gfn, level, flags in mappings:
         pt.map(gva, gfn << 12, level=level, flags=flags)
     user_data_gva = mappings[1][1]
     if tweak == "pde-user-ro":       # the user PDE loses W: every user page below is read-only
         gpa = pt.entry_gpa(user_data_gva, 2)
-        mem.guest_write_u64(gpa, mem.guest_read_u64(gpa) & ~W)
+        guest_write_u64(kvm, gpa, guest_read_u64(kvm, gpa) & ~W)
     elif tweak == "rsvd":            # a reserved bit in the user data PTE
         gpa = pt.entry_gpa(user_data_gva, 1)
-        mem.guest_write_u64(gpa, mem.guest_read_u64(gpa) | 1 << 48)
+        guest_write_u64(kvm, gpa, guest_read_u64(kvm, gpa) | 1 << 48)
     elif tweak == "not-present":     # the user data page was swapped out
         gpa = pt.entry_gpa(user_data_gva, 1)
-        mem.guest_write_u64(gpa, mem.guest_read_u64(gpa) & ~P)
-    return mem, pt
+        guest_write_u64(kvm, gpa, guest_read_u64(kvm, gpa) & ~P)
+    return vcpu, pt
 
 
 def _cpu(rng: random.Random) -> dict:
@@ -75,21 +78,21 @@ def _cpu_text(cpu: dict) -> str:
     return ", ".join(f"{names[k]}={int(v)}" for k, v in cpu.items())
 
 
-def _tables_text(mem, vcpu) -> str:
+def _tables_text(vcpu) -> str:
     from ..viz.walker import page_table_tree   # pure data, no matplotlib
 
     lines = []
-    for _level, gfn, entries in page_table_tree(mem, vcpu, max_entries=8):
+    for _level, gfn, entries in page_table_tree(vcpu, max_entries=8):
         body = ", ".join(f"[{i}] {v:#x}" for i, v in entries)
         lines.append(f"  table at gfn {gfn:#x}: {body}")
     return "\n".join(lines)
 
 
 #: The access a program would normally make to each kind of mapping.
-NATURAL = {"user code": [GP.PFERR_USER_MASK | GP.PFERR_FETCH_MASK, GP.PFERR_USER_MASK],
-           "user data": [GP.PFERR_USER_MASK, GP.PFERR_USER_MASK | GP.PFERR_WRITE_MASK],
-           "kernel 2M": [0, GP.PFERR_WRITE_MASK],
-           "kernel 4K": [0, GP.PFERR_WRITE_MASK]}
+NATURAL = {"user code": [PFERR_USER_MASK | PFERR_FETCH_MASK, PFERR_USER_MASK],
+           "user data": [PFERR_USER_MASK, PFERR_USER_MASK | PFERR_WRITE_MASK],
+           "kernel 2M": [0, PFERR_WRITE_MASK],
+           "kernel 4K": [0, PFERR_WRITE_MASK]}
 
 
 def _queries(rng: random.Random, mappings) -> list:
@@ -107,8 +110,8 @@ def _queries(rng: random.Random, mappings) -> list:
         if rng.random() < 0.6:
             acc = rng.choice(NATURAL[name])
         else:
-            acc = (rng.choice((0, GP.PFERR_WRITE_MASK, GP.PFERR_FETCH_MASK))
-                   | rng.choice((0, GP.PFERR_USER_MASK)))
+            acc = (rng.choice((0, PFERR_WRITE_MASK, PFERR_FETCH_MASK))
+                   | rng.choice((0, PFERR_USER_MASK)))
         out.append((addr, acc))
     return out
 
@@ -121,45 +124,47 @@ def _answer(trace) -> str:
 def _translate_problem(seed: int, rng: random.Random) -> Problem:
     mappings, tweak = _guest(rng)
     cpu = _cpu(rng)
-    mem, pt = _build(mappings, tweak)
-    vcpu = pt.vcpu(**cpu)
+    vcpu, pt = _build(mappings, tweak)
+    arch = pt.load(vcpu, **cpu)
     queries = _queries(rng, mappings)
-    qtext = "\n".join(f"  {n}. {GP.access_str(acc)} of {addr:#x}"
+    qtext = "\n".join(f"  {n}. {access_str(acc)} of {addr:#x}"
                       for n, (addr, acc) in enumerate(queries, 1))
-    question = (f"Seed {seed}: a 64-bit guest (4-level paging) has CR3 = {vcpu.cr3:#x} and "
+    question = (f"Seed {seed}: a 64-bit guest (4-level paging) has CR3 = {arch.cr3:#x} and "
                 f"{_cpu_text(cpu)}.  Its page tables hold these present entries:\n"
-                f"{_tables_text(mem, vcpu)}\n{LEGEND}\n"
+                f"{_tables_text(vcpu)}\n{LEGEND}\n"
                 "For each access, give the guest physical address, or name the page fault "
                 f"and its error code (assume each access starts from the tables above):\n{qtext}")
     answers = []
     for n, (addr, acc) in enumerate(queries, 1):
         fresh, fresh_pt = _build(mappings, tweak)
-        trace = WT.trace_walk(fresh_pt.vcpu(**cpu), fresh, addr, acc)
-        answers.append(f"  {n}. {GP.access_str(acc)} of {addr:#x}: {_answer(trace)}")
+        fresh_pt.load(fresh, **cpu)
+        trace = WT.trace_walk(fresh, addr, acc)
+        answers.append(f"  {n}. {access_str(acc)} of {addr:#x}: {_answer(trace)}")
     return Problem(seed, question, "\n".join(answers), "translate")
 
 
 def _ad_problem(seed: int, rng: random.Random) -> Problem:
     mappings, _tweak = _guest(rng)
     cpu = dict(cr0_wp=True, cr4_smep=False, cr4_smap=False, efer_nx=True, eflags_ac=False)
-    mem, pt = _build(mappings, "none")
-    vcpu = pt.vcpu(**cpu)
+    vcpu, pt = _build(mappings, "none")
+    pt.load(vcpu, **cpu)
+    kvm = vcpu.kvm
     name, gva, _gfn, level, _flags = mappings[1]           # user data: P W U NX (or read-only)
-    seq = [rng.choice((0, GP.PFERR_WRITE_MASK)) | GP.PFERR_USER_MASK for _ in range(3)]
+    seq = [rng.choice((0, PFERR_WRITE_MASK)) | PFERR_USER_MASK for _ in range(3)]
     leaf_gpa = pt.entry_gpa(gva, level)
-    before = mem.guest_read_u64(leaf_gpa)
+    before = guest_read_u64(kvm, leaf_gpa)
     question = (f"Seed {seed}: the guest's {name} page at {gva:#x} is mapped by the PTE at gpa "
                 f"{leaf_gpa:#x}, now {before:#x} (A and D clear, and so are the A bits of the "
                 "tables above it).  KVM walks these accesses in order, for emulation: "
-                + ", ".join(GP.access_str(a) for a in seq)
+                + ", ".join(access_str(a) for a in seq)
                 + ".  After each walk, what is the PTE, and what access bits (pte_access) does "
                   "the walk return?  Which entries did KVM write, and in which order?")
     lines = []
     for n, acc in enumerate(seq, 1):
-        trace = WT.trace_walk(vcpu, mem, gva, acc)
-        writes = ", ".join(f"{GP.LEVEL_NAMES[lv]} {o:#x}->{v:#x}" for lv, o, v, _r in trace.ad_updates)
-        lines.append(f"  {n}. {GP.access_str(acc)}: {trace.result_line()}; PTE now "
-                     f"{mem.guest_read_u64(leaf_gpa):#x}; A/D writes (top-down): {writes or 'none'}")
+        trace = WT.trace_walk(vcpu, gva, acc)
+        writes = ", ".join(f"{LEVEL_NAMES[lv]} {o:#x}->{v:#x}" for lv, o, v, _r in trace.ad_updates)
+        lines.append(f"  {n}. {access_str(acc)}: {trace.result_line()}; PTE now "
+                     f"{guest_read_u64(kvm, leaf_gpa):#x}; A/D writes (top-down): {writes or 'none'}")
     return Problem(seed, question, "\n".join(lines), "ad")
 
 

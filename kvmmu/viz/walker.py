@@ -2,38 +2,47 @@
 
 ``walk_view(...)`` is the pure function behind the widget: from a GVA, an
 access, the CPU mode bits and the flag bits of each entry on the path it
-builds a small guest (fixed table frames), walks it with
-:func:`kvmmu.walk_trace.trace_walk` and returns a :class:`WalkView`: the path,
+builds a small guest on a VM of its own (fixed table frames), walks it with
+:func:`kvmmu.viz.walk_trace.trace_walk` and returns a :class:`WalkView`: the path,
 the result or the error code bit by bit, and the A/D bits before and after.
 It never raises: bad input comes back as ``view.error``.  ``walk_widget()``
 only wires ipywidgets controls to it.
 
-``page_table_tree(mem, vcpu)`` lists the tables reachable from CR3 (the data
-the figure draws); ``walk_tree_figure(mem, vcpu, trace)`` draws that tree
-with the walked path highlighted.
+``page_table_tree(vcpu)`` lists the tables reachable from the vCPU's CR3
+(the data the figure draws); ``walk_tree_figure(vcpu, trace)`` draws that
+tree with the walked path highlighted.
 """
 import html as _html
 from dataclasses import dataclass, field
 
-from .. import guest_paging as GP
-from .. import walk_trace as WT
-from .. import walker as Wk
 from ..checks import parse_int_text
-from ..guest_memory import GuestMemory
-from ..memslots import KVM_MEM_READONLY, KvmMemorySlot
+from ..guest import guest_page, guest_read_u64, guest_vm, guest_write_u64
+from ..kvm_host import KvmVcpu
+from ..memslots import KVM_MEM_READONLY
+from ..mmu_permissions import KvmVcpuArch
+from ..paging_tmpl import PT_BASE_ADDR_MASK, PT_INDEX, check_gva, gpte_to_gfn_lvl
+from ..pferr import PFERR_FETCH_MASK, PFERR_IMPLICIT_ACCESS, PFERR_USER_MASK, PFERR_WRITE_MASK
+from ..spte import (PT64_NX_MASK, PT_ACCESSED_MASK, PT_DIRTY_MASK, PT_PAGE_SIZE_MASK,
+                    PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK)
+from . import walk_trace as WT
+from .walk_trace import LEVEL_NAMES, access_str, acc_str, gpte_str
+
+__all__ = ["TABLE_GFNS", "LEAF_GFNS", "HOST", "FLAG_BITS", "FLAG_ORDER", "ACCESS_KINDS",
+           "PRIVILEGES", "DEFAULT_FLAGS", "WalkView", "parse_flags", "build_guest", "walk_view",
+           "walk_widget", "page_table_tree", "tree_text", "walk_tree_figure"]
 
 #: Where the widget's guest keeps its tables (level -> gfn) and its pages.
 TABLE_GFNS = {5: 0x104, 4: 0x100, 3: 0x101, 2: 0x102, 1: 0x103}
 LEAF_GFNS = {1: 0x455, 2: 0x600, 3: 0x40000}
 HOST = 0x7F00_0000_0000
 
-FLAG_BITS = {"P": GP.PT_PRESENT_MASK, "W": GP.PT_WRITABLE_MASK, "U": GP.PT_USER_MASK,
-             "A": GP.PT_ACCESSED_MASK, "D": GP.PT_DIRTY_MASK, "PS": GP.PT_PAGE_SIZE_MASK,
-             "NX": GP.PT64_NX_MASK, "RSVD": 1 << 51}
+FLAG_BITS = {"P": PT_PRESENT_MASK, "W": PT_WRITABLE_MASK, "U": PT_USER_MASK,
+             "A": PT_ACCESSED_MASK, "D": PT_DIRTY_MASK, "PS": PT_PAGE_SIZE_MASK,
+             "NX": PT64_NX_MASK, "RSVD": 1 << 51}
 FLAG_ORDER = ("P", "W", "U", "A", "D", "PS", "NX", "RSVD")
-ACCESS_KINDS = {"read": 0, "write": GP.PFERR_WRITE_MASK, "fetch": GP.PFERR_FETCH_MASK}
-PRIVILEGES = {"user": GP.PFERR_USER_MASK, "supervisor": 0,
-              "implicit supervisor": GP.PFERR_IMPLICIT_ACCESS}
+ACCESS_KINDS = {"read": 0, "write": PFERR_WRITE_MASK, "fetch": PFERR_FETCH_MASK}
+PRIVILEGES = {"user": PFERR_USER_MASK, "supervisor": 0,
+              "implicit supervisor": PFERR_IMPLICIT_ACCESS}
 DEFAULT_FLAGS = {5: "P W U", 4: "P W U", 3: "P W U", 2: "P W U", 1: "P W U"}
 
 
@@ -43,7 +52,7 @@ class WalkView:
 
     inputs: dict
     error: str | None = None
-    trace: object = None                 # a kvmmu.walk_trace.WalkTrace
+    trace: object = None                 # a kvmmu.viz.walk_trace.WalkTrace
     before: dict = field(default_factory=dict)     # level -> entry before the walk
     after: dict = field(default_factory=dict)      # level -> entry after the walk
     path: list = field(default_factory=list)       # levels written, top first
@@ -59,7 +68,7 @@ class WalkView:
         lines = [self.trace.table()]
         changed = [lv for lv in self.path if self.before[lv] != self.after[lv]]
         for lv in changed:
-            lines.append(f"{GP.LEVEL_NAMES[lv]}: {self.before[lv]:#x} -> {self.after[lv]:#x} "
+            lines.append(f"{LEVEL_NAMES[lv]}: {self.before[lv]:#x} -> {self.after[lv]:#x} "
                          f"in guest memory")
         if not changed:
             lines.append("guest memory unchanged (no A/D bit written)")
@@ -83,7 +92,7 @@ class WalkView:
             gfn = "-" if r.table_gfn is None else f"{r.table_gfn:#x}"
             cells = [r.name, gfn, str(r.index), f"{r.gpte:#018x}",
                      (f"<b>{after:#018x}</b>" if after != r.gpte else f"{after:#018x}"),
-                     _html.escape(GP.gpte_str(r.gpte)), _html.escape(GP.acc_str(r.acc_after)),
+                     _html.escape(gpte_str(r.gpte)), _html.escape(acc_str(r.acc_after)),
                      _html.escape(r.note)]
             rows.append(f'<tr style="background:{colour}">'
                         + "".join(f"<td {td}>{c}</td>" for c in cells) + "</tr>")
@@ -97,7 +106,7 @@ class WalkView:
                        f'<table style="border-collapse:collapse">{bits}</table>')
         if t.ad_updates:
             items = "".join(
-                f"<li>{GP.LEVEL_NAMES[lv]}: {old:#x} &rarr; {new:#x}: {_html.escape(o)}</li>"
+                f"<li>{LEVEL_NAMES[lv]}: {old:#x} &rarr; {new:#x}: {_html.escape(o)}</li>"
                 for lv, old, new, o in t.ad_updates)
             out.append(f"<div>A/D updates (top-down):</div><ul>{items}</ul>")
         else:
@@ -134,30 +143,29 @@ def parse_flags(level: int, text) -> int:
 
 def build_guest(level_flags: dict, *, la57: bool = False, tables_in_rom: bool = False,
                 pkey: int = 0, gva: int = 0):
-    """Build the widget's guest: memory and the entries on ``gva``'s path.
+    """Build the widget's guest: a VM, and the entries on ``gva``'s path in its memory.
 
-    Returns ``(mem, path)`` with ``path`` = [(level, entry gpa, entry)] from
+    Returns ``(vcpu, path)`` with ``path`` = [(level, entry gpa, entry)] from
     the top.  The walk stops being written at the first leaf (PS or level 1).
     """
-    slots = [KvmMemorySlot(0, 0, 0x100, HOST),
-             KvmMemorySlot(1, 0x100, 0x10, HOST + 0x100000,
-                           flags=KVM_MEM_READONLY if tables_in_rom else 0)]
-    mem = GuestMemory(slots)
+    vcpu = guest_vm([(0, 0x100, HOST),
+                     (0x100, 0x10, HOST + 0x100000, KVM_MEM_READONLY if tables_in_rom else 0)])
+    kvm = vcpu.kvm
     top = 5 if la57 else 4
     path = []
     for level in range(top, 0, -1):
         flags = level_flags[level]
-        leaf = level == 1 or flags & GP.PT_PAGE_SIZE_MASK
+        leaf = level == 1 or flags & PT_PAGE_SIZE_MASK
         target = LEAF_GFNS.get(level, 0) if leaf else TABLE_GFNS[level - 1]
         entry = flags | (target << 12)
         if leaf:
             entry |= (pkey & 0xF) << 59
-        gpa = (TABLE_GFNS[level] << 12) + 8 * GP.PT_INDEX(gva, level)
-        mem.guest_write_u64(gpa, entry, vmm=True)
+        gpa = (TABLE_GFNS[level] << 12) + 8 * PT_INDEX(gva, level)
+        guest_write_u64(kvm, gpa, entry, vmm=True)
         path.append((level, gpa, entry))
         if leaf:
             break
-    return mem, path
+    return vcpu, path
 
 
 def walk_view(gva_text="0x7fff12345678", access: str = "read", privilege: str = "user", *,
@@ -202,14 +210,16 @@ def walk_view(gva_text="0x7fff12345678", access: str = "read", privilege: str = 
             raise ValueError(f"level_flags has levels {unknown}; {top}-level paging has levels 1..{top}")
         flags = {lv: parse_flags(lv, inputs["level_flags"].get(lv, DEFAULT_FLAGS[lv]))
                  for lv in range(1, top + 1)}
-        vcpu = GP.Vcpu(cr3=TABLE_GFNS[top] << 12, cr4_la57=cr4_la57, cr0_wp=cr0_wp,
-                       cr4_smep=cr4_smep, cr4_smap=cr4_smap, cr4_pke=cr4_pke, efer_nx=efer_nx,
-                       eflags_ac=eflags_ac, pkru=pkru)
-        Wk.check_gva(vcpu, gva)
-        mem, path = build_guest(flags, la57=cr4_la57, tables_in_rom=tables_in_rom, pkey=pkey, gva=gva)
+        arch = KvmVcpuArch(cr3=TABLE_GFNS[top] << 12, cr4_la57=cr4_la57, cr0_wp=cr0_wp,
+                           cr4_smep=cr4_smep, cr4_smap=cr4_smap, cr4_pke=cr4_pke,
+                           efer_nx=efer_nx, eflags_ac=eflags_ac, pkru=pkru)
+        check_gva(arch.walk_mmu, gva)
+        vcpu, path = build_guest(flags, la57=cr4_la57, tables_in_rom=tables_in_rom, pkey=pkey,
+                                 gva=gva)
+        vcpu.arch = arch
         before = {lv: value for lv, _gpa, value in path}
-        trace = WT.trace_walk(vcpu, mem, gva, ACCESS_KINDS[access] | PRIVILEGES[privilege])
-        after = {lv: mem.guest_read_u64(gpa) for lv, gpa, _v in path}
+        trace = WT.trace_walk(vcpu, gva, ACCESS_KINDS[access] | PRIVILEGES[privilege])
+        after = {lv: guest_read_u64(vcpu.kvm, gpa) for lv, gpa, _v in path}
         return WalkView(inputs, None, trace, before, after, [lv for lv, _g, _v in path])
     except (ValueError, TypeError) as exc:
         return WalkView(inputs, str(exc))
@@ -248,7 +258,7 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
                         for f in FLAG_ORDER}
         for f, box in boxes[level].items():
             box.add_class(f"kvmmu-walk-l{level}-{f.lower()}")
-        rows.append(wd.HBox([wd.Label(GP.LEVEL_NAMES[level], layout=wd.Layout(width="60px"))]
+        rows.append(wd.HBox([wd.Label(LEVEL_NAMES[level], layout=wd.Layout(width="60px"))]
                             + list(boxes[level].values())))
     out = wd.HTML()
 
@@ -286,32 +296,42 @@ def walk_widget(gva_text: str = "0x7fff12345678", **initial):
 # --------------------------------------------------------------------------
 # The page-table tree.
 # --------------------------------------------------------------------------
-def page_table_tree(mem: GuestMemory, vcpu, max_entries: int = 6) -> list:
-    """The tables reachable from CR3: [(level, table gfn, [(index, entry)])], top first.
+def _present_entries(kvm, gfn: int, max_entries: int) -> list:
+    # The present entries of the table at gfn, lowest index first (the guest's view).
+    try:
+        pfn = guest_page(kvm, gfn)
+    except ValueError:                      # a table outside every memslot
+        return []
+    if pfn is None:
+        return []
+    entries = []
+    for index in range(512):
+        value = kvm.mm.mem.read_data(pfn, 8 * index)
+        if value & PT_PRESENT_MASK:
+            entries.append((index, value))
+            if len(entries) == max_entries:
+                break
+    return entries
+
+
+def page_table_tree(vcpu: KvmVcpu, max_entries: int = 6) -> list:
+    """The tables reachable from the vCPU's CR3: [(level, table gfn, [(index, entry)])], top first.
 
     Lists the present entries of each table (at most ``max_entries`` per
     table, lowest index first) and follows every non-leaf one.  The guest's
     own view of memory is read (no A/D bits are touched).
     """
-    top = vcpu.mmu.root_level
+    arch = vcpu.arch
+    top = arch.root_level
     out = []
-    frontier = [(top, vcpu.cr3 >> 12)]
+    frontier = [(top, arch.cr3 >> 12)]
     while frontier:
         level, gfn = frontier.pop(0)
-        entries = []
-        for index in range(512):
-            try:
-                value = mem.guest_read_u64((gfn << 12) + 8 * index)
-            except ValueError:
-                break
-            if value & GP.PT_PRESENT_MASK:
-                entries.append((index, value))
-                if len(entries) == max_entries:
-                    break
+        entries = _present_entries(vcpu.kvm, gfn, max_entries)
         out.append((level, gfn, entries))
         for _index, value in entries:
-            if level > 1 and not value & GP.PT_PAGE_SIZE_MASK and not value & (1 << 51):
-                frontier.append((level - 1, (value & GP.PT64_BASE_ADDR_MASK) >> 12))
+            if level > 1 and not value & PT_PAGE_SIZE_MASK and not value & (1 << 51):
+                frontier.append((level - 1, (value & PT_BASE_ADDR_MASK) >> 12))
     return out
 
 
@@ -322,14 +342,14 @@ def tree_text(tree: list, trace=None) -> str:
         walked = {(r.table_gfn, r.index) for r in trace.rows}
     lines = []
     for level, gfn, entries in tree:
-        lines.append(f"{GP.LEVEL_NAMES[level]} table at gfn {gfn:#x}")
+        lines.append(f"{LEVEL_NAMES[level]} table at gfn {gfn:#x}")
         for index, value in entries:
             mark = "  <= walked" if (gfn, index) in walked else ""
-            lines.append(f"  [{index:3}] {value:#018x}  {GP.gpte_str(value)}{mark}")
+            lines.append(f"  [{index:3}] {value:#018x}  {gpte_str(value)}{mark}")
     return "\n".join(lines)
 
 
-def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
+def walk_tree_figure(vcpu: KvmVcpu, trace, max_entries: int = 6):
     """Draw the page-table tree from CR3 with ``trace``'s path in red; return the Figure.
 
     One column per level; each table is a box listing its present entries
@@ -341,19 +361,19 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
-    tree = page_table_tree(mem, vcpu, max_entries)
+    tree = page_table_tree(vcpu, max_entries)
     tables = {(lv, gfn): entries for lv, gfn, entries in tree}
     walked = {(r.table_gfn, r.index) for r in trace.rows}
     fault_at = None if trace.ok else (trace.rows[-1].table_gfn, trace.rows[-1].index)
-    top = vcpu.mmu.root_level
+    top = vcpu.arch.root_level
     row_h, box_w, gap = 0.34, 2.7, 0.9
     next_free = {}
     placed = {}               # (level, gfn) -> (x, y_top)
 
     def child_of(level, value):
-        if level == 1 or value & GP.PT_PAGE_SIZE_MASK:
+        if level == 1 or value & PT_PAGE_SIZE_MASK:
             return None
-        key = (level - 1, (value & GP.PT64_BASE_ADDR_MASK) >> 12)
+        key = (level - 1, (value & PT_BASE_ADDR_MASK) >> 12)
         return key if key in tables else None
 
     def place(key, y_hint):
@@ -368,7 +388,7 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
             if child is not None and child not in placed:
                 place(child, y - (k + 1) * row_h)
 
-    place((top, vcpu.cr3 >> 12), 0.0)
+    place((top, vcpu.arch.cr3 >> 12), 0.0)
     depth = -min(next_free.values())
     data_x = (top - min(lv for lv, _g in placed) + 1) * (box_w + gap) - gap / 2
     fig, ax = plt.subplots(figsize=(2.3 * (len(next_free) + 1) + 0.5, max(2.8, depth * 0.95 + 0.8)))
@@ -377,16 +397,16 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
         entries = tables[(level, gfn)]
         h = (len(entries) + 1) * row_h
         ax.add_patch(Rectangle((x, y - h), box_w, h, facecolor="#f4f4f4", edgecolor="black"))
-        ax.text(x + 0.06, y - row_h / 2, f"{GP.LEVEL_NAMES[level]} table, gfn {gfn:#x}",
+        ax.text(x + 0.06, y - row_h / 2, f"{LEVEL_NAMES[level]} table, gfn {gfn:#x}",
                 va="center", fontsize=8, fontweight="bold")
         for k, (index, value) in enumerate(entries):
             ey = y - (k + 1.5) * row_h
             if (gfn, index) in walked:
                 ax.add_patch(Rectangle((x, ey - row_h / 2), box_w, row_h, edgecolor="none",
                                        facecolor="#f28482" if (gfn, index) == fault_at else "#fcbf49"))
-            label = f"[{index}] {GP.gpte_str(value)}"
+            label = f"[{index}] {gpte_str(value)}"
             if child_of(level, value) is None:
-                label += f" -> gfn {GP.gpte_to_gfn_lvl(value, level):#x}"
+                label += f" -> gfn {gpte_to_gfn_lvl(value, level):#x}"
             ax.text(x + 0.06, ey, label, va="center", fontsize=7)
             entry_xy[(gfn, index)] = (x + box_w, ey)
     for (level, gfn), (x, y) in placed.items():
@@ -411,7 +431,7 @@ def walk_tree_figure(mem: GuestMemory, vcpu, trace, max_entries: int = 6):
     ax.set_xlim(-0.2, data_x + box_w)
     ax.set_ylim(-depth - 0.1, 0.3)
     ax.axis("off")
-    ax.set_title(f"walk of {trace.addr:#x} ({GP.access_str(trace.access)}): {trace.result_line()}",
+    ax.set_title(f"walk of {trace.addr:#x} ({access_str(trace.access)}): {trace.result_line()}",
                  fontsize=9)
     fig.tight_layout()
     return fig
