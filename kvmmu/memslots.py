@@ -344,6 +344,8 @@ class KvmMemslotState(Primitive):
                 self.private)
 
     def _load(self, st):
+        if st == self._state():
+            return          # unchanged since: keep the sets (rebuilding them checks every slot)
         sets, self.private = st
         self.active = [a for a, _, _ in sets]
         self.sets = [[KvmMemslots(s0[1], s0[0]), KvmMemslots(s1[1], s1[0])]
