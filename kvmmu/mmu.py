@@ -203,7 +203,8 @@ def kvm_handle_noslot_fault(vcpu: KvmVcpu, fault: KvmPageFault) -> int:
     fault.slot = None
     fault.pfn = None
     fault.map_writable = False
-    if fault.gfn > GFN_MAX:
+    # kvm_mmu_max_gfn(): a gfn no MMIO SPTE can encode is emulated without one.
+    if fault.gfn > vcpu.kvm.ept.cfg.max_mmio_gfn:
         return RET_PF_EMULATE
     return RET_PF_CONTINUE
 
