@@ -23,8 +23,9 @@ from kvmmu.memslots import KVM_MEMSLOT_INVALID
 from kvmmu.mmu import _tdp_map_page_errno
 from kvmmu.mmu_internal import kvm_mmu_max_mapping_level
 from kvmmu.scenarios.prefault import (
-    SELFTEST_CASES, SELFTEST_HVA, TEST_NPAGES, TEST_SIZE, describe_leaves, pre_fault_memory,
-    prefault, prefault_race, prefault_retry_loop, prefault_until_done, run_selftest_case,
+    SELFTEST_CASES, SELFTEST_HVA, TEST_NPAGES, TEST_SIZE, PrefaultCalls, PrefaultResult,
+    RaceConfig, describe_leaves, maps_only_slots_host_pages, pre_fault_memory, prefault,
+    prefault_race, prefault_retry_loop, prefault_until_done, run_selftest_case,
     run_selftest_cases_in_order, selftest_gpa, selftest_race, selftest_vm)
 
 U64 = (1 << 64) - 1
@@ -359,6 +360,26 @@ def test_bad_python_input():
         selftest_gpa(64)
     with pytest.raises(ValueError, match="backing must be one of"):
         selftest_vm("6.18", "1G")
+    with pytest.raises(TypeError, match="kvm must be a Kvm"):
+        maps_only_slots_host_pages(None)
+    with pytest.raises(ValueError, match="slot must be one of"):
+        RaceConfig(slot="tdx")
+    with pytest.raises(ValueError, match="ret must be in"):
+        PrefaultResult(1, 0, 0)
+    with pytest.raises(TypeError, match="rets must be a tuple"):
+        PrefaultCalls(0, 0, 0, [0])
+
+
+def test_bad_input_to_the_views_and_the_walk():
+    kvm, vcpu, gpa = vm()
+    with pytest.raises(TypeError, match="trace must be"):
+        V.race_timeline_rows("AAB")
+    with pytest.raises(TypeError, match="traces must be"):
+        V.race_timeline([])
+    with pytest.raises(TypeError, match="vcpu must be a KvmVcpu"):
+        EX.explain(None, gpa, 0x1000, 0)
+    with pytest.raises(ValueError, match="size must be in"):
+        EX.explain(vcpu, gpa, -1, 0)
 
 
 # -- the console (pure function behind the widget) --------------------------

@@ -14,6 +14,7 @@ import random
 from ..checks import check_int
 from ..cpu import ModelHang, run_alone
 from ..errno import EAGAIN, EINTR, EINVAL, ENOENT, errno_name
+from ..kvm_host import KvmVcpu
 from ..kvm_main import KvmPreFaultMemory
 from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
 from ..memslots import KVM_MEMSLOT_INVALID
@@ -80,6 +81,8 @@ def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
     walk changes the VM exactly as the call would.  Returns
     ``(ret, gpa, size, lines)``.
     """
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
     rng_ = KvmPreFaultMemory(gpa, size, flags)
     kvm = vcpu.kvm
     einval = -EINVAL

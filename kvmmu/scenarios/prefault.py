@@ -141,6 +141,13 @@ def selftest_vm(policy: str = "6.18", backing: str = "2M", *, zoom=ZOOM, **confi
     return kvm, kvm.vcpus[0], gpa
 
 
+def _check_rets(name: str, rets) -> tuple:
+    if not isinstance(rets, tuple) or not all(isinstance(r, int) and not isinstance(r, bool)
+                                              for r in rets):
+        raise TypeError(f"{name} must be a tuple of return values (ints)")
+    return rets
+
+
 def _check_vcpu(vcpu) -> KvmVcpu:
     if not isinstance(vcpu, KvmVcpu):
         raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
@@ -166,6 +173,11 @@ class PrefaultResult:
     ret: int
     gpa: int
     size: int
+
+    def __post_init__(self):
+        check_int("ret", self.ret, -4095, 0)
+        check_u64("gpa", self.gpa)
+        check_u64("size", self.size)
 
     def __str__(self) -> str:
         return f"ret={errno_name(self.ret)} gpa={self.gpa:#x} size={self.size:#x}"
@@ -236,6 +248,12 @@ class PrefaultCalls:
     size: int
     rets: tuple
 
+    def __post_init__(self):
+        check_int("ret", self.ret, -4095, 0)
+        check_u64("gpa", self.gpa)
+        check_u64("size", self.size)
+        _check_rets("rets", self.rets)
+
     def label(self) -> str:
         seq = ", ".join(errno_name(r) for r in self.rets)
         return f"calls return {seq}; left {self.size:#x}"
@@ -255,6 +273,8 @@ class SelftestShared(Primitive):
     __slots__ = ("prefault_ready", "recreate_slot", "worker_done")
 
     def __init__(self, world, name: str = "selftest"):
+        if not isinstance(world, Kvm):
+            raise TypeError(f"world must be a Kvm, got {type(world).__name__}")
         super().__init__(world, name)
         self.prefault_ready = False
         self.recreate_slot = False
@@ -306,6 +326,15 @@ class SelftestOutcome:
     size_left: int
     calls: tuple = ()
     failure: str = ""
+
+    def __post_init__(self):
+        check_int("ret", self.ret, -4095, 0)
+        check_u64("size_left", self.size_left)
+        if not isinstance(self.calls, tuple) or not all(
+                isinstance(c, tuple) and len(c) == 3 for c in self.calls):
+            raise TypeError("calls must be a tuple of (ret, gpa, size) tuples")
+        if not isinstance(self.failure, str):
+            raise TypeError(f"failure must be a string, got {type(self.failure).__name__}")
 
     def __str__(self) -> str:
         head = f"ret={errno_name(self.ret)} left={self.size_left:#x} calls={len(self.calls)}"
@@ -391,6 +420,8 @@ def maps_only_slots_host_pages(kvm: Kvm) -> bool:
     zapped before the update goes on.  A slot flagged INVALID still counts:
     its SPTEs are live until the writer's zap.
     """
+    if not isinstance(kvm, Kvm):
+        raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
     slots = kvm.kvm_memslots(0)
     for root in kvm.ept.roots:
         if kvm.ept.sps[root].invalid:
@@ -536,6 +567,13 @@ class RaceConfig:
     slot: str = "race"
     #: the selftest's shared variables exist (its two threads race)
     selftest_threads: bool = False
+
+    def __post_init__(self):
+        check_choice("policy", self.policy, PREFAULT_POLICIES)
+        check_bool("reload_frees_obsolete_roots", self.reload_frees_obsolete_roots)
+        check_bool("slot_zap_all", self.slot_zap_all)
+        check_choice("slot", self.slot, ("race", "selftest"))
+        check_bool("selftest_threads", self.selftest_threads)
 
     def __call__(self) -> Kvm:
         """Build the world (a scenario's zero-argument factory)."""
@@ -693,6 +731,15 @@ class RaceVerdict:
     complete_runs: int
     outcomes: tuple
     schedule: str = ""
+
+    def __post_init__(self):
+        for name in ("scenario", "verdict", "schedule"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string")
+        for name in ("states", "transitions", "complete_runs"):
+            check_int(name, getattr(self, name), 0)
+        if not isinstance(self.outcomes, tuple):
+            raise TypeError("outcomes must be a tuple of (outcome, count) pairs")
 
     def __str__(self) -> str:
         out = [f"{self.scenario}: {self.verdict}",

@@ -21,6 +21,10 @@ from ..kvm_host import PREFAULT_POLICIES
 from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
 from ..scenarios import prefault as P
 
+__all__ = ["ZAP_CHOICES", "ACTIONS", "PrefaultConsoleView", "prefault_console",
+           "prefault_console_widget", "race_timeline_rows", "race_timeline",
+           "selftest_map_rows", "selftest_map_figure"]
+
 U64_MAX = (1 << 64) - 1
 ZAP_CHOICES = {"fast zap (default VM)": True, "slot zap only (TDX, quirk off)": False}
 ACTIONS = ("", "A", "B", "finish")
@@ -270,6 +274,8 @@ def _slot_phase(memslots: str) -> str:
 
 def race_timeline_rows(trace) -> list[tuple]:
     """One row per step: (n, actor, label, A in SRCU, B waiting, slot phase)."""
+    if not isinstance(trace, ex.Trace):
+        raise TypeError(f"trace must be a kvmmu.explorer.Trace, got {type(trace).__name__}")
     rows = []
     for n, s in enumerate(trace.steps, start=1):
         readers, waiting = _srcu_parse(s.state.get("kvm->srcu", ""))
@@ -294,7 +300,11 @@ def race_timeline(traces, titles=None):
     from matplotlib.ticker import MaxNLocator
 
     traces = list(traces)
+    if not traces or not all(isinstance(t, ex.Trace) for t in traces):
+        raise TypeError("traces must be one or more kvmmu.explorer.Trace objects")
     titles = list(titles) if titles is not None else [t.scenario for t in traces]
+    if len(titles) != len(traces) or not all(isinstance(t, str) for t in titles):
+        raise ValueError("titles must be one string per trace")
     fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.5 * len(traces)), squeeze=False)
     lanes = {"A": 2, "B": 1, "slot": 0}
     width = max(len(t.steps) for t in traces) + 4
