@@ -32,11 +32,11 @@ physical address space here (the selftest uses the host's).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..bits import u64
 from ..checks import check_bool, check_choice, check_int, check_u64
-from ..cpu import ModelHang, run_alone
+from ..cpu import run_alone
 from ..errno import EAGAIN, EINTR, ENOENT, errno_name
 from ..explorer import (Actor, Invariant, Primitive, Scenario, explore, run_schedule, step,
                         wait_until)
@@ -46,7 +46,7 @@ from ..kvm_main import (KvmPreFaultMemory, KvmUserspaceMemoryRegion, kvm_create_
                         kvm_set_memory_region, kvm_vcpu_ioctl_pre_fault_memory,
                         kvm_vm_ioctl_create_vcpu, set_memory_region)
 from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
-from ..memslots import GFN_MAX, KVM_MEMSLOT_INVALID, __gfn_to_hva_memslot
+from ..memslots import GFN_MAX, __gfn_to_hva_memslot
 from ..mmu import retry_wait
 from ..tdx import tdx_vcpu_init_mem_region
 from ..x86 import vcpu_run
