@@ -203,7 +203,7 @@ def test_eintr_with_no_progress_and_0_with_some():
     kvm2, vcpu2, gpa2 = vm(backing="4K")
 
     def signal_after_the_first_fault(what):
-        if what == "kvm_mmu_do_page_fault":
+        if what == "kvm_tdp_mmu_page_fault":
             vcpu2.signal_pending = True
     rng = KvmPreFaultMemory(gpa2, 0x3000)
     r, _ = run_watching(kvm2, kvm_vcpu_ioctl_pre_fault_memory(vcpu2, rng),

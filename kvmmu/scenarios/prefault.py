@@ -65,9 +65,10 @@ __all__ = [
     "SCENARIOS",
 ]
 
-#: What the chapter runs as one step: a fault, from the memslot lookup to the
-#: SPTE (``kvm_mmu_do_page_fault()``), and both kinds of memslot zap.
-ZOOM = frozenset({"kvm_mmu_do_page_fault", "kvm_mmu_zap_all_fast", "kvm_zap_gfn_range"})
+#: What the chapter runs as one step: the fault handler, from faulting the pfn
+#: in to the SPTE (the memslot lookup before it stays a step of its own), and
+#: both kinds of memslot zap.
+ZOOM = frozenset({"kvm_tdp_mmu_page_fault", "kvm_mmu_zap_all_fast", "kvm_zap_gfn_range"})
 
 #: The small slot the races use: 2 pages at gfn 0x100.
 RACE_SLOT = 1
