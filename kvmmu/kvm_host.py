@@ -272,10 +272,17 @@ class VcpuState(Primitive):
         self.records = st
 
     def _show(self):
-        return "; ".join(f"vCPU {i}: root {'-' if r.root is None else hex(r.root)}"
+        return "; ".join(f"vCPU {i}: root {self._root_text(r.root)}"
                          + (f", {','.join(q.replace('KVM_REQ_', '') for q in r.requests)}"
                             if r.requests else "")
                          for i, r in enumerate(self.records))
+
+    def _root_text(self, root) -> str:
+        # An obsolete root (role.invalid) says so: a fault on it is stale.
+        if root is None:
+            return "-"
+        sp = self.world.ept.sps.get(root) if hasattr(self.world, "ept") else None
+        return hex(root) + (" (obsolete)" if sp is not None and sp.invalid else "")
 
 
 def _vcpu_field(name: str, doc: str) -> property:

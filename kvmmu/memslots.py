@@ -344,6 +344,8 @@ class KvmMemslotState(Primitive):
                 self.private)
 
     def _load(self, st):
+        if st == self._state():
+            return          # unchanged since: keep the sets (rebuilding them checks every slot)
         sets, self.private = st
         self.active = [a for a, _, _ in sets]
         self.sets = [[KvmMemslots(s0[1], s0[0]), KvmMemslots(s1[1], s1[0])]
@@ -353,7 +355,10 @@ class KvmMemslotState(Primitive):
         parts = []
         for as_id, (a, sets) in enumerate(zip(self.active, self.sets)):
             live = sets[a]
-            slots = ", ".join(f"{s.id}@{s.base_gfn:#x}+{s.npages}" for s in live.slots) or "none"
+            # A slot being deleted or moved says so: it is the state a race turns on.
+            slots = ", ".join(f"{s.id}@{s.base_gfn:#x}+{s.npages}"
+                              + (" INVALID" if s.flags & KVM_MEMSLOT_INVALID else "")
+                              for s in live.slots) or "none"
             parts.append(f"as {as_id}: gen {live.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS}"
                          + ("|IN_PROGRESS" if live.generation & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
                             else "") + f", slots {slots}")

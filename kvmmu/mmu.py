@@ -121,21 +121,29 @@ def fault_inputs(vcpu: KvmVcpu) -> tuple:
             kvm.mmu_invalidate_seq, kvm.mmu_invalidate_in_progress)
 
 
-def _retry_would_differ(vcpu: KvmVcpu, seen) -> bool:
+def _retry_would_differ(vcpu: KvmVcpu, seen, frees_obsolete_roots: bool) -> bool:
     return (vcpu.signal_pending or kvm_test_request(KVM_REQ_VM_DEAD, vcpu)
+            or (frees_obsolete_roots
+                and kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu))
             or fault_inputs(vcpu) != seen)
 
 
-def retry_wait(vcpu: KvmVcpu, label: str):
+def retry_wait(vcpu: KvmVcpu, label: str, frees_obsolete_roots: bool = False):
     """Block until a retry could see something new (the model's form of a spin).
 
     Something new: the inputs differ from those the last attempt recorded,
     or a signal or ``KVM_REQ_VM_DEAD`` is pending (the retry loop checks
-    those first and would leave).
+    those first and would leave).  ``frees_obsolete_roots``: the retry
+    starts by handling ``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS`` (``KVM_RUN``
+    re-entering the guest does), so a pending one is new enough: the retry
+    will run on another root, even if the request was already pending when
+    the last attempt looked.
     """
+    check_bool("frees_obsolete_roots", frees_obsolete_roots)
     # The predicate reads what the last attempt recorded when it is evaluated,
     # not here: code between two steps must not read what a step wrote.
-    yield from wait_until(label, lambda _w: _retry_would_differ(vcpu, vcpu.last_fault_inputs))
+    yield from wait_until(label, lambda _w: _retry_would_differ(vcpu, vcpu.last_fault_inputs,
+                                                                frees_obsolete_roots))
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +203,8 @@ def kvm_handle_noslot_fault(vcpu: KvmVcpu, fault: KvmPageFault) -> int:
     fault.slot = None
     fault.pfn = None
     fault.map_writable = False
-    if fault.gfn > GFN_MAX:
+    # kvm_mmu_max_gfn(): a gfn no MMIO SPTE can encode is emulated without one.
+    if fault.gfn > vcpu.kvm.ept.cfg.max_mmio_gfn:
         return RET_PF_EMULATE
     return RET_PF_CONTINUE
 

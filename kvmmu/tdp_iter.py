@@ -122,13 +122,15 @@ class EptMemory(Primitive):
     the model's ledger of leaves ``installed`` and ``processed``, and the
     gfn ranges of the ``walks`` in progress.  Each method the actors
     ``yield from`` is one atomic step; the plain methods are for set-up,
-    views and invariants.
+    views and invariants.  Write entries only through :meth:`put` (or
+    :meth:`new_table`, :meth:`free`, the span exchange): the explorer's
+    snapshot of a table is cached until one of them changes it.
     """
 
     _sealed = True
 
     __slots__ = ("cfg", "tables", "sps", "roots", "page_stats", "installed", "processed",
-                 "walks")
+                 "walks", "_frozen")
 
     def __init__(self, world, name, cfg=EPT_AD):
         super().__init__(world, name)
@@ -140,6 +142,10 @@ class EptMemory(Primitive):
         self.installed: tuple = ()
         self.processed: tuple = ()
         self.walks: tuple = ()
+        # pfn -> the table's entries as a sorted tuple, while it is unchanged
+        # (a removed table holds 512 FROZEN_SPTEs: sorting them at every
+        # snapshot dominated the explorer's time).
+        self._frozen: dict[int, tuple] = {}
 
     # -- plain access (no step) --
     def new_table(self, level: int, gfn: int, ptep: Sptep | None) -> int:
@@ -152,12 +158,14 @@ class EptMemory(Primitive):
         while pfn in self.sps:
             pfn += 1
         self.tables[pfn] = {}
+        self._frozen.pop(pfn, None)
         self.sps[pfn] = KvmMmuPage(pfn, level, gfn, ptep)
         return pfn
 
     def free(self, pfn: int) -> None:
         """Forget a table that was never linked (or a root nobody uses)."""
         self.tables.pop(pfn, None)
+        self._frozen.pop(pfn, None)
         self.sps.pop(pfn, None)
         self.roots = tuple(r for r in self.roots if r != pfn)
 
@@ -168,6 +176,7 @@ class EptMemory(Primitive):
     def put(self, sptep: Sptep, value: int) -> None:
         """Store ``value`` at ``sptep`` (no step)."""
         table = self.tables[sptep.pt]
+        self._frozen.pop(sptep.pt, None)
         if value == SHADOW_NONPRESENT_VALUE:
             table.pop(sptep.index, None)
         else:
@@ -265,8 +274,14 @@ class EptMemory(Primitive):
         return out
 
     # -- the explorer's view --
+    def _table_state(self, pfn: int) -> tuple:
+        entries = self._frozen.get(pfn)
+        if entries is None:
+            entries = self._frozen[pfn] = tuple(sorted(self.tables[pfn].items()))
+        return entries
+
     def _state(self):
-        tables = tuple((pfn, tuple(sorted(t.items()))) for pfn, t in sorted(self.tables.items()))
+        tables = tuple((pfn, self._table_state(pfn)) for pfn in sorted(self.tables))
         sps = tuple((pfn, sp.level, sp.gfn, sp.ptep, sp.unlinked, sp.invalid)
                     for pfn, sp in sorted(self.sps.items()))
         return (tables, sps, self.roots, tuple(sorted(self.page_stats.items())),
@@ -274,7 +289,14 @@ class EptMemory(Primitive):
 
     def _load(self, st):
         tables, sps, self.roots, stats, self.installed, self.processed, self.walks = st
-        self.tables = {pfn: dict(entries) for pfn, entries in tables}
+        old, frozen = self.tables, self._frozen
+        self.tables, self._frozen = {}, {}
+        for pfn, entries in tables:
+            # A table whose cached snapshot is this very tuple has not changed
+            # since: keep its dict instead of building it again.
+            same = frozen.get(pfn) is entries and pfn in old
+            self.tables[pfn] = old[pfn] if same else dict(entries)
+            self._frozen[pfn] = entries
         self.sps = {pfn: KvmMmuPage(pfn, level, gfn, ptep, unlinked, invalid)
                     for pfn, level, gfn, ptep, unlinked, invalid in sps}
         self.page_stats = dict(stats)
@@ -395,6 +417,7 @@ def _ept_xchg_span(mem, args, cpu, world):
     table = mem.tables[sptep.pt]
     span = range(sptep.index, sptep.index + mem.span(sptep))
     olds = tuple(table.get(i, SHADOW_NONPRESENT_VALUE) for i in span)
+    mem._frozen.pop(sptep.pt, None)         # the table changes: its snapshot is stale
     if value == SHADOW_NONPRESENT_VALUE:
         for i in span:
             table.pop(i, None)
@@ -414,8 +437,8 @@ def _ept_alloc(mem, args, cpu, world):
     level, gfn, ptep, huge_spte = args
     pfn = mem.new_table(level, gfn, ptep)
     if huge_spte is not None:
-        mem.tables[pfn] = {i: make_small_spte(huge_spte, level, i, cfg=mem.cfg)
-                           for i in range(SPTE_ENT_PER_PAGE)}
+        for i in range(SPTE_ENT_PER_PAGE):
+            mem.put(Sptep(pfn, i), make_small_spte(huge_spte, level, i, cfg=mem.cfg))
     return pfn
 
 

@@ -84,7 +84,10 @@ def vcpu_run(vcpu: KvmVcpu, gpa: int, write: bool = False, faults: int | None = 
             return ret_pf_name(r)
         if faults is not None and taken >= faults:
             return ret_pf_name(r)
-        yield from retry_wait(vcpu, "RET_PF_RETRY: the guest re-executes the access")
+        # Re-entering the guest handles pending requests first: a root made
+        # obsolete after the fault looked is replaced before the retry.
+        yield from retry_wait(vcpu, "RET_PF_RETRY: the guest re-executes the access",
+                              frees_obsolete_roots=True)
 
 
 def load_pdptrs(vcpu: KvmVcpu, cr3: int, maxphyaddr: int = 46) -> tuple:

@@ -103,9 +103,12 @@ def folio_console(page, shot: Path):
 
 
 def _prefault_deadlock_run(page, out: str):
-    """Step the prefault once (it enters SRCU), step the deletion until it blocks, finish."""
+    """Step the prefault twice (the ioctl gate, then it enters SRCU), the deletion until it blocks, finish."""
     w = ".kvmmu-prefault-widget"
     _widget(page, f"{w} .kvmmu-prefault-reset").click()
+    _widget(page, f"{w} .kvmmu-prefault-a").click()
+    page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('ioctl gate')",
+                           timeout=15000)
     _widget(page, f"{w} .kvmmu-prefault-a").click()
     page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('srcu_read_lock')",
                            timeout=15000)
@@ -127,7 +130,7 @@ def prefault_console(page, shot: Path):
     out = ".kvmmu-prefault-widget .kvmmu-prefault-out"
 
     def model(policy):
-        v = view(policy=policy, action="A")
+        v = view(policy=policy, schedule=view(policy=policy, action="A").schedule, action="A")
         while True:
             nxt = view(policy=policy, schedule=v.schedule, action="B")
             if not nxt.ok:

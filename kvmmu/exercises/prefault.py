@@ -5,18 +5,24 @@ aligned gpa), puts it in a situation (fresh, already prefaulted, a signal
 pending, slot 10 half-way through a deletion, 4 KiB host pages), picks a
 range -- sometimes one the ioctl must refuse -- and asks for the return value
 and the gpa/size userspace sees afterwards.  The answer comes from the model
-(``kvmmu.prefault.prefault``); the worked solution walks the kernel's loop
-chunk by chunk.  All randomness comes from ``random.Random(seed)``.
+(:func:`kvmmu.scenarios.prefault.prefault`, the ioctl run alone); the worked
+solution walks the kernel's loop chunk by chunk.  All randomness comes from
+``random.Random(seed)``.
 """
 import random
 
 from ..checks import check_int
+from ..cpu import ModelHang, run_alone
 from ..errno import EAGAIN, EINTR, EINVAL, ENOENT, errno_name
-from ..levels import PAGE_SIZE, PG_LEVEL_2M, PG_LEVEL_4K, level_name
-from ..memslot_update import ModelHang, run_sequential
+from ..kvm_host import KvmVcpu
+from ..kvm_main import KvmPreFaultMemory
+from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
 from ..memslots import KVM_MEMSLOT_INVALID
-from .. import prefault as P
+from ..mmu import kvm_arch_vcpu_pre_fault_memory
+from ..scenarios import prefault as P
 from .base import Problem
+
+__all__ = ["SITUATIONS", "explain", "problem"]
 
 MB2 = 2 << 20
 U64 = (1 << 64) - 1
@@ -32,15 +38,16 @@ SITUATIONS = {
 
 
 def _vm(policy: str, situation: str):
-    host = PG_LEVEL_4K if situation == "host 4K" else PG_LEVEL_2M
-    kvm, vcpu, base = P.selftest_vm(policy, host_mapping_level=host)
+    kvm, vcpu, base = P.selftest_vm(policy, "4K" if situation == "host 4K" else "2M")
     if situation == "after case 1":
         P.prefault(vcpu, base, MB2)
     elif situation == "signal":
         vcpu.signal_pending = True
     elif situation == "deleting":
+        # The first swap of the deletion is done: the active set holds the INVALID copy.
         active = kvm.kvm_memslots()
-        active.slots = [active.slots[0].with_flags(KVM_MEMSLOT_INVALID)]
+        slot = active.slots[0]
+        active.replace(slot, slot.with_flags(slot.flags | KVM_MEMSLOT_INVALID))
     return kvm, vcpu, base
 
 
@@ -61,6 +68,12 @@ def _pick_range(rng: random.Random):
     return offset, size, flags
 
 
+def _leaf_at(kvm, root: int, gfn: int):
+    # The (gfn, level, pfn) leaf of ``root`` that maps ``gfn``.
+    return next(leaf for leaf in kvm.ept.live_leaves(root)
+                if leaf[0] <= gfn < leaf[0] + KVM_PAGES_PER_HPAGE(leaf[1]))
+
+
 def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
     """Walk kvm_vcpu_pre_fault_memory() on ``vcpu`` chunk by chunk, in words.
 
@@ -68,7 +81,10 @@ def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
     walk changes the VM exactly as the call would.  Returns
     ``(ret, gpa, size, lines)``.
     """
-    rng_ = P.KvmPreFaultMemory(gpa, size, flags)
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    rng_ = KvmPreFaultMemory(gpa, size, flags)
+    kvm = vcpu.kvm
     einval = -EINVAL
     if flags:
         return einval, gpa, size, [f"flags = {flags} is not 0: -EINVAL before anything else."]
@@ -85,16 +101,14 @@ def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
             r = -EINTR
             lines.append("A signal is pending at the top of the loop: r = -EINTR.")
             break
-        before = vcpu.root.mappings.copy() if vcpu.root is not None else {}
-        r = run_sequential(P.kvm_arch_vcpu_pre_fault_memory(vcpu, rng_))
+        before = kvm.ept.live_leaves(vcpu.root) if vcpu.root is not None else []
+        r = run_alone(kvm, kvm_arch_vcpu_pre_fault_memory(vcpu, rng_))
         if r < 0:
             lines.append(f"gpa {rng_.gpa:#x}: {_why(r)}")
             break
-        gfn = rng_.gpa >> 12
-        level = next(lvl for g, lvl in vcpu.root.mappings.items()
-                     if g <= gfn < g + (1 << (9 * (lvl - 1))))
-        how = "already mapped (RET_PF_SPURIOUS)" if vcpu.root.mappings == before else \
-            f"mapped by a {level_name(level)} leaf (RET_PF_FIXED)"
+        _gfn, level, _pfn = _leaf_at(kvm, vcpu.root, rng_.gpa >> PAGE_SHIFT)
+        how = "already mapped (RET_PF_SPURIOUS)" if kvm.ept.live_leaves(vcpu.root) == before \
+            else f"mapped by a {level_name(level)} leaf (RET_PF_FIXED)"
         lines.append(f"gpa {rng_.gpa:#x}: {how}; progress = min(size {rng_.size:#x}, "
                      f"end of the {level_name(level)} page - gpa) = {r:#x}.")
         rng_.size -= r

@@ -14,11 +14,16 @@ import re
 from dataclasses import dataclass
 
 from .. import explorer as ex
-from .. import prefault as P
 from ..checks import parse_int_text
+from ..cpu import run_alone
 from ..errno import errno_name
-from ..levels import PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_2M
-from ..memslot_update import PREFAULT_POLICIES
+from ..kvm_host import PREFAULT_POLICIES
+from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
+from ..scenarios import prefault as P
+
+__all__ = ["ZAP_CHOICES", "ACTIONS", "PrefaultConsoleView", "prefault_console",
+           "prefault_console_widget", "race_timeline_rows", "race_timeline",
+           "selftest_map_rows", "selftest_map_figure"]
 
 U64_MAX = (1 << 64) - 1
 ZAP_CHOICES = {"fast zap (default VM)": True, "slot zap only (TDX, quirk off)": False}
@@ -120,7 +125,7 @@ def _status(trace, base_gpa: int, offset: int, size: int) -> tuple:
            ("SRCU readers", state.get("kvm->srcu", "")),
            ("slots_lock", state.get("kvm->slots_lock", "")),
            ("memslots", state.get("memslots", "")),
-           ("vCPU", state.get("vcpu", "")),
+           ("vCPU", state.get("vcpus", "")),
            ("A (prefault)", _thread_status(trace, "A")),
            ("B (delete)", _thread_status(trace, "B"))]
     if trace.deadlock:
@@ -259,15 +264,18 @@ def _srcu_parse(text: str) -> tuple[set, set]:
 
 
 def _slot_phase(memslots: str) -> str:
-    if "KVM_MEMSLOT_INVALID" in memslots:
+    # From the memslots' text: "as 0: gen 2, slots 1@0x100+2 INVALID" / "slots none".
+    if " INVALID" in memslots:
         return "INVALID"
-    if "no slots" in memslots:
+    if "slots none" in memslots:
         return "gone"
     return "valid"
 
 
 def race_timeline_rows(trace) -> list[tuple]:
     """One row per step: (n, actor, label, A in SRCU, B waiting, slot phase)."""
+    if not isinstance(trace, ex.Trace):
+        raise TypeError(f"trace must be a kvmmu.explorer.Trace, got {type(trace).__name__}")
     rows = []
     for n, s in enumerate(trace.steps, start=1):
         readers, waiting = _srcu_parse(s.state.get("kvm->srcu", ""))
@@ -292,7 +300,11 @@ def race_timeline(traces, titles=None):
     from matplotlib.ticker import MaxNLocator
 
     traces = list(traces)
+    if not traces or not all(isinstance(t, ex.Trace) for t in traces):
+        raise TypeError("traces must be one or more kvmmu.explorer.Trace objects")
     titles = list(titles) if titles is not None else [t.scenario for t in traces]
+    if len(titles) != len(traces) or not all(isinstance(t, str) for t in titles):
+        raise ValueError("titles must be one string per trace")
     fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.5 * len(traces)), squeeze=False)
     lanes = {"A": 2, "B": 1, "slot": 0}
     width = max(len(t.steps) for t in traces) + 4
@@ -351,11 +363,11 @@ def selftest_map_rows(policy: str = "6.18") -> dict:
     base = gpa >> PAGE_SHIFT
     cases = []
     for n, (off, size, left) in enumerate(P.SELFTEST_CASES, start=1):
-        out = P.run_sequential(P.pre_fault_memory(vcpu, gpa, off, size, left))
+        out = run_alone(kvm, P.pre_fault_memory(vcpu, gpa, off, size, left))
         cases.append((n, off // PAGE_SIZE, size // PAGE_SIZE, out.size_left // PAGE_SIZE,
                       errno_name(out.ret), len(out.calls)))
-    maps = [((g - base), 512 if lvl == PG_LEVEL_2M else 1, "2M" if lvl == PG_LEVEL_2M else "4K")
-            for g, lvl in sorted(vcpu.root.mappings.items())]
+    maps = [(gfn - base, KVM_PAGES_PER_HPAGE(level), level_name(level))
+            for gfn, level, _pfn in kvm.ept.live_leaves(vcpu.root)]
     return {"cases": cases, "mappings": maps}
 
 
