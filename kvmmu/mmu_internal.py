@@ -132,6 +132,12 @@ class KvmPageFault:
 # --------------------------------------------------------------------------
 # The host walk
 
+def _check_fault(fault) -> "KvmPageFault":
+    if not isinstance(fault, KvmPageFault):
+        raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
+    return fault
+
+
 def _read_once(kvm, ptr, table_level: int):
     # READ_ONCE() of one host page-table entry: one step.
     name = TABLE_NAMES[table_level]

@@ -34,6 +34,7 @@ SKIP_PACKAGES = ("viz", "cli")
 ACCEPTS_ANYTHING = {
     "kvmmu.cpu.world_of": "answers None for an object that has no world",
     "kvmmu.memslots.kvm_is_visible_memslot": "None is 'no slot' (not visible)",
+    "kvmmu.mmu.describe_found_slot": "None is 'no slot' (a lookup that found none)",
 }
 
 
