@@ -40,6 +40,7 @@ ACCEPTS_ANYTHING = {
     "kvmmu.checks.check_bool": "an argument checker", "kvmmu.checks.check_name": "an argument checker",
     "kvmmu.checks.check_choice": "an argument checker",
     "kvmmu.mmu.describe_found_slot": "None is 'no slot' (a lookup that found none)",
+    "kvmmu.exercises.base.show_value": "shows any parameter value as text",
 }
 
 
@@ -121,6 +122,14 @@ class _Wrong:
 
 BAD = st.sampled_from([-1, 1 << 64, 1.5, "x", None, _Wrong()])
 BAD_NOT_INT = st.sampled_from([1.5, "x", None, _Wrong()])
+#: For a parameter annotated ``str``, "x" is a good value, not a bad one.
+BAD_NOT_STR = st.sampled_from([-1, 1 << 64, 1.5, None, _Wrong()])
+
+
+def _bad_strategy(key, param):
+    if param.annotation in (str, "str"):
+        return BAD_NOT_STR
+    return BAD_NOT_INT if key in ANY_INT else BAD
 
 
 def _call(obj, args):
@@ -154,7 +163,7 @@ def test_every_export_refuses_all_bad_arguments(key, obj, data):
     params = _required(obj)
     if not params:
         pytest.skip("no required argument to make bad")
-    args = [data.draw(BAD_NOT_INT if key in ANY_INT else BAD) for _ in params]
+    args = [data.draw(_bad_strategy(key, p)) for p in params]
     problem = _bad_call_refused(key, obj, args)
     assert problem is None, problem
 
