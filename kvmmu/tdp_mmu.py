@@ -312,19 +312,11 @@ def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic()
 
-    The function as it stood up to Linux 6.12 (read at torvalds/linux
-    @0089c055, about 6.10; REMOVED_SPTE was renamed FROZEN_SPTE in 6.11).
-    While the SPTE is frozen no other thread can install anything in it, so
-    no present SPTE can appear before the flush has removed every cached
-    copy of the old translation.  The bookkeeping runs last, after the
-    unfreeze, to keep the SPTE frozen for as short a time as possible.
-
-    Linux 6.13 removed it (commit 35ef80eb, David Matlack, "Batch TLB flushes
-    when zapping collapsible TDP MMU SPTEs"): its last user zapped SPTEs that
-    a huge page of the same memory would replace, where the translation
-    does not change, so no freeze is needed; those zaps now use
-    tdp_mmu_set_spte_atomic() and flush once, before dropping RCU and
-    mmu_lock.
+    As it stood up to Linux 6.12 (read at torvalds/linux @0089c055, about
+    6.10; 6.13 removed it, commit 35ef80eb).  While the SPTE is frozen
+    nobody can install anything in it, so no present SPTE appears before
+    the flush has removed every cached copy of the old translation.  The
+    bookkeeping runs last, so that the SPTE stays frozen briefly.
     """
     ret = yield from __tdp_mmu_set_spte_atomic(kvm, it, FROZEN_SPTE)
     if ret:
@@ -339,17 +331,14 @@ def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
 
 
 def tdp_mmu_zap_spte_atomic_nofreeze(kvm, it: TdpIter):
-    """UNSAFE: zap an SPTE under the read lock by making it non-present, then flush.
+    """UNSAFE: zap an SPTE under the read lock by clearing it, then flush.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic() (2020, no freeze)
 
-    The shape before Ben Gardon's patch "kvm: x86/mmu: Flush TLBs after zap
-    in TDP MMU PF handler" (January 2021): between the cmpxchg and the
-    flush the SPTE is non-present *and reusable*, so another thread under
-    the read lock may install a present SPTE to a different pfn while a
-    vCPU still holds the old translation.  The chapter's explorer finds that
-    interleaving.  (The same shape is safe in 6.13+ for collapsible zaps,
-    where the new mapping has the same pfn.)
+    The shape before Ben Gardon's patch of January 2021: between the
+    cmpxchg and the flush the SPTE is non-present *and reusable*, so another
+    thread may install a different pfn while a vCPU still holds the old
+    translation.  (Safe where the new mapping has the same pfn, as in 6.13.)
     """
     ret = yield from tdp_mmu_set_spte_atomic(kvm, it, SHADOW_NONPRESENT_VALUE)
     if ret:
