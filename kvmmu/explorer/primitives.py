@@ -30,8 +30,8 @@ class _Primitive:
     __slots__ = ("world", "name")
 
     def __init__(self, world: "World", name: str):
-        from .world import World        # here: world.py imports this module
-        if not isinstance(world, World):
+        # Known by what it does, not its class: world.py imports this module.
+        if not callable(getattr(world, "_register", None)):
             raise TypeError(f"world must be an explorer World, got {type(world).__name__}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
