@@ -17,6 +17,7 @@ the callables keep the run reproducible.
 """
 import importlib
 import inspect
+import os
 import pkgutil
 import types
 
@@ -145,7 +146,16 @@ def _call(obj, args):
     return result
 
 
+def _count_call(key):
+    """tools/measure_model.py --api counts the calls: one line per call."""
+    path = os.environ.get("KVMMU_API_CALLS")
+    if path:
+        with open(path, "a") as f:
+            f.write(key + "\n")
+
+
 def _bad_call_refused(key, obj, args):
+    _count_call(key)
     try:
         _call(obj, args)
     except (TypeError, ValueError):
