@@ -86,6 +86,8 @@ class GmemFile(Primitive):
     """
 
     _sealed = True
+    #: set when the file is created: configuration, not state
+    _fixed_fields = ("size", "order")
 
     _FIELDS = ("page_cache", "folio_state", "next_fid", "bindings")
 

@@ -128,6 +128,8 @@ class EptMemory(Primitive):
     """
 
     _sealed = True
+    #: the SPTE masks: configuration, not state (the explorer's watch skips it)
+    _fixed_fields = ("cfg",)
 
     __slots__ = ("cfg", "tables", "sps", "roots", "page_stats", "installed", "processed",
                  "walks", "_frozen")

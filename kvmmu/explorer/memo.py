@@ -40,7 +40,7 @@ from dataclasses import fields, is_dataclass
 from enum import Enum
 
 from . import freeze as _freeze_mod
-from .footprint import EVERYTHING
+from .footprint import EVERYTHING, NOTHING, Footprint
 from .frames import _FRAMES_OK, _gen_key
 from .freeze import _freeze
 from .guard import Watch
@@ -48,10 +48,9 @@ from .ops import Op, Violation, _Diverged
 from .por import _RUN_MODES, _BUILTIN_ENABLED, enablers, op_footprint
 from .primitives import _Primitive
 from .run import _as_op, _final_verdict, _first_line
-from .world import World, _immutable
+from .world import _WORLD_INTERNALS, World, _immutable
 
 _DIRTY = object()       # the live world's plain attributes are in no known state
-_NO_MEMO = object()     # _resume: do not remember this continuation
 
 
 class _Unwatched:
@@ -67,6 +66,8 @@ class _Unwatched:
 
 
 _UNWATCHED = _Unwatched()
+_UNSEEN = ("unseen",)          # what code run unwatched touched: anything
+_NO_PRIMS = frozenset()
 
 
 class _Copy:
@@ -87,7 +88,7 @@ class _Rec:
 
     __slots__ = ("key", "op", "result", "parent", "recv", "pool", "memo", "closed",
                  "touch", "tainted", "fp", "learned", "base_fp", "simple", "pure", "done",
-                 "enabled")
+                 "enabled", "origin", "cont")
 
     def __init__(self, key, op, result, parent, recv):
         self.key = key
@@ -108,6 +109,25 @@ class _Rec:
         self.simple = False       # its frames hold no mutable object at all
         self.pure = False         # no code on the way here touched the world: a rebuild
         #                           needs no check
+        self.origin = None        # (ps, saved): the world the code that led here ran in,
+        #                           when it touched the world (a rebuild puts it back)
+        self.cont = None          # what the code after this step was seen to touch
+
+
+class _Keyed:
+    """The continuations of one ``(local state, value)`` whose code touched primitives.
+
+    That code is a function of the frames, the value and the state of the
+    primitives it touched (``touch``, their indices): ``table`` maps those
+    states to ``(next _Rec, writes)``, ``writes`` the new states of the
+    primitives it changed, as ``(index, state)``.
+    """
+
+    __slots__ = ("touch", "table")
+
+    def __init__(self, touch):
+        self.touch = touch
+        self.table = {}
 
 
 class _MemoEngine:
@@ -147,8 +167,13 @@ class _MemoEngine:
         w._seal()
         self.prims = list(w._prims)
         self.prim_index = {id(p): k for k, p in enumerate(self.prims)}
+        self.prim_by_name = {p.name: k for k, p in enumerate(self.prims)}
         self.watch = Watch(w, self.prims)
         self.watch.stop()
+        # Attributes the world leaves out of its state (``_extras``) are never
+        # saved or restored, so they cannot change: configuration and handles.
+        self.fixed_attrs = frozenset(k for k in vars(w) if k not in _WORLD_INTERNALS) \
+            - frozenset(w._extras())
         gens = []
         for a in sc.actors:
             g = a.fn(w)
@@ -160,6 +185,7 @@ class _MemoEngine:
         recs = []
         watch = self.watch
         for i, g in enumerate(gens):
+            before = (tuple([p._state() for p in self.prims]), w._save_extras())
             watch.start()
             try:
                 y = next(g)
@@ -178,7 +204,7 @@ class _MemoEngine:
             # in another world, when the actor is rebuilt: check those rebuilds.
             pure = not watch.stop() and watch.ok
             op = _as_op(y, sc, i)
-            rec = self._intern(i, g, op, None, None, None, pure)
+            rec = self._intern(i, g, op, None, None, None, pure, None if pure else before)
             self._pool(rec, g, op)
             recs.append(rec)
         ps = tuple([p._state() for p in self.prims])
@@ -198,11 +224,12 @@ class _MemoEngine:
         return (ps, ekey, recs), None
 
     # -- actor states ------------------------------------------------------
-    def _intern(self, i, g, op, result, parent, recv, pure):
+    def _intern(self, i, g, op, result, parent, recv, pure, origin=None):
         """The _Rec of actor i in the state just reached (g suspended at op, or done).
 
         ``parent``/``recv``: the state it came from and the value it received;
-        ``pure``: no code on that path touched the world.
+        ``pure``: no code on that path touched the world; ``origin``: the
+        world that code ran in, if it touched it (kept for exact rebuilds).
         """
         if op is None:
             key = ("done", _freeze(result))
@@ -215,6 +242,7 @@ class _MemoEngine:
         rec = _Rec(key, None, result, parent, recv)
         rec.simple = simple
         rec.pure = pure
+        rec.origin = origin
         rec.done = op is None
         if op is None:
             pass
@@ -263,7 +291,7 @@ class _MemoEngine:
                     raise _Diverged(
                         f"actor {a.letter} ({a.title}) keeps a {type(obj).__name__} that lives "
                         "inside the world across a step, which a restore would replace")
-                if id(obj) in top or _is_handle(obj):
+                if id(obj) in top or (_is_handle(obj) and not _is_value(obj)):
                     tainted = True
         return key, tainted, not met
 
@@ -280,12 +308,13 @@ class _MemoEngine:
             self.pooled += 1
 
     def _history(self, rec):
-        hist = []
+        """The actor's first path to ``rec``: the _Recs from its first one, in order."""
+        chain = [rec]
         while rec.parent is not None:
-            hist.append(rec.recv)
             rec = rec.parent
-        hist.reverse()
-        return hist
+            chain.append(rec)
+        chain.reverse()
+        return chain
 
     def _generator(self, i, rec):
         """(generator, its Op) suspended in ``rec``: pooled, or rebuilt from its history."""
@@ -295,10 +324,16 @@ class _MemoEngine:
             return rec.pool.pop()
         self.res.rebuilds += 1
         a = self.sc.actors[i]
+        # Each piece of code on the way runs in the world it first ran in, if
+        # it touched the world: the rebuild is then exact, whatever it reads.
+        chain = self._history(rec)
         try:
+            self._put_back(chain[0].origin)
             g = a.fn(self.world)
             y = next(g)
-            for v in self._history(rec):
+            for link in chain[1:]:
+                self._put_back(link.origin)
+                v = link.recv
                 y = g.send(copy.deepcopy(v.value) if type(v) is _Copy else v)
             op = _as_op(y, self.sc, i)
             same = rec.pure or self._actor_key(i, g, op)[0] == rec.key
@@ -313,6 +348,12 @@ class _MemoEngine:
                 "rebuilt from the values it received: does it read or write shared state "
                 "between two steps (outside step(), wait_until() or a primitive's method)?")
         return g, op
+
+    def _put_back(self, origin):
+        # The world a rebuilt actor's code ran in the first time (None: any).
+        if origin is not None:
+            self._dirty()
+            self._load(*origin)
 
     # -- the world ---------------------------------------------------------
     def _load(self, ps, saved):
@@ -397,8 +438,9 @@ class _MemoEngine:
                 self._dirty()
                 return bad.name
             fr = r if r is None or type(r) is int else _freeze(r)
-            nxt = rec.memo.get(fr)
-            if nxt is not None:
+            entry = rec.memo.get(fr)
+            out = None
+            if entry is not None:
                 k = rec.touch
                 if k >= 0:
                     nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
@@ -406,11 +448,17 @@ class _MemoEngine:
                     nsaved, nkey = saved, ekey
                 else:
                     nps, nsaved, nkey = self._capture(ps, saved, ekey)
-            else:
+                if type(entry) is _Rec:
+                    out = entry, nps, nsaved, nkey
+                else:
+                    hit = entry.table.get(tuple([nps[j] for j in entry.touch]))
+                    if hit is not None:
+                        out = (hit[0], self._apply(nps, hit[1]), nsaved, nkey)
+            if out is None:
                 out = self._continue_closed(i, rec, r, fr, payload)
                 if type(out) is str:
                     return out
-                nxt, nps, nsaved, nkey = out
+            nxt, nps, nsaved, nkey = out
         else:
             out = self._step_live(i, rec, payload)
             if type(out) is str:
@@ -421,8 +469,22 @@ class _MemoEngine:
         self._runnable = None
         return (nps, nkey, nrecs)
 
+    def _apply(self, ps, writes):
+        """Load the primitive states a remembered continuation wrote; the new world tuple."""
+        if not writes:
+            return ps
+        now = list(ps)
+        prims = self.prims
+        for j, st in writes:
+            prims[j]._load(st)
+            now[j] = st
+        ps = tuple(now)
+        self.cur_ps = ps
+        return ps
+
     def _continue_closed(self, i, rec, r, fr, payload):
-        # First time (rec, r): run the actor on from a live generator.
+        # First time (rec, r) in a world like this one: run the actor on from
+        # a live generator, and remember what its code did.
         ps, saved, ekey, _recs, _ = payload
         op = rec.op
         cpu = self.letters[i]
@@ -435,10 +497,8 @@ class _MemoEngine:
             # its history leaves the world (after the step) alone.
             g = self._generator(i, rec)[0]
         else:
-            # A rebuild runs the actor's code against the live world: put the
-            # state before the step back around it, then take the step again.
-            self._dirty()
-            self._load(ps, saved)
+            # A rebuild runs the actor's code in the worlds it first ran in:
+            # put the state before the step back, then take the step again.
             g = self._generator(i, rec)[0]
             self._dirty()
             self._load(ps, saved)
@@ -454,20 +514,90 @@ class _MemoEngine:
             before_saved, before_key = saved, ekey
         else:
             before_ps, before_saved, before_key = self._capture(ps, saved, ekey)
-        out = self._resume(i, rec, g, r, fr)
+        out = self._resume(i, rec, g, r, (before_ps, before_saved))
         if type(out) is str:
             return out
-        nxt, clean = out
-        if clean and rec.simple and (r is None or type(r) is int or _immutable(r)):
-            # Nothing but the watched world and primitives was in its reach:
-            # what they saw is all it did.
-            return nxt, before_ps, before_saved, before_key
-        after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
-        if not clean or after_ps != before_ps or after_key != before_key:
-            rec.memo.pop(fr, None)
-            nxt.pure = False
-            self._demote(i, rec)
+        nxt, seen = out
+        kind, touched, fp = self._classify(seen)
+        plain_r = r is None or type(r) is int or _immutable(r)
+        if kind == "clean":
+            if rec.simple and plain_r:
+                # Nothing but the watched world and primitives was in its reach:
+                # what they saw is all it did.
+                rec.memo[fr] = nxt
+                return nxt, before_ps, before_saved, before_key
+            after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
+            if after_ps == before_ps and after_key == before_key:
+                rec.memo[fr] = nxt
+                return nxt, before_ps, before_saved, before_key
+        elif kind == "keyed":
+            if rec.simple and plain_r:
+                # Only what the watch saw can have changed.
+                after = list(before_ps)
+                for j in touched:
+                    after[j] = self.prims[j]._state()
+                after_ps, after_saved, after_key = tuple(after), before_saved, before_key
+                self.cur_ps = after_ps
+            else:
+                after_ps, after_saved, after_key = self._capture(before_ps, before_saved,
+                                                                 before_key)
+            changed = [j for j in range(len(before_ps)) if after_ps[j] is not before_ps[j]
+                       and after_ps[j] != before_ps[j]]
+            if after_key == before_key and all(j in touched for j in changed):
+                self._remember(rec, fr, touched, before_ps, nxt,
+                               tuple((j, after_ps[j]) for j in changed))
+                self._widen(i, rec, fp, changed)
+                return nxt, after_ps, after_saved, after_key
+        else:
+            after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
+        rec.memo.pop(fr, None)
+        nxt.pure = False
+        self._demote(i, rec)
         return nxt, after_ps, after_saved, after_key
+
+    def _remember(self, rec, fr, touched, before_ps, nxt, writes):
+        """Remember a continuation that touched the primitives ``touched`` (see _Keyed)."""
+        entry = rec.memo.get(fr)
+        if type(entry) is not _Keyed or not touched <= frozenset(entry.touch):
+            # What its code reads can depend on what it read: key every
+            # continuation of this pair on all it was ever seen to touch.
+            old = entry.touch if type(entry) is _Keyed else ()
+            entry = rec.memo[fr] = _Keyed(tuple(sorted(touched.union(old))))
+        entry.table[tuple([before_ps[j] for j in entry.touch])] = (nxt, writes)
+
+    def _widen(self, i, rec, fp, changed):
+        """Add what the code after ``rec``'s step touched to the step's footprint.
+
+        That code runs atomically with the step.  A changed primitive counts
+        as written wherever the code looked into it (a change in place shows
+        only as a read of the field holding the container).
+        """
+        if changed:
+            names = {self.prims[j].name for j in changed}
+            fp = Footprint((loc, "w" if loc[0] in names else m) for loc, m in fp.items)
+        cont = rec.cont
+        if cont is not None and cont.covers(fp):
+            return
+        rec.cont = fp if cont is None else cont.union(fp)
+        base = rec.base_fp
+        if base is EVERYTHING or base.covers(fp):
+            return
+        rec.base_fp = base.union(fp)
+        self._refootprint(i, rec)
+
+    def _refootprint(self, i, rec):
+        # The step's footprint grew: a reduced search that has already counted
+        # on the smaller one starts over (see the package docstring).
+        rec.fp = None
+        rec.learned = False
+        self._ample.clear()
+        reducer = self.reducer
+        if reducer is not None:
+            rec.fp = reducer.effective(rec.base_fp)
+            rec.learned = True
+            grew = reducer.learn(i, rec.fp)
+            if grew and self.res.reduced_expansions:
+                raise _Restart
 
     def _step_live(self, i, rec, payload):
         # A step that may change the actor's own objects: run it from a live
@@ -478,8 +608,6 @@ class _MemoEngine:
             self.pooled -= 1
             self.res.pool_hits += 1
         else:
-            self._dirty()
-            self._load(ps, saved)
             g, gop = self._generator(i, rec)
             self._dirty()
             self._load(ps, saved)
@@ -488,26 +616,32 @@ class _MemoEngine:
         except Violation as bad:
             self._dirty()
             return bad.name
+        before = self._capture(ps, saved, ekey)
         if rec.base_fp is EVERYTHING:
             # Conflicts with everything and is never reused: what its code
             # between the steps touches is simply part of the step.
-            out = self._resume(i, rec, g, r, _NO_MEMO, _UNWATCHED)
+            out = self._resume(i, rec, g, r, before[:2], _UNWATCHED)
             if type(out) is str:
                 return out
-            return (out[0],) + self._capture(ps, saved, ekey)
-        before = self._capture(ps, saved, ekey)
-        out = self._resume(i, rec, g, r, _NO_MEMO)
+            return (out[0],) + self._capture(*before)
+        out = self._resume(i, rec, g, r, before[:2])
         if type(out) is str:
             return out
-        nxt, clean = out
+        nxt, seen = out
         after_ps, after_saved, after_key = self._capture(*before)
-        if not clean or after_ps != before[0] or after_key != before[2]:
+        kind, touched, fp = self._classify(seen)
+        changed = [j for j in range(len(after_ps)) if after_ps[j] is not before[0][j]
+                   and after_ps[j] != before[0][j]]
+        if kind == "dirty" or after_key != before[2] or not all(j in touched for j in changed):
             nxt.pure = False
             self._demote(i, rec)
+        elif kind == "keyed":
+            # Run live anyway: only the footprint must cover what its code touched.
+            self._widen(i, rec, fp, changed)
         return nxt, after_ps, after_saved, after_key
 
     def _demote(self, i, rec):
-        """Code after ``rec``'s step touched the world: run that step live from now on.
+        """Code after ``rec``'s step touched the world unseen: run that step live from now on.
 
         Live, the code runs in the right world each time, as the legacy
         engine runs it, and the step conflicts with every other: a reduced
@@ -519,30 +653,45 @@ class _MemoEngine:
         rec.memo.clear()
         if rec.base_fp is not EVERYTHING:
             rec.base_fp = EVERYTHING
-            rec.fp = None
-            rec.learned = False
-            self._ample.clear()
-            reducer = self.reducer
-            if reducer is not None:
-                rec.fp = reducer.effective(EVERYTHING)
-                rec.learned = True
-                reducer.learn(i, rec.fp)
-                if self.res.reduced_expansions:
-                    raise _Restart
+            self._refootprint(i, rec)
 
-    def _clean(self, seen) -> bool:
-        """Whether what code between two steps touched (``seen``) still lets it be reused.
+    def _classify(self, seen):
+        """What code between two steps touched (``seen``): ``(kind, primitives, footprint)``.
 
-        Reading a plain attribute of the world that no state has changed so
-        far (a configuration) is fine: it is taken as constant, and if a
-        later state changes it the search starts over.
+        ``kind`` is "clean" (nothing, or world attributes that are
+        configuration), "keyed" (fields of primitives, whose indices come
+        second: the code is remembered keyed on their states) or "dirty"
+        (anything else, or code that ran unwatched: the step is demoted).  A
+        plain attribute of the world that no state has changed so far is
+        taken as constant (configuration); if a later state changes it the
+        search starts over.
         """
+        if not seen:
+            return "clean", _NO_PRIMS, NOTHING
+        if seen is _UNSEEN:
+            return "dirty", _NO_PRIMS, EVERYTHING
+        fixed = self.fixed_attrs
+        touched = set()
+        items = set()
+        by_name = self.prim_by_name
         for verb, where, name in seen:
-            if verb != "reads" or where != "world" or not self._may_assume(name):
-                return False
-        for _verb, _where, name in seen:
-            self.assumed.add(name)
-        return True
+            if where == "world":
+                if verb != "reads":
+                    return "dirty", _NO_PRIMS, EVERYTHING
+                if name not in fixed and not self._may_assume(name):
+                    return "dirty", _NO_PRIMS, EVERYTHING
+                continue
+            j = by_name.get(where)
+            if j is None:
+                return "dirty", _NO_PRIMS, EVERYTHING
+            touched.add(j)
+            items.add((self.prims[j]._field_location(name), "r" if verb == "reads" else "w"))
+        for _verb, where, name in seen:
+            if where == "world" and name not in fixed:
+                self.assumed.add(name)
+        if not touched:
+            return "clean", _NO_PRIMS, NOTHING
+        return "keyed", frozenset(touched), Footprint(items)
 
     def _may_assume(self, name) -> bool:
         root = self.root_items
@@ -560,12 +709,13 @@ class _MemoEngine:
             ok = self._assumable[name] = not any(_is_handle(x) for x in met)
         return ok
 
-    def _resume(self, i, rec, g, r, fr, watch=None):
-        """Send ``r`` to g under watch: (next _Rec, whether it kept off the world), or a violation.
+    def _resume(self, i, rec, g, r, before, watch=None):
+        """Send ``r`` to g under watch: ``(next _Rec, what the code touched)``, or a violation.
 
-        With ``fr`` (the frozen ``r``), a continuation that kept off the world
-        is remembered as ``(rec, fr) -> next`` (the caller withdraws it if the
-        world turns out changed all the same).
+        ``before`` is the world the code runs in, kept as the new state's
+        origin when the code touched the world (an exact rebuild puts it
+        back); what was touched is a list of ``(verb, where, name)``, or
+        ``_UNSEEN`` when the code ran unwatched.
         """
         cpu = self.letters[i]
         t = type(r)
@@ -573,18 +723,20 @@ class _MemoEngine:
         # wrapped so that a rebuild sends a fresh copy of it.
         kept = r if (t is int or r is None or t is bool or t is str or _immutable(r)) \
             else _Copy(copy.deepcopy(r))
+        unwatched = watch is _UNWATCHED
         watch = watch or self.watch
         watch.start()
         try:
             y = g.send(r)
         except StopIteration as stop:
             seen = watch.stop()
-            clean = not seen or self._clean(seen)
-            nxt = self._intern(i, None, None, stop.value, rec, kept,
-                               rec.pure and rec.closed and clean)
-            if fr is not _NO_MEMO and clean:
-                rec.memo[fr] = nxt
-            return nxt, clean
+            if unwatched or not watch.ok:
+                seen = _UNSEEN
+            quiet = self._classify(seen)[0] == "clean"
+            pure = rec.pure and rec.closed and quiet
+            nxt = self._intern(i, None, None, stop.value, rec, kept, pure,
+                               None if quiet else before)
+            return nxt, seen
         except AssertionError as e:
             watch.stop()
             self._dirty()
@@ -595,13 +747,14 @@ class _MemoEngine:
                        f"scenario {self.sc.name!r}")
             raise
         seen = watch.stop()
-        clean = watch.ok and (not seen or self._clean(seen))
+        if unwatched or not watch.ok:
+            seen = _UNSEEN
         op = _as_op(y, self.sc, i)
-        nxt = self._intern(i, g, op, None, rec, kept, rec.pure and rec.closed and clean)
+        quiet = self._classify(seen)[0] == "clean"
+        pure = rec.pure and rec.closed and quiet
+        nxt = self._intern(i, g, op, None, rec, kept, pure, None if quiet else before)
         self._pool(nxt, g, op)
-        if fr is not _NO_MEMO and clean:
-            rec.memo[fr] = nxt
-        return nxt, clean
+        return nxt, seen
 
     # -- verdicts and payloads ---------------------------------------------
     def _runnable_now(self, recs):
@@ -747,6 +900,12 @@ def _is_handle(obj) -> bool:
         return copy.deepcopy(obj) is obj
     except Exception:
         return True
+
+
+def _is_value(obj) -> bool:
+    """A frozen dataclass: a value, whatever its deepcopy returns (its fields are frozen too)."""
+    params = getattr(type(obj), "__dataclass_params__", None)
+    return params is not None and params.frozen
 
 
 def _closed(op, shared) -> bool:

@@ -58,6 +58,17 @@ class _Primitive:
         """
         return None
 
+    #: Locations of parts of this primitive's state, by field: the code an
+    #: actor runs between two steps is watched field by field, and what it
+    #: touched joins the step's footprint under these names (a field not
+    #: listed: the whole primitive).  Values are location suffixes, tuples.
+    _field_locations: dict = {}
+
+    def _field_location(self, field: str) -> tuple:
+        """The location of this primitive's field ``field`` (see ``_field_locations``)."""
+        suffix = self._field_locations.get(field)
+        return (self.name,) if suffix is None else (self.name,) + suffix
+
 
 #: The public name for building a custom primitive (the model does, for its
 #: EPT memory, TLBs, host memory, memslots...): subclass it, register the
