@@ -45,7 +45,7 @@ from .frames import _FRAMES_OK, _gen_key
 from .freeze import _freeze
 from .guard import Watch
 from .ops import Op, Violation, _Diverged
-from .por import _RUN_MODES, _BUILTIN_ENABLED, enablers, op_footprint
+from .por import _RUN_MODES, _BUILTIN_ENABLED, declared_footprint, enablers, op_footprint
 from .primitives import _Primitive
 from .run import _as_op, _final_verdict, _first_line
 from .world import _WORLD_INTERNALS, World, _immutable
@@ -88,7 +88,7 @@ class _Rec:
 
     __slots__ = ("key", "op", "result", "parent", "recv", "pool", "memo", "closed",
                  "touch", "tainted", "fp", "learned", "base_fp", "simple", "pure", "done",
-                 "enabled", "origin", "cont")
+                 "enabled", "origin", "cont", "opm", "auto", "static", "seen_op")
 
     def __init__(self, key, op, result, parent, recv):
         self.key = key
@@ -112,6 +112,10 @@ class _Rec:
         self.origin = None        # (ps, saved): the world the code that led here ran in,
         #                           when it touched the world (a rebuild puts it back)
         self.cont = None          # what the code after this step was seen to touch
+        self.opm = None           # _Keyed: the step's outcomes, by the states it touched
+        self.auto = False         # its footprint is what its runs were seen to touch
+        self.static = None        # the footprint its primitive or a declaration gives
+        self.seen_op = None       # what its runs were seen to touch (auto), None: not yet
 
 
 class _Keyed:
@@ -123,10 +127,11 @@ class _Keyed:
     primitives it changed, as ``(index, state)``.
     """
 
-    __slots__ = ("touch", "table")
+    __slots__ = ("touch", "touchset", "table")
 
     def __init__(self, touch):
         self.touch = touch
+        self.touchset = frozenset(touch)
         self.table = {}
 
 
@@ -252,7 +257,7 @@ class _MemoEngine:
             rec.closed = True
             rec.op = op
             rec.touch = self.prim_index.get(id(op.prim), -1)
-            rec.base_fp = op_footprint(op)
+            rec.base_fp = rec.static = op_footprint(op)
         else:
             shared = self._shared_ids()
             rec.tainted = tainted
@@ -262,7 +267,16 @@ class _MemoEngine:
             if rec.closed and op.prim is not None and op.run in _RUN_MODES \
                     and op.enabled in _BUILTIN_ENABLED:
                 rec.touch = self.prim_index.get(id(op.prim), -1)
-            rec.base_fp = EVERYTHING if tainted else op_footprint(op)
+            elif rec.closed:
+                rec.opm = _Keyed(())
+            declared = None if tainted else declared_footprint(op)
+            if declared is None and rec.closed and op.enabled is None:
+                # Nothing says what it touches: watch it (see _run_op).
+                rec.auto = True
+                rec.base_fp = None
+            else:
+                rec.static = EVERYTHING if tainted else op_footprint(op)
+                rec.base_fp = rec.static
         if rec.op is not None and rec.op.enabled is not None:
             rec.enabled = (rec.op.enabled, rec.op.prim, rec.op.args)
         self.ids[i][key] = rec
@@ -428,34 +442,22 @@ class _MemoEngine:
         ps, saved, ekey, recs, _ = payload
         self._load(ps, saved)
         rec = recs[i]
-        cpu = self.letters[i]
-        w = self.world
         if rec.closed:
-            op = rec.op
-            try:
-                r = op.run(op.prim, op.args, cpu, w)
-            except Violation as bad:
-                self._dirty()
-                return bad.name
+            out = self._run_op(i, rec, ps, saved, ekey)
+            if type(out) is str:
+                return out
+            r, nps, nsaved, nkey = out
             fr = r if r is None or type(r) is int else _freeze(r)
             entry = rec.memo.get(fr)
             out = None
-            if entry is not None:
-                k = rec.touch
-                if k >= 0:
-                    nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
-                    self.cur_ps = nps
-                    nsaved, nkey = saved, ekey
-                else:
-                    nps, nsaved, nkey = self._capture(ps, saved, ekey)
-                if type(entry) is _Rec:
-                    out = entry, nps, nsaved, nkey
-                else:
-                    hit = entry.table.get(tuple([nps[j] for j in entry.touch]))
-                    if hit is not None:
-                        out = (hit[0], self._apply(nps, hit[1]), nsaved, nkey)
+            if type(entry) is _Rec:
+                out = entry, nps, nsaved, nkey
+            elif entry is not None:
+                hit = entry.table.get(tuple([nps[j] for j in entry.touch]))
+                if hit is not None:
+                    out = (hit[0], self._apply(nps, hit[1]), nsaved, nkey)
             if out is None:
-                out = self._continue_closed(i, rec, r, fr, payload)
+                out = self._continue_closed(i, rec, r, fr, (nps, nsaved, nkey))
                 if type(out) is str:
                     return out
             nxt, nps, nsaved, nkey = out
@@ -468,6 +470,70 @@ class _MemoEngine:
         self._next = (nps, nsaved, nkey, nrecs)
         self._runnable = None
         return (nps, nkey, nrecs)
+
+    def _run_op(self, i, rec, ps, saved, ekey):
+        """Take ``rec``'s step in the loaded world ``ps``: ``(r, ps, saved, key)`` after it.
+
+        A built-in primitive's step changes its primitive alone.  Any other
+        step is watched the first time it runs in a world like this one (the
+        same states of the primitives it touched) and remembered: it is a
+        function of those states, so the next time its outcome is loaded,
+        not computed.  A step that touched something the watch does not see
+        is run every time.  Returns a violation's name if the step raises one.
+        """
+        op = rec.op
+        k = rec.touch
+        if k >= 0:
+            try:
+                r = op.run(op.prim, op.args, self.letters[i], self.world)
+            except Violation as bad:
+                self._dirty()
+                return bad.name
+            nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
+            self.cur_ps = nps
+            return r, nps, saved, ekey
+        opm = rec.opm
+        if opm is not None:
+            hit = opm.table.get(tuple([ps[j] for j in opm.touch]))
+            if hit is not None:
+                return hit[0], self._apply(ps, hit[1]), saved, ekey
+            watch = self.watch
+        else:
+            watch = _UNWATCHED
+        watch.start()
+        try:
+            r = op.run(op.prim, op.args, self.letters[i], self.world)
+        except Violation as bad:
+            watch.stop()
+            self._dirty()
+            return bad.name
+        except BaseException:
+            watch.stop()
+            raise
+        seen = watch.stop()
+        if not watch.ok:
+            seen = _UNSEEN
+        nps, nsaved, nkey = self._capture(ps, saved, ekey)
+        if opm is None:
+            return r, nps, nsaved, nkey
+        kind, touched, fp = self._classify(seen)
+        changed = [j for j in range(len(ps)) if nps[j] is not ps[j] and nps[j] != ps[j]]
+        if kind != "dirty" and nkey == ekey and _shareable(r) \
+                and all(j in touched for j in changed):
+            self._remember(rec.opm, touched, ps, r, tuple((j, nps[j]) for j in changed))
+            if rec.auto:
+                fp = self._written(fp, changed)
+                if rec.seen_op is None or not rec.seen_op.covers(fp):
+                    rec.seen_op = fp if rec.seen_op is None else rec.seen_op.union(fp)
+                    self._set_base(i, rec)
+        else:
+            # It cannot be remembered: run it every time, and it may touch anything.
+            rec.opm = None
+            if rec.auto:
+                rec.auto = False
+                rec.static = EVERYTHING
+                self._set_base(i, rec)
+        return r, nps, nsaved, nkey
 
     def _apply(self, ps, writes):
         """Load the primitive states a remembered continuation wrote; the new world tuple."""
@@ -482,12 +548,10 @@ class _MemoEngine:
         self.cur_ps = ps
         return ps
 
-    def _continue_closed(self, i, rec, r, fr, payload):
+    def _continue_closed(self, i, rec, r, fr, after_op):
         # First time (rec, r) in a world like this one: run the actor on from
         # a live generator, and remember what its code did.
-        ps, saved, ekey, _recs, _ = payload
-        op = rec.op
-        cpu = self.letters[i]
+        before_ps, before_saved, before_key = after_op
         if rec.pool:
             g = rec.pool.pop()[0]
             self.pooled -= 1
@@ -498,22 +562,10 @@ class _MemoEngine:
             g = self._generator(i, rec)[0]
         else:
             # A rebuild runs the actor's code in the worlds it first ran in:
-            # put the state before the step back, then take the step again.
+            # then put the state after the step back.
             g = self._generator(i, rec)[0]
             self._dirty()
-            self._load(ps, saved)
-            try:
-                r = op.run(op.prim, op.args, cpu, self.world)
-            except Violation as bad:        # pragma: no cover - it did not fail before
-                self._dirty()
-                return bad.name
-        k = rec.touch
-        if k >= 0:
-            before_ps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
-            self.cur_ps = before_ps
-            before_saved, before_key = saved, ekey
-        else:
-            before_ps, before_saved, before_key = self._capture(ps, saved, ekey)
+            self._load(before_ps, before_saved)
         out = self._resume(i, rec, g, r, (before_ps, before_saved))
         if type(out) is str:
             return out
@@ -535,7 +587,9 @@ class _MemoEngine:
                 # Only what the watch saw can have changed.
                 after = list(before_ps)
                 for j in touched:
-                    after[j] = self.prims[j]._state()
+                    st = self.prims[j]._state()
+                    if st != after[j]:
+                        after[j] = st
                 after_ps, after_saved, after_key = tuple(after), before_saved, before_key
                 self.cur_ps = after_ps
             else:
@@ -544,8 +598,8 @@ class _MemoEngine:
             changed = [j for j in range(len(before_ps)) if after_ps[j] is not before_ps[j]
                        and after_ps[j] != before_ps[j]]
             if after_key == before_key and all(j in touched for j in changed):
-                self._remember(rec, fr, touched, before_ps, nxt,
-                               tuple((j, after_ps[j]) for j in changed))
+                self._remember_cont(rec, fr, touched, before_ps, nxt,
+                                    tuple((j, after_ps[j]) for j in changed))
                 self._widen(i, rec, fp, changed)
                 return nxt, after_ps, after_saved, after_key
         else:
@@ -555,34 +609,54 @@ class _MemoEngine:
         self._demote(i, rec)
         return nxt, after_ps, after_saved, after_key
 
-    def _remember(self, rec, fr, touched, before_ps, nxt, writes):
+    def _remember_cont(self, rec, fr, touched, before_ps, nxt, writes):
         """Remember a continuation that touched the primitives ``touched`` (see _Keyed)."""
         entry = rec.memo.get(fr)
-        if type(entry) is not _Keyed or not touched <= frozenset(entry.touch):
-            # What its code reads can depend on what it read: key every
-            # continuation of this pair on all it was ever seen to touch.
-            old = entry.touch if type(entry) is _Keyed else ()
-            entry = rec.memo[fr] = _Keyed(tuple(sorted(touched.union(old))))
-        entry.table[tuple([before_ps[j] for j in entry.touch])] = (nxt, writes)
+        if type(entry) is not _Keyed:
+            entry = rec.memo[fr] = _Keyed(())
+        self._remember(entry, touched, before_ps, nxt, writes)
+
+    def _remember(self, entry, touched, before_ps, outcome, writes):
+        # What the code reads can depend on what it read: key every outcome
+        # in ``entry`` on all it was ever seen to touch.
+        if not touched <= entry.touchset:
+            entry.touch = tuple(sorted(touched.union(entry.touch)))
+            entry.touchset = frozenset(entry.touch)
+            entry.table = {}
+        entry.table[tuple([before_ps[j] for j in entry.touch])] = (outcome, writes)
+
+    def _written(self, fp, changed):
+        # A changed primitive counts as written wherever the code looked into
+        # it (a change in place shows only as a read of the field holding it).
+        if not changed:
+            return fp
+        names = {self.prims[j].name for j in changed}
+        return Footprint((loc, "w" if loc[0] in names else m) for loc, m in fp.items)
 
     def _widen(self, i, rec, fp, changed):
         """Add what the code after ``rec``'s step touched to the step's footprint.
 
-        That code runs atomically with the step.  A changed primitive counts
-        as written wherever the code looked into it (a change in place shows
-        only as a read of the field holding the container).
+        That code runs atomically with the step.
         """
-        if changed:
-            names = {self.prims[j].name for j in changed}
-            fp = Footprint((loc, "w" if loc[0] in names else m) for loc, m in fp.items)
+        fp = self._written(fp, changed)
         cont = rec.cont
         if cont is not None and cont.covers(fp):
             return
         rec.cont = fp if cont is None else cont.union(fp)
-        base = rec.base_fp
-        if base is EVERYTHING or base.covers(fp):
+        self._set_base(i, rec)
+
+    def _set_base(self, i, rec):
+        """The step's footprint: its own (given, or seen) and its continuation's."""
+        own = rec.seen_op if rec.auto else rec.static
+        if own is None:
+            rec.base_fp = None            # not run yet: see _footprint_of
             return
-        rec.base_fp = base.union(fp)
+        base = own if rec.cont is None or own is EVERYTHING else own.union(rec.cont)
+        old = rec.base_fp
+        rec.base_fp = base
+        if old is None or old is base or (old is not EVERYTHING and old.covers(base)
+                                          and base.covers(old)):
+            return
         self._refootprint(i, rec)
 
     def _refootprint(self, i, rec):
@@ -651,9 +725,11 @@ class _MemoEngine:
         rec.closed = False
         rec.touch = -1
         rec.memo.clear()
+        rec.opm = None
         if rec.base_fp is not EVERYTHING:
-            rec.base_fp = EVERYTHING
-            self._refootprint(i, rec)
+            rec.auto = False
+            rec.static = EVERYTHING
+            self._set_base(i, rec)
 
     def _classify(self, seen):
         """What code between two steps touched (``seen``): ``(kind, primitives, footprint)``.
@@ -832,10 +908,8 @@ class _MemoEngine:
             if rec.op is None:
                 continue
             status[j] = 2
-            fp = rec.fp
-            if fp is None:
-                fp = rec.fp = reducer.effective(rec.base_fp)
-            fps[j] = fp
+            fps[j] = self._footprint_of(j, rec, payload, reducer)
+        self._load(ps, saved)
         for j in run:
             status[j] = 1
         w, letters, index = self.world, self.letters, self.sc._index
@@ -844,24 +918,47 @@ class _MemoEngine:
             return enablers(recs[j].op, letters[j], w, index)
         return status, fps, nes
 
+    def _footprint_of(self, i, rec, payload, reducer):
+        """The effective footprint of ``rec``'s step, pending in ``payload``'s state.
+
+        A step whose footprint comes from watching it and that never ran is
+        run once here, in this state, watched (and remembered), and the world
+        put back.
+        """
+        fp = rec.fp
+        if fp is not None:
+            return fp
+        if rec.base_fp is None:
+            ps, saved, ekey = payload[0], payload[1], payload[2]
+            self._load(ps, saved)
+            try:
+                out = self._run_op(i, rec, ps, saved, ekey)
+            except Exception:       # the search meets it, if it matters
+                out = None
+            if rec.base_fp is None or type(out) is str or out is None:
+                # It failed, or could not be remembered: it may touch anything.
+                rec.auto = False
+                rec.static = EVERYTHING
+                rec.base_fp = EVERYTHING
+            self._dirty()
+            self._load(ps, saved)
+        fp = rec.fp = reducer.effective(rec.base_fp)
+        return fp
+
     def stepped(self, i, reducer):
         """The effective footprint of actor i's pending step in the state just reached."""
-        rec = self._next[3][i]
+        nxt = self._next
+        rec = nxt[3][i]
         if rec.op is None or rec.learned:
             return None
-        fp = rec.fp
-        if fp is None:
-            fp = rec.fp = reducer.effective(rec.base_fp)
-        return fp
+        return self._footprint_of(i, rec, nxt, reducer)
 
     def stepped_in(self, payload, i, reducer):
         """The effective footprint of actor i's pending step in ``payload`` (None: done)."""
         rec = payload[3][i]
         if rec.op is None:
             return None
-        if rec.fp is None:
-            rec.fp = reducer.effective(rec.base_fp)
-        return rec.fp
+        return self._footprint_of(i, rec, payload, reducer)
 
     def mark_learned(self, i):
         self._next[3][i].learned = True
@@ -870,7 +967,7 @@ class _MemoEngine:
         """Teach ``reducer`` the footprint of every local state met so far (before a restart)."""
         for i, ids in enumerate(self.ids):
             for rec in ids.values():
-                if rec.op is not None and not rec.learned:
+                if rec.op is not None and not rec.learned and rec.base_fp is not None:
                     if rec.fp is None:
                         rec.fp = reducer.effective(rec.base_fp)
                     reducer.learn(i, rec.fp)
@@ -900,6 +997,18 @@ def _is_handle(obj) -> bool:
         return copy.deepcopy(obj) is obj
     except Exception:
         return True
+
+
+def _shareable(r) -> bool:
+    """Whether one object ``r`` may be handed to every actor that gets this result."""
+    t = type(r)
+    if r is None or t is int or t is bool or t is str or t is float or t is bytes:
+        return True
+    if isinstance(r, tuple):
+        return all(map(_shareable, r))
+    if isinstance(r, (Enum, frozenset)) or _is_value(r):
+        return True
+    return _is_handle(r)
 
 
 def _is_value(obj) -> bool:

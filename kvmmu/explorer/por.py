@@ -66,6 +66,24 @@ def op_footprint(op) -> Footprint:
     return EVERYTHING
 
 
+def declared_footprint(op) -> Footprint | None:
+    """What says what ``op`` touches: its declaration, its primitive; None if nothing does."""
+    fp = op.footprint
+    if fp is not None:
+        return fp
+    prim = op.prim
+    if prim is None:
+        if op.run is _noop:
+            return op_footprint(op)
+        return None
+    if op.run in _RUN_MODES and op.enabled in _BUILTIN_ENABLED:
+        return op_footprint(op)
+    hook = getattr(type(prim), "_footprint", None)
+    if hook is not None and hook is not _Primitive._footprint:
+        return op_footprint(op)
+    return None
+
+
 def enablers(op, letter: str, world, index: dict):
     """Actors (indices) one of which must step before the blocked ``op`` can run; None: unknown.
 

@@ -406,14 +406,16 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
             ample = engine.ample(node[5], reducer)
             if len(ample) < len(runnable):
                 who = ample
-        old = expand(node, who, children)
         if who is not runnable:
-            if old and not stop:
-                # The cycle proviso: a reduced state whose successors are not
-                # all new is expanded fully (see the package docstring).
-                expand(node, [j for j in runnable if j not in who], children)
-            else:
-                res.reduced_expansions += 1
+            # Counted first: a footprint that grows while this reduced state
+            # is expanded makes the search start over (see memo._Restart).
+            res.reduced_expansions += 1
+        old = expand(node, who, children)
+        if who is not runnable and old and not stop:
+            # The cycle proviso: a reduced state whose successors are not all
+            # new is expanded fully (see the package docstring).
+            res.reduced_expansions -= 1
+            expand(node, [j for j in runnable if j not in who], children)
         frontier.extend(children)
     res.exhaustive = not stop
     res.states = len(seen)
