@@ -440,9 +440,17 @@ def test_without_a_footprint_hook_a_custom_step_is_watched():
     assert (red.states, red.transitions, red.search) == (5, 4, "partial-order reduced")
 
 
-def test_a_custom_step_that_may_block_and_declares_nothing_conflicts_with_everything():
-    # What its enabled() reads is not watched: such a step touches everything.
+def test_a_custom_step_that_may_block_is_watched_where_it_waits_too():
+    # Its enabled() is watched each time it is asked (reading nothing here).
     red = explore(_boxes(lambda p, a, c, w: True), stop_at_first=False)
+    assert (red.states, red.transitions, red.search) == (5, 4, "partial-order reduced")
+
+
+def test_a_custom_step_whose_wait_writes_conflicts_with_everything():
+    # Its enabled() writes (the same value back, here): the watch cannot
+    # bound what a predicate with side effects changes.
+    red = explore(_boxes(lambda p, a, c, w: (setattr(p, "v", p.v), True)[1]),
+                  stop_at_first=False)
     assert (red.states, red.transitions, red.search) == (9, 12, "full")
 
 

@@ -88,7 +88,8 @@ class _Rec:
 
     __slots__ = ("key", "op", "result", "parent", "recv", "pool", "memo", "closed",
                  "touch", "tainted", "fp", "learned", "base_fp", "simple", "pure", "done",
-                 "enabled", "origin", "cont", "opm", "auto", "static", "seen_op")
+                 "enabled", "origin", "cont", "opm", "auto", "static", "seen_op", "pred",
+                 "watch_pred")
 
     def __init__(self, key, op, result, parent, recv):
         self.key = key
@@ -116,6 +117,8 @@ class _Rec:
         self.auto = False         # its footprint is what its runs were seen to touch
         self.static = None        # the footprint its primitive or a declaration gives
         self.seen_op = None       # what its runs were seen to touch (auto), None: not yet
+        self.pred = None          # what its enabled() was seen to read (auto), None: not yet
+        self.watch_pred = False   # auto, and it may block: watch its enabled() too
 
 
 class _Keyed:
@@ -154,6 +157,7 @@ class _MemoEngine:
         self._ample: dict = {}        # (actor states, runnable) -> actors to step
         self._ample_gen = -1
         self.reducer = None           # the Reducer of a reduced search running, else None
+        self.grew = False             # a footprint grew since the search last looked
         self.demoted = 0              # local states whose step became live (see _demote)
         self.varying: set = set()     # world attributes some state changed
         self.assumed: set = set()     # world attributes read between steps, taken as constant
@@ -270,9 +274,11 @@ class _MemoEngine:
             elif rec.closed:
                 rec.opm = _Keyed(())
             declared = None if tainted else declared_footprint(op)
-            if declared is None and rec.closed and op.enabled is None:
-                # Nothing says what it touches: watch it (see _run_op).
+            if declared is None and rec.closed:
+                # Nothing says what it touches: watch it (see _run_op and
+                # _runnable_now, which watches what a blocking step waits on).
                 rec.auto = True
+                rec.watch_pred = op.enabled is not None
                 rec.base_fp = None
             else:
                 rec.static = EVERYTHING if tainted else op_footprint(op)
@@ -648,6 +654,8 @@ class _MemoEngine:
     def _set_base(self, i, rec):
         """The step's footprint: its own (given, or seen) and its continuation's."""
         own = rec.seen_op if rec.auto else rec.static
+        if own is not None and rec.auto and rec.watch_pred:
+            own = None if rec.pred is None else own.union(rec.pred)
         if own is None:
             rec.base_fp = None            # not run yet: see _footprint_of
             return
@@ -661,7 +669,7 @@ class _MemoEngine:
 
     def _refootprint(self, i, rec):
         # The step's footprint grew: a reduced search that has already counted
-        # on the smaller one starts over (see the package docstring).
+        # on the smaller one expands its reduced states fully (``grew``).
         rec.fp = None
         rec.learned = False
         self._ample.clear()
@@ -669,9 +677,8 @@ class _MemoEngine:
         if reducer is not None:
             rec.fp = reducer.effective(rec.base_fp)
             rec.learned = True
-            grew = reducer.learn(i, rec.fp)
-            if grew and self.res.reduced_expansions:
-                raise _Restart
+            reducer.learn(i, rec.fp)
+            self.grew = True
 
     def _step_live(self, i, rec, payload):
         # A step that may change the actor's own objects: run it from a live
@@ -840,10 +847,37 @@ class _MemoEngine:
         for rec in recs:
             if not rec.done:
                 en = rec.enabled
-                if en is None or en[0](en[1], en[2], letters[j], w):
+                if en is None:
+                    out.append(j)
+                elif rec.watch_pred:
+                    if self._watched_enabled(j, rec):
+                        out.append(j)
+                elif en[0](en[1], en[2], letters[j], w):
                     out.append(j)
             j += 1
         return tuple(out)
+
+    def _watched_enabled(self, i, rec) -> bool:
+        """Evaluate the enabled() of ``rec``'s step watched, learning what it reads."""
+        en = rec.enabled
+        watch = self.watch
+        watch.start()
+        try:
+            ok = en[0](en[1], en[2], self.letters[i], self.world)
+        finally:
+            seen = watch.stop()
+        if not watch.ok:
+            seen = _UNSEEN
+        kind, _touched, fp = self._classify(seen)
+        if kind == "dirty" or fp.writes:
+            # It reads what the watch cannot see, or writes: anything.
+            rec.watch_pred = rec.auto = False
+            rec.static = EVERYTHING
+            self._set_base(i, rec)
+        elif rec.pred is None or not rec.pred.covers(fp):
+            rec.pred = fp if rec.pred is None else rec.pred.union(fp)
+            self._set_base(i, rec)
+        return bool(ok)
 
     def verdict(self, key):
         """(violation or None, every actor finished) for the state just reached."""
@@ -932,7 +966,9 @@ class _MemoEngine:
             ps, saved, ekey = payload[0], payload[1], payload[2]
             self._load(ps, saved)
             try:
-                out = self._run_op(i, rec, ps, saved, ekey)
+                if rec.watch_pred and rec.pred is None:
+                    self._watched_enabled(i, rec)
+                out = self._run_op(i, rec, ps, saved, ekey) if rec.seen_op is None else 0
             except Exception:       # the search meets it, if it matters
                 out = None
             if rec.base_fp is None or type(out) is str or out is None:

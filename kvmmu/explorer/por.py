@@ -38,7 +38,7 @@ _RUN_MODES = {
     _srcu_read_lock: "s", _srcu_read_unlock: "s", _srcu_sync_begin: "w", _srcu_sync_end: "r",
 }
 _BUILTIN_ENABLED = frozenset({None, _lock_free, _rw_no_writer, _rw_unheld, _srcu_sync_done})
-_EXACT_BUILTINS = frozenset({Word, SpinLock, Mutex, RWLock, SRCU, RCU})
+_BUILTIN_CLASSES = (SpinLock, RWLock, SRCU)     # Mutex is a SpinLock, RCU an SRCU
 _OWN: dict = {}      # (primitive name, mode) -> its footprint
 
 
@@ -73,8 +73,8 @@ def declared_footprint(op) -> Footprint | None:
         return fp
     prim = op.prim
     if prim is None:
-        if op.run is _noop:
-            return op_footprint(op)
+        if op.run is _noop and op.enabled is None:
+            return NOTHING                # a bare yield
         return None
     if op.run in _RUN_MODES and op.enabled in _BUILTIN_ENABLED:
         return op_footprint(op)
@@ -94,7 +94,9 @@ def enablers(op, letter: str, world, index: dict):
         return "writers"                  # the caller knows who may write what it reads
     if prim is None:
         return None
-    if type(prim) in _EXACT_BUILTINS:
+    if en in _BUILTIN_ENABLED and isinstance(prim, _BUILTIN_CLASSES):
+        # The built-in enabled() functions read only the lock's or domain's
+        # own fields, whatever a subclass renames (IRQs off is an RCU).
         if en is _lock_free:
             return _held_by(prim.holder, letter, index)
         if en is _rw_no_writer:

@@ -282,6 +282,7 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
     res = Result(scenario, order, preemption_bound, max_steps)
     engine.res = res
     engine.reducer = reducer
+    engine.grew = False
     res.method = engine.method
     res.reduced = reducer is not None
     letters = scenario.letters
@@ -368,8 +369,8 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
                     if fp is not None:
                         # A step outside the actor's lifetime footprint: the
                         # states reduced so far may have relied on it.
-                        if reducer.learn(i, fp) and res.reduced_expansions:
-                            raise _Restart
+                        if reducer.learn(i, fp):
+                            engine.grew = True
                         engine.mark_learned(i)
                 status = classify(k, (node, letters[i]))
                 if status == EXPAND:
@@ -393,6 +394,25 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
             children.append((node, depth + 1, k, i, cost, payload_of()))
         return old
 
+    reduced = []         # (node, the actors stepped there) of the states reduced so far
+    ever = False
+
+    def complete():
+        # A footprint grew: the states reduced so far may have relied on the
+        # smaller one.  Expanding them fully now is always allowed, and what
+        # is reduced from here on uses the grown footprint.
+        while engine.grew and not stop:
+            engine.grew = False
+            done, reduced[:] = list(reduced), []
+            for node, who in done:
+                rest = [j for j in node[5][4] if j not in who]
+                extra = []
+                expand(node, rest, extra)
+                frontier.extend(extra)
+                if stop:
+                    break
+            res.reduced_expansions = 0
+
     while frontier and not stop:
         node = frontier.popleft() if bfs else frontier.pop()
         if node[1] >= max_steps:
@@ -406,21 +426,25 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
             ample = engine.ample(node[5], reducer)
             if len(ample) < len(runnable):
                 who = ample
-        if who is not runnable:
-            # Counted first: a footprint that grows while this reduced state
-            # is expanded makes the search start over (see memo._Restart).
-            res.reduced_expansions += 1
         old = expand(node, who, children)
-        if who is not runnable and old and not stop:
-            # The cycle proviso: a reduced state whose successors are not all
-            # new is expanded fully (see the package docstring).
-            res.reduced_expansions -= 1
-            expand(node, [j for j in runnable if j not in who], children)
+        if who is not runnable:
+            if old and not stop:
+                # The cycle proviso: a reduced state whose successors are not
+                # all new is expanded fully (see the package docstring).
+                expand(node, [j for j in runnable if j not in who], children)
+            else:
+                res.reduced_expansions += 1
+                reduced.append((node, who))
+                ever = True
         frontier.extend(children)
+        if engine.grew:
+            complete()
     res.exhaustive = not stop
     res.states = len(seen)
-    # A reduced search that reduced no state is the full search, state for state.
-    res.reduced = res.reduced_expansions > 0
+    # A reduced search that reduced no state is the full search, state for
+    # state (one that expanded its reduced states fully afterwards reached
+    # the same states, in another order: its violations are re-derived too).
+    res.reduced = ever
     res.demoted = engine.demoted
     res.seconds = time.perf_counter() - started
     if record_states:
