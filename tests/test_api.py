@@ -51,6 +51,14 @@ ANY_INT = {
     "kvmmu.errno.ret_pf_name": "names any return value (unknown ones as numbers)",
 }
 
+#: Exports whose string arguments are free text (a label, a name): only non-strings are bad.
+ANY_TEXT = {
+    "kvmmu.explorer.world.step": "a step's label is any non-empty text",
+    "kvmmu.explorer.footprint.location": "a name is a location (a world attribute)",
+    "kvmmu.explorer.footprint.from_hook": "what labels the messages; None answers 'everything'",
+    "kvmmu.explorer.fpcheck.FootprintCheck": "the scenario's name is any non-empty text",
+}
+
 #: Arguments for which None is a valid value (the kernel's NULL), by export.
 ALLOWS_NONE = {
     "kvmmu.kvm_host.gfn_to_hva_memslot_prot": {"slot"},     # no slot: KVM_HVA_ERR_BAD
@@ -121,6 +129,7 @@ class _Wrong:
 
 BAD = st.sampled_from([-1, 1 << 64, 1.5, "x", None, _Wrong()])
 BAD_NOT_INT = st.sampled_from([1.5, "x", None, _Wrong()])
+BAD_NOT_STR = st.sampled_from([-1, 1 << 64, 1.5, None, _Wrong()])
 
 
 def _call(obj, args):
@@ -154,7 +163,8 @@ def test_every_export_refuses_all_bad_arguments(key, obj, data):
     params = _required(obj)
     if not params:
         pytest.skip("no required argument to make bad")
-    args = [data.draw(BAD_NOT_INT if key in ANY_INT else BAD) for _ in params]
+    bad = BAD_NOT_INT if key in ANY_INT else BAD_NOT_STR if key in ANY_TEXT else BAD
+    args = [data.draw(bad) for _ in params]
     problem = _bad_call_refused(key, obj, args)
     assert problem is None, problem
 

@@ -32,7 +32,7 @@ from collections import deque
 from .footprint import EVERYTHING, Footprint, conflict, declared, writes_into
 from .memo import _UNSEEN, _MemoEngine, _Restart
 from .ops import Violation
-from .por import Reducer, enablers
+from .por import _enablers_of, _Reducer
 from .scenario import Scenario
 
 __all__ = ["FootprintCheck", "check_footprints"]
@@ -42,6 +42,8 @@ class FootprintCheck:
     """What :func:`check_footprints` found: ``problems`` (text) and what it checked."""
 
     def __init__(self, scenario: str):
+        if not isinstance(scenario, str) or not scenario:
+            raise ValueError(f"scenario must be the scenario's name, got {scenario!r}")
         self.scenario = scenario
         self.problems: list[str] = []
         self.states = 0
@@ -85,7 +87,7 @@ def check_footprints(scenario: Scenario, max_states: int = 2000,
 def _check(sc, max_states, max_steps):
     from .search import Result
     engine = _MemoEngine(sc)
-    reducer = Reducer(sc)
+    reducer = _Reducer(sc)
     engine.res = Result(sc, "bfs", None, max_steps)
     engine.reducer = reducer
     out = FootprintCheck(sc.name)
@@ -199,7 +201,7 @@ def _commute(engine, payload, a, b, after, out):
 def _stays_blocked(engine, payload, j, fps, after, out):
     rec = payload[3][j]
     engine._load(payload[0], payload[1])
-    who = enablers(rec.op, engine.letters[j], engine.world, engine.sc._index)
+    who = _enablers_of(rec.op, engine.letters[j], engine.world, engine.sc._index)
     for k, (_key, pk) in after.items():
         if j not in pk[4]:
             continue

@@ -19,6 +19,8 @@ from __future__ import annotations
 from .primitives import _Primitive
 from .world import _WORLD_INTERNALS, _only_primitives
 
+__all__ = []
+
 _SEEN: list = []       # what the code being watched touched: (verb, "world" | primitive, name)
 _CLASSES: dict = {}    # original class -> watching subclass (None: cannot be watched)
 _REFERENCE_FIELDS = frozenset({"name", "world", "__dict__", "__weakref__"})
@@ -104,7 +106,7 @@ def _watcher(obj):
     return w
 
 
-class Watch:
+class _Watch:
     """Switch ``world`` and ``prims`` to watching classes; ``stop()`` switches back.
 
     ``ok`` is False when some object cannot be watched (its class cannot be

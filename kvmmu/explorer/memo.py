@@ -43,18 +43,20 @@ from . import freeze as _freeze_mod
 from .footprint import EVERYTHING, NOTHING, Footprint
 from .frames import _FRAMES_OK, _gen_key
 from .freeze import _freeze
-from .guard import Watch
+from .guard import _Watch
 from .ops import Op, Violation, _Diverged
-from .por import _RUN_MODES, _BUILTIN_ENABLED, declared_footprint, enablers, op_footprint
+from .por import _BUILTIN_ENABLED, _RUN_MODES, _declared_footprint, _enablers_of, _op_footprint
 from .primitives import _Primitive
 from .run import _as_op, _final_verdict, _first_line
 from .world import _WORLD_INTERNALS, World, _immutable
+
+__all__ = []
 
 _DIRTY = object()       # the live world's plain attributes are in no known state
 
 
 class _Unwatched:
-    """A Watch that watches nothing (for steps whose code is run live anyway)."""
+    """A _Watch that watches nothing (for steps whose code is run live anyway)."""
 
     ok = True
 
@@ -156,7 +158,7 @@ class _MemoEngine:
         self.finals: dict = {}        # state key -> final verdict (final checks run once)
         self._ample: dict = {}        # (actor states, runnable) -> actors to step
         self._ample_gen = -1
-        self.reducer = None           # the Reducer of a reduced search running, else None
+        self.reducer = None           # the _Reducer of a reduced search running, else None
         self.grew = False             # a footprint grew since the search last looked
         self.demoted = 0              # local states whose step became live (see _demote)
         self.varying: set = set()     # world attributes some state changed
@@ -177,7 +179,7 @@ class _MemoEngine:
         self.prims = list(w._prims)
         self.prim_index = {id(p): k for k, p in enumerate(self.prims)}
         self.prim_by_name = {p.name: k for k, p in enumerate(self.prims)}
-        self.watch = Watch(w, self.prims)
+        self.watch = _Watch(w, self.prims)
         self.watch.stop()
         # Attributes the world leaves out of its state (``_extras``) are never
         # saved or restored, so they cannot change: configuration and handles.
@@ -261,7 +263,7 @@ class _MemoEngine:
             rec.closed = True
             rec.op = op
             rec.touch = self.prim_index.get(id(op.prim), -1)
-            rec.base_fp = rec.static = op_footprint(op)
+            rec.base_fp = rec.static = _op_footprint(op)
         else:
             shared = self._shared_ids()
             rec.tainted = tainted
@@ -273,7 +275,7 @@ class _MemoEngine:
                 rec.touch = self.prim_index.get(id(op.prim), -1)
             elif rec.closed:
                 rec.opm = _Keyed(())
-            declared = None if tainted else declared_footprint(op)
+            declared = None if tainted else _declared_footprint(op)
             if declared is None and rec.closed:
                 # Nothing says what it touches: watch it (see _run_op and
                 # _runnable_now, which watches what a blocking step waits on).
@@ -281,7 +283,7 @@ class _MemoEngine:
                 rec.watch_pred = op.enabled is not None
                 rec.base_fp = None
             else:
-                rec.static = EVERYTHING if tainted else op_footprint(op)
+                rec.static = EVERYTHING if tainted else _op_footprint(op)
                 rec.base_fp = rec.static
         if rec.op is not None and rec.op.enabled is not None:
             rec.enabled = (rec.op.enabled, rec.op.prim, rec.op.args)
@@ -917,7 +919,7 @@ class _MemoEngine:
 
     # -- what the reduction needs ------------------------------------------
     def ample(self, payload, reducer):
-        """The actors the reduced search steps in ``payload``'s state (see ``Reducer.ample``)."""
+        """The actors the reduced search steps in ``payload``'s state (see ``_Reducer.ample``)."""
         recs, run = payload[3], payload[4]
         ck = (recs, run)
         amp = self._ample.get(ck)
@@ -949,7 +951,7 @@ class _MemoEngine:
         w, letters, index = self.world, self.letters, self.sc._index
 
         def nes(j):
-            return enablers(recs[j].op, letters[j], w, index)
+            return _enablers_of(recs[j].op, letters[j], w, index)
         return status, fps, nes
 
     def _footprint_of(self, i, rec, payload, reducer):

@@ -21,11 +21,13 @@ from collections import deque
 from ..checks import check_bool, check_choice, check_int
 from .memo import _MemoEngine, _Restart
 from .ops import _Diverged
-from .por import Reducer
+from .por import _Reducer
 from .replay import _ReplayEngine
 from .scenario import Scenario
 from .snapshot import _SnapshotEngine
 from .trace import Trace, run_schedule
+
+__all__ = ["METHODS", "Result", "explore"]
 
 METHODS = ("snapshot", "snapshot-legacy", "replay")
 
@@ -34,6 +36,13 @@ class Result:
     """The outcome of ``explore``: verdict, counterexample, counts."""
 
     def __init__(self, scenario, order, preemption_bound, max_steps):
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+        if order not in ("bfs", "dfs"):
+            raise ValueError(f"order must be 'bfs' or 'dfs', got {order!r}")
+        if preemption_bound is not None:
+            check_int("preemption_bound", preemption_bound, 0)
+        check_int("max_steps", max_steps, 1)
         self.scenario = scenario.name
         self.order = order
         self.preemption_bound = preemption_bound
@@ -184,7 +193,7 @@ def _explore_memo(args, reduce: bool) -> Result:
     engine = _MemoEngine(args[0])
     if not reduce:
         return _finish(_until_done(engine, args, None), args[0], True, args[2])
-    reducer = Reducer(args[0])
+    reducer = _Reducer(args[0])
     _probe(engine, reducer, args[0], args[2])
     res = _until_done(engine, args, reducer)
     if not res.violations or not res.reduced:
@@ -205,7 +214,7 @@ def _reduced_search(scenario, *, stop_at_first=False, order="bfs", max_steps=100
     """The partial-order reduced search alone, its violations not re-derived (for the tests)."""
     args = (scenario, None, max_steps, stop_at_first, order, max_states, record_states)
     engine = _MemoEngine(scenario)
-    reducer = Reducer(scenario)
+    reducer = _Reducer(scenario)
     _probe(engine, reducer, scenario, max_steps)
     return _finish(_until_done(engine, args, reducer), scenario, True, max_steps)
 
