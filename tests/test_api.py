@@ -40,6 +40,7 @@ ACCEPTS_ANYTHING = {
     "kvmmu.checks.check_bool": "an argument checker", "kvmmu.checks.check_name": "an argument checker",
     "kvmmu.checks.check_choice": "an argument checker",
     "kvmmu.mmu.describe_found_slot": "None is 'no slot' (a lookup that found none)",
+    "kvmmu.exercises.base.show_value": "shows any parameter value as text",
 }
 
 
@@ -49,14 +50,6 @@ ANY_INT = {
     "kvmmu.bits.c_int": "a C cast: any int folds to 32 bits",
     "kvmmu.errno.errno_name": "names any return value (unknown ones as numbers)",
     "kvmmu.errno.ret_pf_name": "names any return value (unknown ones as numbers)",
-}
-
-#: Exports whose string arguments are free text (a label, a name): only non-strings are bad.
-ANY_TEXT = {
-    "kvmmu.explorer.world.step": "a step's label is any non-empty text",
-    "kvmmu.explorer.footprint.location": "a name is a location (a world attribute)",
-    "kvmmu.explorer.footprint.from_hook": "what labels the messages; None answers 'everything'",
-    "kvmmu.explorer.fpcheck.FootprintCheck": "the scenario's name is any non-empty text",
 }
 
 #: Arguments for which None is a valid value (the kernel's NULL), by export.
@@ -129,7 +122,14 @@ class _Wrong:
 
 BAD = st.sampled_from([-1, 1 << 64, 1.5, "x", None, _Wrong()])
 BAD_NOT_INT = st.sampled_from([1.5, "x", None, _Wrong()])
+#: For a parameter annotated ``str``, "x" is a good value, not a bad one.
 BAD_NOT_STR = st.sampled_from([-1, 1 << 64, 1.5, None, _Wrong()])
+
+
+def _bad_strategy(key, param):
+    if param.annotation in (str, "str"):
+        return BAD_NOT_STR
+    return BAD_NOT_INT if key in ANY_INT else BAD
 
 
 def _call(obj, args):
@@ -163,8 +163,7 @@ def test_every_export_refuses_all_bad_arguments(key, obj, data):
     params = _required(obj)
     if not params:
         pytest.skip("no required argument to make bad")
-    bad = BAD_NOT_INT if key in ANY_INT else BAD_NOT_STR if key in ANY_TEXT else BAD
-    args = [data.draw(bad) for _ in params]
+    args = [data.draw(_bad_strategy(key, p)) for p in params]
     problem = _bad_call_refused(key, obj, args)
     assert problem is None, problem
 
