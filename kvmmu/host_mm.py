@@ -252,6 +252,11 @@ class HostMemory(Primitive):
     __slots__ = ("pages", "big", "words", "_next_table", "_next_data", "bad_reads",
                  "reads", "_cache")
     _sealed = True
+    #: not state: the log of reads (for figures) and the snapshot cache
+    _fixed_fields = ("reads", "_cache")
+    #: the explorer's footprint locations: data words and bad reads apart
+    #: from the pages and tables (the rest of the memory)
+    _field_locations = {"words": ("words",), "bad_reads": ("bad_reads",)}
 
     def __init__(self, world, name: str = "host memory"):
         super().__init__(world, name)

@@ -156,6 +156,25 @@ class VcpuTlbs(Primitive):
     def _why_blocked(self, kind, args, cpu):  # pragma: no cover - never blocks
         return "never blocks"
 
+    #: A flush of at most this many gfns names each entry it may drop.
+    _FLUSH_ENTRIES = 64
+
+    def _footprint(self, kind, args):
+        # An access reads the vCPU's root (the vCPUs' state), walks the live
+        # EPT on a miss and fills one entry of its own TLB; a flush drops the
+        # range's entries from every vCPU's TLB.
+        if kind == "access":
+            vcpu, gfn, _write = args
+            w = self.world
+            sources = [getattr(w, "vcpu_state", None), getattr(w, "ept", None)]
+            if not all(isinstance(p, Primitive) for p in sources):
+                return None          # a world that answers vcpu_root()/translate() otherwise
+            return sources, [(self, vcpu, gfn)]
+        start, n = args
+        if n > self._FLUSH_ENTRIES:
+            return (), [self]
+        return (), [(self, v, g) for v in range(len(self.tlb)) for g in range(start, start + n)]
+
 
 def _tlb_access(tlbs, args, cpu, world):
     return tlbs.lookup(*args)

@@ -318,7 +318,7 @@ def bookkeeping_ok(kvm: Kvm, results=None) -> bool | str:
 
 
 def _checks(**kw) -> dict:
-    return dict(invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
+    return dict(invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation, reads=("TLBs", "EPT"))],
                 final_check=bookkeeping_ok, **kw)
 
 
