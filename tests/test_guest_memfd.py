@@ -14,7 +14,6 @@ from kvmmu import guest_memfd as G
 from kvmmu import guest_memfd_rfc as R
 from kvmmu.cpu import ModelHang, run_alone
 from kvmmu.errno import EAGAIN, EFAULT, RET_PF_FIXED
-from kvmmu.exercises.guest_memfd import KINDS, problem
 from kvmmu.kvm_main import kvm_create_vm
 from kvmmu.scenarios import guest_memfd as S
 from kvmmu.viz import guest_memfd as V
@@ -496,33 +495,6 @@ def test_console_says_when_an_action_would_wait_forever():
     v = V.folio_console(crashed, "share again")
     assert not v.ok and "would wait forever" in v.message and v.state == crashed
     assert "OOPS" in dict(v.fields)
-
-
-# ---------------------------------------------------------------- exercises
-@pytest.mark.parametrize("seed", range(25))
-def test_problems_are_reproducible_and_computed(seed):
-    p = problem(seed)
-    assert p.question.startswith(f"Seed {seed}:")
-    assert p.kind in KINDS
-    assert problem(seed) == p
-    assert "Answer:" in p.solution() or "kvm_slot_gmem_register_callback ->" in p.solution()
-
-
-def test_sequence_problem_answer_matches_replay():
-    from kvmmu.exercises.guest_memfd import _describe
-    for seed in range(40):
-        p = problem(seed, "sequence")
-        actions = p.question.split("actions: ", 1)[1].split(". What", 1)[0].split(", ")
-        order = int(p.question.split("order-", 1)[1].split(" ", 1)[0])
-        kvm = S.replay(actions, size=1 << order, order=order)
-        assert p.solution().endswith(f"Answer: {_describe(kvm)}.")
-
-
-def test_problem_bad_input():
-    with pytest.raises(TypeError, match="seed"):
-        problem("7")
-    with pytest.raises(ValueError, match="kind"):
-        problem(7, "essay")
 
 
 # ---------------------------------------------------------------- figures
