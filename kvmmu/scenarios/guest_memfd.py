@@ -50,7 +50,8 @@ __all__ = [
     "INVARIANTS", "check_invariants", "at_baseline", "guest_mapped", "host_unpin",
     "host_refault_then_release", "host_munmap", "speculative_ref", "unshare",
     "register_only", "unshare_waiting", "vcpu_fault", "punch", "share_again",
-    "ends_private", "ends_truncated", "explore_outcomes", "scenario_naive_unshare",
+    "ends_private", "ends_truncated", "explore_outcomes", "verdict", "check_all",
+    "scenario_naive_unshare",
     "scenario_pin", "scenario_comment", "scenario_speculative",
     "scenario_host_fault_during_none", "scenario_truncate_pending",
     "scenario_share_again_vs_final_put", "SCENARIOS",
@@ -654,6 +655,34 @@ def explore_outcomes(scenario: Scenario, **kwargs):
                        scenario.invariants, record, scenario.description)
     result = explore(wrapped, **kwargs)
     return result, sorted(seen, key=repr)
+
+
+def verdict(result) -> str:
+    """What an exhaustive check found: ``"holds"``, or the names of what broke."""
+    if not hasattr(result, "violations") or not hasattr(result, "exhaustive"):
+        raise TypeError(f"result must be an explorer Result, "
+                        f"got {type(result).__name__}")
+    return ", ".join(name for name, _schedule in result.violations) or "holds"
+
+
+def check_all(names=None) -> list[tuple]:
+    """Explore each check of :data:`SCENARIOS` (or ``names``), every interleaving.
+
+    Returns ``(name, entry, cpus, result)`` per check, in registry order;
+    every search runs to the end (``stop_at_first=False``).
+    """
+    if names is None:
+        names = list(SCENARIOS)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError("names must be a list of the chapter's check names")
+    for name in names:
+        check_choice("names", name, tuple(SCENARIOS))
+    out = []
+    for name in names:
+        sc = SCENARIOS[name].build()
+        out.append((name, SCENARIOS[name], len(sc.actors),
+                    explore(sc, stop_at_first=False)))
+    return out
 
 
 def _plain(v):
