@@ -34,6 +34,9 @@ import lite  # noqa: E402
 CLICKS = {
     "book/ch01_spte_format.ipynb": (".kvmmu-spte-widget .kvmmu-spte-bit-11",
                                     ".kvmmu-spte-widget .kvmmu-spte-out"),
+    # Each GUP reference raises the count, so every click changes the text.
+    "book/ch04_guest_memfd_folio_put.ipynb": (".kvmmu-folio-widget .kvmmu-folio-get-ref",
+                                              ".kvmmu-folio-widget .kvmmu-folio-out"),
 }
 CLICK_REPEATS = 20
 WIDGET = ".jp-CodeConsole .jp-OutputArea-output .jupyter-widgets"
