@@ -48,7 +48,7 @@ _DROPS = (("host unmap", "pte"), ("put ref", "gup:host"), ("spec put", "spec:S")
 
 
 @dataclass(frozen=True)
-class CountField(IntField):
+class _CountField(IntField):
     """A count (a refcount, a mapcount): shown and explained in decimal."""
 
     def form_error(self, value):
@@ -65,14 +65,14 @@ class CountField(IntField):
 
 SEQUENCE_FORM = AnswerForm((
     ChoiceField("state", "offset 0's mappability state", STATES),
-    CountField("refcount", "the folio's count: who holds it?", 0, 64),
-    CountField("mapcount", "the host's mappings of the folio", 0, 16),
+    _CountField("refcount", "the folio's count: who holds it?", 0, 64),
+    _CountField("mapcount", "the host's mappings of the folio", 0, 16),
     BoolField("pending", "the guestmem type is set, a callback pending"),
 ))
 REGISTER_FORM = AnswerForm((
     ChoiceField("ret", "what the register call returns", ("0", "-EAGAIN")),
     BoolField("pending", "a callback is pending afterwards"),
-    CountField("refcount", "the folio's count afterwards", 0, 64),
+    _CountField("refcount", "the folio's count afterwards", 0, 64),
 ))
 
 
