@@ -234,4 +234,5 @@ INTERACTIONS = {
 LIVE_INTERACTIONS = {
     "book/ch01_spte_format.ipynb": spte_decoder,
     "book/ch03_frozen_spte_flush.ipynb": race_player,
+    "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
 }

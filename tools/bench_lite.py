@@ -37,6 +37,9 @@ CLICKS = {
                                     ".kvmmu-spte-widget .kvmmu-spte-out"),
     "book/ch03_frozen_spte_flush.ipynb": (".kvmmu-race-widget .kvmmu-race-step-a",
                                           ".kvmmu-race-widget .kvmmu-race-out", 12),
+    # Each GUP reference raises the count, so every click changes the text.
+    "book/ch04_guest_memfd_folio_put.ipynb": (".kvmmu-folio-widget .kvmmu-folio-get-ref",
+                                              ".kvmmu-folio-widget .kvmmu-folio-out"),
 }
 CLICK_REPEATS = 20
 WIDGET = ".jp-CodeConsole .jp-OutputArea-output .jupyter-widgets"
