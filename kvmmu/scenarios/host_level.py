@@ -842,7 +842,7 @@ class _CheckRow(NamedTuple):
 
 
 def verdicts(names=None) -> list:
-    """Explore each scenario of ``names`` (default: all): one row (a named tuple) each.
+    """Explore each scenario of ``names`` (default: all): one named tuple per row.
 
     A holding scenario is explored exhaustively; a violated one until its
     shortest counterexample (the explorer's default).
