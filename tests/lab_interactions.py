@@ -230,4 +230,5 @@ INTERACTIONS = {
 #: and how to operate it: the same interaction as in JupyterLab, on the live REPL's frame.
 LIVE_INTERACTIONS = {
     "book/ch01_spte_format.ipynb": spte_decoder,
+    "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
 }
