@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .checks import check_bool, check_int
+from .cpu import check_vm
 from .explorer import Op, Primitive
 from .levels import KVM_PAGES_PER_HPAGE, PG_LEVEL_4K, gfn_round_for_level
 from .memslots import KvmMemorySlot
@@ -38,12 +39,22 @@ __all__ = ["TlbEntry", "VcpuTlbs", "kvm_flush_remote_tlbs_range", "kvm_flush_rem
 _GFN_MAX = (1 << 40) - 1
 
 
-class TlbEntry(NamedTuple):
-    """A cached translation: the host pfn, the leaf SPTE it was read from, its root."""
-
+class _TlbEntryFields(NamedTuple):
     pfn: int
     spte: int
     root: int = 0
+
+
+class TlbEntry(_TlbEntryFields):
+    """A cached translation: the host pfn, the leaf SPTE it was read from, its root."""
+
+    __slots__ = ()
+
+    def __new__(cls, pfn: int, spte: int, root: int = 0):
+        check_int("pfn", pfn, 0, (1 << 40) - 1)
+        check_int("spte", spte, 0, (1 << 64) - 1)
+        check_int("root", root, 0, (1 << 40) - 1)
+        return super().__new__(cls, pfn, spte, root)
 
     def __repr__(self):
         return f"pfn {self.pfn:#x}"
@@ -187,6 +198,8 @@ def kvm_flush_remote_tlbs_gfn(kvm, gfn: int, level: int):
 
     Models: arch/x86/kvm/mmu/mmu_internal.h: kvm_flush_remote_tlbs_gfn()
     """
+    check_vm("kvm", kvm)
+    check_int("gfn", gfn, 0, (1 << 52) - 1)
     check_int("level", level, PG_LEVEL_4K, 5)
     yield from kvm_flush_remote_tlbs_range(kvm, gfn_round_for_level(gfn, level),
                                            KVM_PAGES_PER_HPAGE(level))
