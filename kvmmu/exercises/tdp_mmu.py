@@ -235,7 +235,7 @@ def problem(seed: int, kind: str | None = None) -> Problem:
     return _MAKERS[drawn](seed, rng)
 
 
-def breaks_unsafe_zap(schedule, actors: int = 2) -> tuple[bool, str]:
+def breaks_unsafe_zap(schedule: str, actors: int = 2) -> tuple[bool, str]:
     """Check an answer to "find a schedule that breaks the unsafe variant".
 
     Returns ``(True, explanation)`` if running ``schedule`` on the unsafe

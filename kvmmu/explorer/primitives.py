@@ -30,6 +30,9 @@ class _Primitive:
     __slots__ = ("world", "name")
 
     def __init__(self, world: "World", name: str):
+        from .world import World        # here: world.py imports this module
+        if not isinstance(world, World):
+            raise TypeError(f"world must be an explorer World, got {type(world).__name__}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.world = world
