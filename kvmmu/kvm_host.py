@@ -561,7 +561,7 @@ def _lockdep_assert_held(kvm: Kvm, what: str) -> None:
 
 
 def mmu_invalidate_retry_gfn(kvm: Kvm, mmu_seq: int, gfn: int) -> int:
-    """Return 1 if a fault that snapshotted ``mmu_seq`` must retry for ``gfn``; needs mmu_lock.
+    """1 if a fault that took ``mmu_seq`` must retry for ``gfn``; needs mmu_lock.
 
     Models: include/linux/kvm_host.h: mmu_invalidate_retry_gfn()
     """
@@ -654,7 +654,7 @@ def kvm_make_all_cpus_request(kvm: Kvm, req: str) -> None:
 # The invalidation bracket (kvm_main.c, declared for guest_memfd.c and the notifier)
 # ---------------------------------------------------------------------------
 def kvm_mmu_invalidate_begin(kvm: Kvm) -> None:
-    """Start an invalidation: one more in progress; an empty range if it is the first.
+    """Start an invalidation: one more in progress; an empty range for the first.
 
     Models: virt/kvm/kvm_main.c: kvm_mmu_invalidate_begin()
 

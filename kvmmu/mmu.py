@@ -327,8 +327,9 @@ def kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
     _check_vcpu_fault(vcpu, fault)
     kvm = vcpu.kvm
     fault.mmu_seq, private = yield from step(
-        "mmu_seq = mmu_invalidate_seq", lambda: (kvm.mmu_invalidate_seq, fault.slot is not None
-                                                 and kvm_mem_is_private(kvm, fault.gfn)))
+        "mmu_seq = mmu_invalidate_seq",
+        lambda: (kvm.mmu_invalidate_seq,
+                 fault.slot is not None and kvm_mem_is_private(kvm, fault.gfn)))
     # smp_rmb(): the snapshot is taken before anything reads the host (and
     # before the memory attributes are read: the sequence also covers them).
     if fault.is_private != private:
@@ -337,8 +338,9 @@ def kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
         return kvm_handle_noslot_fault(vcpu, fault)
     if fault.slot.flags & KVM_MEMSLOT_INVALID:
         return _invalid_slot_result(vcpu, fault)
-    if (yield from step("mmu_invalidate_retry_gfn_unsafe?", lambda: mmu_invalidate_retry_gfn_unsafe(
-            kvm, fault.mmu_seq, fault.gfn))):
+    if (yield from step("mmu_invalidate_retry_gfn_unsafe?",
+                        lambda: mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq,
+                                                                fault.gfn))):
         return RET_PF_RETRY
     r = yield from __kvm_mmu_faultin_pfn(vcpu, fault)
     if r != RET_PF_CONTINUE:
@@ -346,8 +348,9 @@ def kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
     if is_error_pfn(fault.pfn):
         return kvm_handle_error_pfn(vcpu, fault)
     # Again, only to avoid taking mmu_lock for a fault that will retry anyway.
-    if (yield from step("mmu_invalidate_retry_gfn_unsafe?", lambda: mmu_invalidate_retry_gfn_unsafe(
-            kvm, fault.mmu_seq, fault.gfn))):
+    if (yield from step("mmu_invalidate_retry_gfn_unsafe?",
+                        lambda: mmu_invalidate_retry_gfn_unsafe(kvm, fault.mmu_seq,
+                                                                fault.gfn))):
         yield from kvm_mmu_finish_page_fault(vcpu, fault, RET_PF_RETRY)
         return RET_PF_RETRY
     return RET_PF_CONTINUE
@@ -396,7 +399,8 @@ def kvm_tdp_mmu_page_fault(vcpu: KvmVcpu, fault: KvmPageFault):
         return PfResult(r)
     r = RET_PF_RETRY
     yield from kvm.mmu_lock.read_lock()
-    stale = yield from step("is_page_fault_stale?", lambda: is_page_fault_stale(vcpu, fault))
+    stale = yield from step("is_page_fault_stale?",
+                            lambda: is_page_fault_stale(vcpu, fault))
     if not stale:
         r = yield from kvm_tdp_mmu_map(vcpu, fault)
     yield from kvm.mmu_lock.read_unlock()

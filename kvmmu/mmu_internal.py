@@ -248,7 +248,7 @@ def kvm_mmu_max_mapping_level(kvm, slot: KvmMemorySlot, gfn: int):
 
 @cpu_code
 def kvm_mmu_hugepage_adjust(vcpu, fault: KvmPageFault):
-    """Raise ``fault.goal_level`` as far as the slot and the host allow; align the pfn.
+    """Raise ``fault.goal_level`` as far as the slot and host allow; align the pfn.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_hugepage_adjust()
 
@@ -260,7 +260,8 @@ def kvm_mmu_hugepage_adjust(vcpu, fault: KvmPageFault):
     if not isinstance(fault, KvmPageFault):
         raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
     kvm = vcpu.kvm
-    fault.huge_page_disallowed = fault.exec and fault.nx_huge_page_workaround_enabled
+    fault.huge_page_disallowed = (fault.exec
+                                  and fault.nx_huge_page_workaround_enabled)
     if fault.max_level == PG_LEVEL_4K:
         return
     if fault.pfn is None or fault.slot is None:     # is_error_noslot_pfn()
@@ -275,6 +276,6 @@ def kvm_mmu_hugepage_adjust(vcpu, fault: KvmPageFault):
     mask = KVM_PAGES_PER_HPAGE(fault.goal_level) - 1
     if (fault.gfn & mask) != (fault.pfn & mask):
         # VM_BUG_ON: lpage_info's alignment rule should make this impossible.
-        kvm.warn(f"VM_BUG_ON: gfn {fault.gfn:#x} and pfn {fault.pfn:#x} differ in their "
-                 f"low {mask.bit_length()} bits")
+        kvm.warn(f"VM_BUG_ON: gfn {fault.gfn:#x} and pfn {fault.pfn:#x} differ in "
+                 f"their low {mask.bit_length()} bits")
     fault.pfn = Hex(fault.pfn & ~mask)

@@ -233,6 +233,7 @@ INTERACTIONS = {
 #: and how to operate it: the same interaction as in JupyterLab, on the live REPL's frame.
 LIVE_INTERACTIONS = {
     "book/ch01_spte_format.ipynb": spte_decoder,
+    "book/ch02_host_mapping_level.ipynb": host_mapping_explorer,
     "book/ch03_frozen_spte_flush.ipynb": race_player,
     "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
 }

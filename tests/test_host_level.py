@@ -8,21 +8,22 @@ from kvmmu.cpu import run_alone
 from kvmmu.errno import RET_PF_FIXED
 from kvmmu.explorer import Op, explore, run_schedule
 from kvmmu.exercises.host_level import problem
-from kvmmu.host_mm import (BACKINGS, GUEST_DATA_WORD, __split_huge_pmd, collapse_huge_page,
-                           host_populate, host_translation)
+from kvmmu.host_mm import (BACKINGS, GUEST_DATA_WORD, __split_huge_pmd,
+                           collapse_huge_page, host_populate, host_translation)
 from kvmmu.kvm_host import KvmVcpu
 from kvmmu.kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from kvmmu.levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K
 from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, kvm_mmu_gfn_disallow_lpage, lpage_info_slot
 from kvmmu.mmu import kvm_mmu_do_page_fault, kvm_mmu_reload
-from kvmmu.mmu_internal import (HOST_LEVELS, KvmPageFault, __kvm_mmu_max_mapping_level,
-                                host_pfn_mapping_level, kvm_mmu_hugepage_adjust,
-                                kvm_mmu_max_mapping_level)
+from kvmmu.mmu_internal import (HOST_LEVELS, KvmPageFault,
+                                __kvm_mmu_max_mapping_level, host_pfn_mapping_level,
+                                kvm_mmu_hugepage_adjust, kvm_mmu_max_mapping_level)
 from kvmmu.pferr import PFERR_FETCH_MASK, PFERR_GUEST_FINAL_MASK
 from kvmmu.scenarios import all_scenarios
 from kvmmu.scenarios import host_level as R
-from kvmmu.viz.host_level import (explain_mapping_level, host_mapping_view, host_walk_data,
-                                  host_walk_text, lpage_disallow_reasons)
+from kvmmu.viz.host_level import (explain_mapping_level, host_mapping_view,
+                                  host_walk_data, host_walk_text,
+                                  lpage_disallow_reasons)
 
 GFN = 0x100000
 HVA = 0x7F0000000000
@@ -400,16 +401,37 @@ def test_figure_data_marks_the_entries_each_walk_read():
         host_walk_data(kvm, [5])
 
 
-def test_exercises_are_seeded_and_answered_by_the_model():
-    p = problem(7)
-    assert p.question.startswith("Seed 7:") and p.question == problem(7).question
-    assert problem(8).question != p.question
-    for seed in range(25):
-        q = problem(seed)
-        assert q.solution().split(".")[0] in ("4K", "2M", "1G")
-        assert f"-> {q.solution().split('.')[0]} (RET_PF_FIXED)" in q.solution()
-    with pytest.raises(ValueError, match="seed must be in"):
-        problem(-1)
+def test_figure_is_drawn_for_the_column_and_legible():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvmmu.viz.host_level import host_walk_figure
+    from kvmmu.viz.style import COLUMN_IN, DPI, legibility
+
+    kvm, _ = vm(npages=0x600, populate=False)
+    host_populate(kvm.mm, HVA, 0x200, "2M")
+    host_populate(kvm.mm, HVA + (2 << 20), 0x200, "4K")
+    host_populate(kvm.mm, HVA + (4 << 20), 0x200, "2M")
+    fig = host_walk_figure(kvm, [GFN + 0x123, GFN + 0x345])
+    try:
+        assert (fig.get_figwidth(), fig.dpi) == (COLUMN_IN, DPI)
+        assert legibility(fig) == []
+        assert fig.get_figheight() < 4.5          # no empty band below the tables
+    finally:
+        plt.close(fig)
+
+
+def test_printed_views_fit_the_column():
+    kvm = R.make_host_vm(GFN, 0x400, HVA + 0x1000, "2M", GFN + 0x123, shadowed=True)
+    text = explain_mapping_level(kvm, GFN + 0x123).text()
+    assert max(map(len, text.splitlines())) <= 84 and "disagree modulo 2M" in text
+    decision = explain_mapping_level(kvm, GFN + 0x123)
+    assert len(decision.text(wrap=False).splitlines()) == 1 + len(decision.steps)
+    for view in (host_mapping_view(), host_mapping_view(userspace_addr="0x7f0000000800"),
+                 host_mapping_view(gfn="0x1003ff", backing="4K",
+                                   event="khugepaged collapses the 2M around it")):
+        assert max(map(len, str(view).splitlines())) <= 84
 
 
 def test_split_during_explain():
@@ -439,7 +461,8 @@ def test_exhaustive_verdicts_on_the_snapshot_engine(name):
     assert result.method == "snapshot" and result.note == "", result.note
 
 
-@pytest.mark.parametrize("name", ["walk-rereads", "rule1-vs-migrate", "rule3-zap-vs-split"])
+@pytest.mark.parametrize("name", ["walk-rereads", "walk-twice", "rule1-vs-migrate",
+                                  "rule3-zap-vs-split"])
 def test_snapshot_and_replay_explore_the_same_states(name):
     a = explore(R.SCENARIOS[name].build(), stop_at_first=False)
     b = explore(R.SCENARIOS[name].build(), stop_at_first=False, method="replay")
@@ -504,3 +527,49 @@ def test_scenario_builders_refuse_unknown_variants():
         R.fault_vs_host("rule 1", "swap")
     with pytest.raises(TypeError, match="the world must be a Kvm"):
         next(R.fault_rule1("world"))
+
+
+def test_three_cpu_checks_run_three_actors_on_the_kernel_code():
+    for name, kernel in [("walk-twice", R.walker), ("rule1-twice-vs-migrate", R.fault_rule1),
+                         ("rule2-twice", R.rule2_checked)]:
+        sc = R.SCENARIOS[name].build()
+        assert len(sc.actors) == 3 and sc.actors[0].fn is kernel
+        assert R.OMITS[name] == "nothing"
+    world = R.SCENARIOS["rule1-twice-vs-migrate"].build().world()
+    assert len(world.vcpus) == 2
+    with pytest.raises(ValueError, match="vcpu_id"):
+        next(R.fault_rule1(world, 2))
+
+
+def test_two_faults_both_map_or_retry_and_agree_with_the_host():
+    result, outcomes = R.final_outcomes(R.two_faults_vs_host("migrate"))
+    assert not result.violated and result.exhaustive
+    # Each fault maps the page, finds it mapped (spurious) or retries; never
+    # both spurious, and the host's migration always ends.
+    endings = {(dict(k)["A"], dict(k)["B"]) for k in outcomes}
+    fixed, retry, spurious = "RET_PF_FIXED", "RET_PF_RETRY", "RET_PF_SPURIOUS"
+    assert endings == {(fixed, fixed), (fixed, retry), (fixed, spurious),
+                       (retry, fixed), (retry, retry), (spurious, fixed)}
+
+
+def test_verdicts_table_lists_every_scenario_with_its_expected_verdict():
+    from kvmmu.viz.host_level import verdict_table
+
+    rows = R.verdicts()
+    assert [r.name for r in rows] == list(R.SCENARIOS) == list(R.OMITS)
+    for r in rows:
+        assert r.violated == (R.SCENARIOS[r.name].expect == "violated"), r
+        assert (r.omits == "nothing") == (not r.violated)
+        assert r.cpus == len(R.SCENARIOS[r.name].build().actors)
+    table = verdict_table(rows)
+    assert max(map(len, table.splitlines())) <= 84
+    assert "BAD READ" in table and "STALE MAPPING" in table
+    with pytest.raises(ValueError, match="names"):
+        R.verdicts(["nonsense"])
+
+
+def test_race_tables_show_the_faulting_gfn_and_the_invalidation():
+    bad = explore(R.fault_vs_host("no check", "migrate")).counterexample
+    assert bad.initial["KVM"] == "no leaf" and bad.initial["invalidating"] == "none"
+    assert bad.steps[-1].state["KVM"] == "4K leaf -> pfn 0x40023"
+    assert any(s.state["invalidating"] == "1 on [0x100023, 0x100024)" for s in bad.steps)

@@ -35,6 +35,10 @@ import lite  # noqa: E402
 CLICKS = {
     "book/ch01_spte_format.ipynb": (".kvmmu-spte-widget .kvmmu-spte-bit-11",
                                     ".kvmmu-spte-widget .kvmmu-spte-out"),
+    # Dirty logging on and off: 2M, 4K, 2M, ... (each click changes the view).
+    "book/ch02_host_mapping_level.ipynb": (
+        ".kvmmu-hostlevel-widget .kvmmu-hostlevel-dirty-logging input",
+        ".kvmmu-hostlevel-widget .kvmmu-hostlevel-out"),
     "book/ch03_frozen_spte_flush.ipynb": (".kvmmu-race-widget .kvmmu-race-step-a",
                                           ".kvmmu-race-widget .kvmmu-race-out", 12),
     # Each GUP reference raises the count, so every click changes the text.

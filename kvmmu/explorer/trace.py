@@ -212,7 +212,11 @@ class Trace:
         esc = html.escape
         ncpu = len(self.actors)
         idx = {letter: n for n, (letter, _) in enumerate(self.actors)}
-        td = 'style="border:1px solid #bbb;padding:2px 6px;vertical-align:top"'
+        # Cells wrap, long names included, and a change wraps as a unit where it
+        # can: the table fits the column it is shown in.
+        td = ('style="border:1px solid #bbb;padding:2px 6px;vertical-align:top;'
+              'overflow-wrap:anywhere"')
+        pair = '<span style="display:inline-block">{}: {}</span>'
         mono = "font-family:monospace;font-size:85%"
         out = [f'<table class="kvmmu-trace" style="border-collapse:collapse;width:100%;'
                f'table-layout:auto;{mono}">',
@@ -220,15 +224,14 @@ class Trace:
                + "".join(f"<th {td}>CPU {n} ({esc(letter)}): {esc(title)}</th>"
                          for n, (letter, title) in enumerate(self.actors))
                + f"<th {td}>changes</th></tr></thead><tbody>"]
-        init = "; ".join(f'<span style="white-space:nowrap">{esc(k)}: {esc(str(v))}</span>'
+        init = "; ".join(pair.format(esc(k), esc(str(v)))
                          for k, v in _items(self.initial, columns))
         out.append(f'<tr><td {td} colspan="{ncpu + 2}"><i>At the beginning:</i> {init}</td></tr>')
         for n, actor, label, changes in self.rows(columns):
             bg = ' style="background:#fdd"' if n - 1 == self.violation_step else ""
             cells = [f"<td {td}></td>"] * ncpu
             cells[idx[actor]] = f"<td {td}>{esc(label)}</td>"
-            ch = "; ".join(f'<span style="white-space:nowrap">{esc(k)}: {esc(str(v))}</span>'
-                           for k, v in changes)
+            ch = "; ".join(pair.format(esc(k), esc(str(v))) for k, v in changes)
             out.append(f"<tr{bg}><td {td}>{n}</td>" + "".join(cells) + f"<td {td}>{ch}</td></tr>")
         color = "#b00" if self.violation is not None else "#060"
         out.append(f'<tr><td {td} colspan="{ncpu + 2}"><b style="color:{color}">'

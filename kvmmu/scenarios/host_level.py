@@ -2,11 +2,12 @@
 
 Every scenario here runs on a :class:`kvmmu.kvm_host.Kvm` built by
 :func:`host_level_world` (``kvm_create_vm`` + ``set_memory_region`` +
-``host_populate``): a KVM path on CPU A, the host's mm on CPU B.  The KVM
-code the actors run is the model's own (:mod:`kvmmu.mmu_internal`,
-:mod:`kvmmu.mmu`, :mod:`kvmmu.tdp_mmu`, :mod:`kvmmu.kvm_main`); an *unsafe*
-variant is a small actor here that composes those functions and leaves out
-exactly one rule.
+``host_populate``): KVM code on CPU A (and B, in the three-CPU checks), the
+host's mm on the last CPU.  The KVM code the actors run is the model's own
+(:mod:`kvmmu.mmu_internal`, :mod:`kvmmu.mmu`, :mod:`kvmmu.tdp_mmu`,
+:mod:`kvmmu.kvm_main`); an *unsafe* variant is a small actor here that
+composes those functions and leaves out exactly one rule (:data:`OMITS`
+says which).
 
 The checks, after every step:
 
@@ -24,9 +25,13 @@ What the chapter does not teach runs as one step (``zoom``, see
 :mod:`kvmmu.cpu`): the TDP MMU's zap in the notifier
 (``kvm_unmap_gfn_range``), the freeing of a removed table
 (``handle_removed_pt``) and the search for a leaf under a table
-(``tdp_mmu_make_huge_spte``); for the walker scenarios, KVM's notifier
-callbacks too (the walker takes no KVM lock).  The host walk and the
-invalidation protocol keep one step per access.
+(``tdp_mmu_make_huge_spte``).  In the fault scenarios the TDP MMU's install
+(``kvm_tdp_mmu_map``, chapter 3) is one step too, host walk included: it
+runs under mmu_lock after the staleness check, where no invalidation of the
+gfn can begin or be in progress, so the host cannot change what it walks.
+The walker scenarios also zoom out KVM's notifier callbacks (the walker
+takes no KVM lock).  The host walk of the walkers and the invalidation
+protocol keep one step per access.
 
 The set-up helpers for the widget, the figure and the exercises are here as
 well: :func:`make_host_vm` (one memslot, a host backing, one host event).
@@ -38,38 +43,47 @@ from ..checks import check_bool, check_choice, check_int
 from ..cpu import run_alone
 from ..errno import RET_PF_CONTINUE, RET_PF_RETRY, ret_pf_name
 from ..explorer import Actor, Invariant, Scenario, explore, step
-from ..host_mm import (BACKINGS, PGD, PMD, PTE, PUD, TABLE_NAMES, Hex, __split_huge_pmd,
-                       collapse_huge_page, describe_entry, host_maps_range, host_populate,
-                       migrate_page, pgd_none, pgd_offset, pmd_leaf, pmd_none, pmd_offset,
-                       pmd_present, pud_leaf, pud_none, pud_offset, pud_present)
-from ..kvm_host import (Kvm, KvmVcpu, hva_to_pfn, is_error_pfn, kvm_vcpu_gfn_to_memslot,
-                        mmu_invalidate_retry_gfn)
+from ..host_mm import (BACKINGS, PGD, PMD, PTE, PUD, TABLE_NAMES, Hex,
+                       __split_huge_pmd, collapse_huge_page, describe_entry,
+                       host_maps_range, host_populate, migrate_page, pgd_none,
+                       pgd_offset, pmd_leaf, pmd_none, pmd_offset, pmd_present,
+                       pud_leaf, pud_none, pud_offset, pud_present)
+from ..kvm_host import (Kvm, KvmVcpu, hva_to_pfn, is_error_pfn,
+                        kvm_vcpu_gfn_to_memslot, mmu_invalidate_retry_gfn)
 from ..kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
-from ..levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
-                      level_name)
-from ..memslots import (GFN_MAX, KVM_MEM_LOG_DIRTY_PAGES, KvmMemorySlot, __gfn_to_hva_memslot,
+from ..levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_1G, PG_LEVEL_2M,
+                      PG_LEVEL_4K, level_name)
+from ..memslots import (GFN_MAX, INVALID_GPA, KVM_MEM_LOG_DIRTY_PAGES,
+                        KvmMemorySlot, __gfn_to_hva_memslot,
                         kvm_mmu_gfn_disallow_lpage)
 from ..mmu import (describe_found_slot, is_page_fault_stale, kvm_mmu_do_page_fault,
-                   kvm_mmu_faultin_pfn, kvm_mmu_finish_page_fault, kvm_mmu_page_fault,
-                   kvm_mmu_recover_huge_pages, kvm_mmu_reload, kvm_mmu_zap_collapsible_sptes)
+                   kvm_mmu_faultin_pfn, kvm_mmu_finish_page_fault,
+                   kvm_mmu_page_fault, kvm_mmu_recover_huge_pages, kvm_mmu_reload,
+                   kvm_mmu_zap_collapsible_sptes)
 from ..mmu_internal import (KvmPageFault, _host_mapping_level_walk, _read_once,
-                            host_pfn_mapping_level, local_irq_restore, local_irq_save)
+                            host_pfn_mapping_level, local_irq_restore,
+                            local_irq_save)
 from ..pferr import PFERR_GUEST_FINAL_MASK
 from ..spte import SHADOW_NONPRESENT_VALUE
 from ..tdp_mmu import kvm_tdp_mmu_map
 from . import ScenarioEntry
 
 __all__ = [
-    "GFN_BASE", "HVA_BASE", "SLOT_ID", "FAULT_GFN", "FAULT_HVA", "FAULT_GPA", "ZOOM",
-    "WALK_ZOOM", "race_slot", "host_level_world", "kvm_leaf_of", "no_bad_reads",
-    "kvm_maps_what_host_maps", "no_kernel_warnings", "NO_BAD_READS", "KVM_MATCHES_HOST",
-    "NO_WARNINGS", "read_entry", "walker", "walker_rereading", "walker_irqs_on",
-    "host_promotes_pud", "WALKERS", "walk_vs_promotion", "fault_rule1", "fault_no_check",
-    "fault_check_then_relock", "FAULTS", "host_migrates", "host_collapses", "host_splits",
-    "HOSTS", "fault_vs_host", "consume_under_lock", "rule2_checked", "rule2_unchecked",
-    "rule2_vs_migration", "recover_huge_pages", "recovery_vs_split", "zap_collapsible",
-    "hint_vs_split", "recovery_ending", "zap_ending", "final_outcomes", "HOST_EVENTS",
-    "make_host_vm", "SCENARIOS",
+    "GFN_BASE", "HVA_BASE", "SLOT_ID", "FAULT_GFN", "FAULT_HVA", "FAULT_GPA",
+    "ZOOM", "FAULT_ZOOM", "WALK_ZOOM", "race_slot", "host_level_world",
+    "kvm_leaf_of", "no_bad_reads", "kvm_maps_what_host_maps", "no_kernel_warnings",
+    "NO_BAD_READS", "KVM_MATCHES_HOST", "NO_WARNINGS", "read_entry", "walker",
+    "walker_rereading", "walker_irqs_on", "host_promotes_pud", "WALKERS",
+    "walk_vs_promotion", "two_walkers_vs_promotion", "fault_rule1",
+    "fault_rule1_vcpu1",
+    "fault_no_check", "fault_check_then_relock", "FAULTS", "host_migrates",
+    "host_collapses", "host_splits", "HOSTS", "fault_vs_host", "two_faults_vs_host",
+    "consume_under_lock", "rule2_checked", "rule2_checked_vcpu1", "rule2_unchecked",
+    "rule2_vs_migration",
+    "rule2_twice_vs_migration", "recover_huge_pages", "recovery_vs_split",
+    "zap_collapsible", "hint_vs_split", "recovery_ending", "zap_ending",
+    "final_outcomes", "HOST_EVENTS", "make_host_vm", "SCENARIOS", "OMITS",
+    "verdicts",
 ]
 
 #: The guest frames and host addresses every scenario uses: both 1 GiB aligned.
@@ -85,9 +99,13 @@ FAULT_GPA = FAULT_GFN << PAGE_SHIFT
 _READ = PFERR_GUEST_FINAL_MASK
 
 #: What every scenario of the chapter runs as one step (see the module docstring).
-ZOOM = frozenset({"kvm_unmap_gfn_range", "handle_removed_pt", "tdp_mmu_make_huge_spte"})
-#: The walker scenarios also zoom out KVM's notifier callbacks: the walker takes no
-#: KVM lock, so what KVM does about the host's change cannot interleave with it.
+ZOOM = frozenset({"kvm_unmap_gfn_range", "handle_removed_pt",
+                  "tdp_mmu_make_huge_spte"})
+#: The fault scenarios also run the TDP MMU's install as one step: under
+#: mmu_lock, after the check, nothing the host does can change what it reads.
+FAULT_ZOOM = ZOOM | {"kvm_tdp_mmu_map"}
+#: The walker scenarios also zoom out KVM's notifier callbacks: the walker takes
+#: no KVM lock, so what KVM does about the host's change cannot interleave with it.
 WALK_ZOOM = ZOOM | {"kvm_mmu_notifier_invalidate_range_start",
                     "kvm_mmu_notifier_invalidate_range_end"}
 
@@ -96,7 +114,7 @@ _PAGES_1G = KVM_PAGES_PER_HPAGE(PG_LEVEL_1G)
 
 
 def race_slot(npages: int = _PAGES_2M) -> KvmMemorySlot:
-    """The memslot of every race world of ``npages`` pages: gfns from GFN_BASE at HVA_BASE.
+    """The memslot of every race world: ``npages`` gfns from GFN_BASE at HVA_BASE.
 
     A value: an actor is given it as KVM's callers are given the slot they
     already looked up, and it equals the slot the world's memslots hold.
@@ -110,8 +128,8 @@ def race_slot(npages: int = _PAGES_2M) -> KvmMemorySlot:
 
 def host_level_world(npages: int = _PAGES_2M, backing: str = "4K", kvm_maps=None,
                      touched: bool = True, watch: tuple = (PMD, PTE),
-                     zoom: frozenset = ZOOM) -> Kvm:
-    """A VM with one vCPU and one memslot of ``npages`` pages, the host backing the fault.
+                     zoom: frozenset = ZOOM, vcpus: int = 1) -> Kvm:
+    """A VM: ``vcpus`` vCPUs, a memslot of ``npages`` pages, the host backing it.
 
     ``backing`` populates the host at FAULT_HVA (``"4K"``: one small page;
     ``"2M"``: the THP around it).  ``touched``: the guest has already
@@ -124,25 +142,32 @@ def host_level_world(npages: int = _PAGES_2M, backing: str = "4K", kvm_maps=None
     check_int("npages", npages, 1, _PAGES_1G)
     check_choice("backing", backing, tuple(BACKINGS))
     check_bool("touched", touched)
+    check_int("vcpus", vcpus, 1, 4)
     if kvm_maps is not None:
         check_choice("kvm_maps", kvm_maps, (PG_LEVEL_4K, PG_LEVEL_2M))
     kvm = kvm_create_vm(zoom=zoom)
-    vcpu = kvm_vm_ioctl_create_vcpu(kvm)
-    set_memory_region(kvm, SLOT_ID, GFN_BASE << PAGE_SHIFT, npages << PAGE_SHIFT, HVA_BASE)
+    cpus = [kvm_vm_ioctl_create_vcpu(kvm) for _ in range(vcpus)]
+    set_memory_region(kvm, SLOT_ID, GFN_BASE << PAGE_SHIFT, npages << PAGE_SHIFT,
+                      HVA_BASE)
     if kvm.kvm_memslots().slots != (race_slot(npages),):
         raise AssertionError("the world's memslot is not race_slot(npages)")
     host_populate(kvm.mm, FAULT_HVA, 1, backing)
-    kvm_mmu_reload(vcpu)
+    for vcpu in cpus:
+        kvm_mmu_reload(vcpu)
+    vcpu = cpus[0]
     if touched:
         host_populate(kvm.mm, FAULT_HVA + (1 << PAGE_SHIFT), 1, backing)
-        run_alone(kvm, kvm_mmu_page_fault(vcpu, FAULT_GPA + (1 << PAGE_SHIFT), _READ))
+        next_gpa = FAULT_GPA + (1 << PAGE_SHIFT)
+        run_alone(kvm, kvm_mmu_page_fault(vcpu, next_gpa, _READ))
     if kvm_maps is not None:
-        run_alone(kvm, kvm_mmu_do_page_fault(vcpu, FAULT_GPA, _READ, False, max_level=kvm_maps))
+        run_alone(kvm, kvm_mmu_do_page_fault(vcpu, FAULT_GPA, _READ, False,
+                                             max_level=kvm_maps))
     kvm.watch("mmu_lock", lambda k: k.mmu_lock._show(), only=True)
     kvm.watch("irqs", _irqs_text)
-    kvm.watch("invalidation", _invalidation_text)
+    kvm.watch("seq", lambda k: str(k.mmu_invalidate_seq))
+    kvm.watch("invalidating", _invalidating_text)
     kvm.watch("host", lambda k: _host_text(k, watch))
-    kvm.watch("KVM maps", _maps_text)
+    kvm.watch("KVM", _maps_text)
     return kvm
 
 
@@ -155,8 +180,15 @@ def _irqs_text(kvm: Kvm) -> str:
     return text + (f" ({', '.join(waiters)} waits to free)" if waiters else "")
 
 
-def _invalidation_text(kvm: Kvm) -> str:
-    text = kvm.fields._show()
+def _invalidating_text(kvm: Kvm) -> str:
+    # mmu_invalidate_in_progress and the range; a recorded warning, if any.
+    n, start = kvm.mmu_invalidate_in_progress, kvm.mmu_invalidate_range_start
+    if n == 0:
+        text = "none"
+    elif start == INVALID_GPA:
+        text = f"{n}, no range yet"
+    else:
+        text = f"{n} on [{start:#x}, {kvm.mmu_invalidate_range_end:#x})"
     return text + "".join(f"; {w}" for w in kvm.warnings)
 
 
@@ -169,24 +201,31 @@ def _host_text(kvm: Kvm, watch: tuple) -> str:
                          f"{describe_entry(mm.mem.peek(ptr), table_level)}")
     freed = [p for p in mm.mem.pages.values() if p.freed and p.kind == "table"]
     if freed:
-        parts.append("freed " + ", ".join(f"{TABLE_NAMES[p.level]} table @{p.pfn:#x}"
-                                          for p in sorted(freed, key=lambda p: p.pfn)))
+        parts.append("freed " + ", ".join(
+            f"{TABLE_NAMES[p.level]} table @{p.pfn:#x}"
+            for p in sorted(freed, key=lambda p: p.pfn)))
     parts += [f"BAD READ: {bad}" for bad in mm.mem.bad_reads]
     return "; ".join(parts) or "-"
 
 
 def _leaves(kvm: Kvm) -> list:
     # Every live leaf SPTE of every root: (gfn, level, pfn), sorted.
-    return sorted({leaf for root in kvm.ept.roots for leaf in kvm.ept.live_leaves(root)})
+    return sorted({leaf for root in kvm.ept.roots
+                   for leaf in kvm.ept.live_leaves(root)})
 
 
 def _maps_text(kvm: Kvm) -> str:
-    return ", ".join(f"gfn {gfn:#x}->pfn {pfn:#x} {level_name(level)}"
-                     for gfn, level, pfn in _leaves(kvm)) or "nothing"
+    # KVM's leaf for the faulting gfn only: the other leaves do not change.
+    leaf = kvm_leaf_of(kvm, FAULT_GFN)
+    if leaf is None:
+        return "no leaf"
+    level, pfn = leaf
+    first = pfn - FAULT_GFN % KVM_PAGES_PER_HPAGE(level)
+    return f"{level_name(level)} leaf -> pfn {first:#x}"
 
 
 def kvm_leaf_of(kvm: Kvm, gfn: int) -> tuple | None:
-    """The live leaf SPTE mapping ``gfn`` in any root, as ``(level, pfn of gfn)``; else None."""
+    """The live leaf SPTE that maps ``gfn``: ``(level, pfn of gfn)``, or None."""
     if not isinstance(kvm, Kvm):
         raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
     check_int("gfn", gfn, 0, GFN_MAX)
@@ -211,7 +250,7 @@ def no_bad_reads(w: Kvm) -> bool:
 
 
 def kvm_maps_what_host_maps(w: Kvm) -> bool:
-    """Every live leaf SPTE translates each of its frames to the host's current page."""
+    """Every live leaf SPTE translates each of its frames to the host's page now."""
     slots = _check_world(w).kvm_memslots()
     for gfn, level, pfn in _leaves(w):
         slot = slots.gfn_to_memslot(gfn)
@@ -239,13 +278,13 @@ NO_WARNINGS = Invariant("no kernel warning", no_kernel_warnings, reads=[("kvm", 
 # Walkers: the kernel's, and two that each break one of its two rules
 
 def walker(w: Kvm):
-    """host_pfn_mapping_level() as the kernel has it: IRQs off, each level read once."""
+    """host_pfn_mapping_level() (the kernel's): IRQs off, each level read once."""
     _check_world(w)
     return (yield from host_pfn_mapping_level(w, FAULT_GFN, race_slot(_PAGES_1G)))
 
 
 def read_entry(kvm: Kvm, ptr, table_level: int, again: bool = False):
-    """Load one host page-table entry, as one step: ``READ_ONCE(*pXdp)``, or a plain re-read.
+    """Load one host page-table entry, one step: ``READ_ONCE(*pXdp)`` or a re-read.
 
     ``again`` is a plain ``*pXdp`` of an entry already read: what a walk
     that passes pointers into the shared tables does at every use.
@@ -260,12 +299,11 @@ def read_entry(kvm: Kvm, ptr, table_level: int, again: bool = False):
 
 
 def walker_rereading(w: Kvm):
-    """UNSAFE: the walk passing pointers into the shared tables, so every use re-reads."""
+    """UNSAFE: the walk with pointers into the shared tables: every use re-reads."""
     _check_world(w)
-    hva = FAULT_HVA
+    hva, level = FAULT_HVA, PG_LEVEL_4K
     yield from local_irq_save(w)
     pgdp = pgd_offset(w.mm, hva)
-    level = PG_LEVEL_4K
     if not pgd_none((yield from read_entry(w, pgdp, PGD))):
         pudp = pud_offset((yield from read_entry(w, pgdp, PGD, again=True)), hva)
         if not pud_none((yield from read_entry(w, pudp, PUD))) and \
@@ -274,8 +312,8 @@ def walker_rereading(w: Kvm):
                 level = PG_LEVEL_1G
             else:
                 # pmd_offset(pudp, hva) dereferences *pudp once more.
-                pmdp = pmd_offset((yield from read_entry(w, pudp, PUD, again=True)), hva)
-                pmd = yield from read_entry(w, pmdp, PMD)
+                pud = yield from read_entry(w, pudp, PUD, again=True)
+                pmd = yield from read_entry(w, pmd_offset(pud, hva), PMD)
                 if not pmd_none(pmd) and pmd_present(pmd) and pmd_leaf(pmd):
                     level = PG_LEVEL_2M
     yield from local_irq_restore(w)
@@ -283,49 +321,59 @@ def walker_rereading(w: Kvm):
 
 
 def walker_irqs_on(w: Kvm):
-    """UNSAFE: each level read once, but interrupts stay on: a table may be freed mid-walk."""
+    """UNSAFE: each level read once, but IRQs on: a table may be freed mid-walk."""
     _check_world(w)
     return (yield from _host_mapping_level_walk(w, FAULT_HVA))
 
 
 def host_promotes_pud(w: Kvm):
-    """The host replaces the PMD table under the PUD with a 1 GiB page, frees the old table."""
+    """The host puts a 1G page where the PMD table was, then frees that table."""
     _check_world(w)
     return (yield from collapse_huge_page(w.mm, HVA_BASE, PG_LEVEL_1G))
 
 
-def _walk_result_is_a_real_level(w, results) -> bool | str:
-    level = results["A"]
-    if level in (PG_LEVEL_4K, PG_LEVEL_1G):
-        return True
-    return f"walker returned {level_name(level)}, a level the host never had"
+def _walks_return_real_levels(w, results) -> bool | str:
+    # Every walker (each CPU but the last, the host) returned 4K (before the
+    # promotion) or 1G (after it).
+    *walkers, _host = sorted(results)
+    for letter in walkers:
+        if results[letter] not in (PG_LEVEL_4K, PG_LEVEL_1G):
+            return (f"walker {letter} returned {level_name(results[letter])}, "
+                    "a level the host never had")
+    return True
 
 
 WALKERS = {"read once, IRQs off": walker, "re-reads entries": walker_rereading,
            "IRQs on": walker_irqs_on}
 
 
+def _walk_world() -> Kvm:
+    return host_level_world(npages=_PAGES_1G, touched=False, watch=(PUD,),
+                            zoom=WALK_ZOOM)
+
+
 def walk_vs_promotion(which: str = "read once, IRQs off") -> Scenario:
     """The host promotes the PUD to 1G while the ``which`` walker reads it."""
     check_choice("which", which, tuple(WALKERS))
     return Scenario(
-        name=f"walk ({which}) vs PUD promotion",
-        world=lambda: host_level_world(npages=_PAGES_1G, touched=False, watch=(PUD,),
-                                       zoom=WALK_ZOOM),
+        name=f"walk ({which}) vs PUD promotion", world=_walk_world,
         actors=[Actor("A", f"walker: {which}", WALKERS[which]),
                 Actor("B", "host: promote PUD to 1G", host_promotes_pud)],
-        invariants=[NO_BAD_READS],
-        final_check=_walk_result_is_a_real_level,
-    )
+        invariants=[NO_BAD_READS], final_check=_walks_return_real_levels)
+
+
+def two_walkers_vs_promotion() -> Scenario:
+    """Two CPUs walk (the kernel's walker) while a third promotes the PUD to 1G."""
+    return Scenario(
+        name="two walks vs PUD promotion", world=_walk_world,
+        actors=[Actor("A", "walker 1: read once, IRQs off", walker),
+                Actor("B", "walker 2: read once, IRQs off", walker),
+                Actor("C", "host: promote PUD to 1G", host_promotes_pud)],
+        invariants=[NO_BAD_READS], final_check=_walks_return_real_levels)
 
 
 # --------------------------------------------------------------------------
 # Faults: rule 1 and two ways to get it wrong
-
-def _vcpu(w: Kvm) -> KvmVcpu:
-    # A handle: it names vCPU 0 and reads nothing.
-    return KvmVcpu(w, 0)
-
 
 class _Lookup(NamedTuple):
     # What the memslot lookup step found, printed as kvm_mmu_do_page_fault's is.
@@ -340,30 +388,36 @@ def _fault_with_slot(vcpu: KvmVcpu):
     # The part of kvm_mmu_do_page_fault() before the handler: build the fault,
     # look up its memslot and the vCPU's root (one step).
     fault = KvmPageFault(addr=FAULT_GPA, error_code=_READ, prefetch=False)
-    fault.slot, fault.root = yield from step(
-        "memslot lookup", lambda: _Lookup(kvm_vcpu_gfn_to_memslot(vcpu, FAULT_GFN), vcpu.root))
+    fault.slot, fault.root = yield from step("memslot lookup", lambda: _Lookup(
+        kvm_vcpu_gfn_to_memslot(vcpu, FAULT_GFN), vcpu.root))
     return fault
 
 
-def _faultin(w: Kvm):
+def _faultin(w: Kvm, vcpu_id: int):
     # The fault's part before mmu_lock, as the kernel has it: the memslot
     # lookup of kvm_mmu_do_page_fault(), then kvm_mmu_faultin_pfn() (the
     # snapshot, the pre-checks, gup).  Returns (vcpu, fault, RET_PF_*).
-    vcpu = _vcpu(w)
+    vcpu = KvmVcpu(w, vcpu_id)        # a handle: it names the vCPU, reads nothing
     fault = yield from _fault_with_slot(vcpu)
     return vcpu, fault, (yield from kvm_mmu_faultin_pfn(vcpu, fault))
 
 
-def fault_rule1(w: Kvm):
+def fault_rule1(w: Kvm, vcpu_id: int = 0):
     """Rule 1, the kernel's fault path: snapshot, look up, lock, check, consume."""
     _check_world(w)
-    return ret_pf_name((yield from kvm_mmu_page_fault(_vcpu(w), FAULT_GPA, _READ)))
+    vcpu = KvmVcpu(w, check_int("vcpu_id", vcpu_id, 0, len(w.vcpus) - 1))
+    return ret_pf_name((yield from kvm_mmu_page_fault(vcpu, FAULT_GPA, _READ)))
+
+
+def fault_rule1_vcpu1(w: Kvm):
+    """Rule 1 on vCPU 1: the second fault of the three-CPU check."""
+    return (yield from fault_rule1(w, 1))
 
 
 def fault_no_check(w: Kvm):
-    """UNSAFE: consumes the pfn and the host level under mmu_lock without is_page_fault_stale()."""
+    """UNSAFE: maps the pfn and the host level without is_page_fault_stale()."""
     _check_world(w)
-    vcpu, fault, r = yield from _faultin(w)
+    vcpu, fault, r = yield from _faultin(w, 0)
     if r != RET_PF_CONTINUE:
         return ret_pf_name(r)
     yield from w.mmu_lock.read_lock()
@@ -374,13 +428,14 @@ def fault_no_check(w: Kvm):
 
 
 def fault_check_then_relock(w: Kvm):
-    """UNSAFE: checks under mmu_lock, drops it, consumes under a second hold."""
+    """UNSAFE: checks under mmu_lock, drops it, maps under a second hold."""
     _check_world(w)
-    vcpu, fault, r = yield from _faultin(w)
+    vcpu, fault, r = yield from _faultin(w, 0)
     if r != RET_PF_CONTINUE:
         return ret_pf_name(r)
     yield from w.mmu_lock.read_lock()
-    stale = yield from step("is_page_fault_stale?", lambda: is_page_fault_stale(vcpu, fault))
+    stale = yield from step("is_page_fault_stale?",
+                            lambda: is_page_fault_stale(vcpu, fault))
     yield from w.mmu_lock.read_unlock()
     r = RET_PF_RETRY
     if not stale:
@@ -413,30 +468,46 @@ def host_splits(w: Kvm):
     return (yield from __split_huge_pmd(w.mm, HVA_BASE))
 
 
-#: host name -> (actor, title, backing at FAULT_HVA).
-HOSTS = {"migrate": (host_migrates, "host: migrate the page", "4K"),
-         "collapse": (host_collapses, "host: khugepaged collapse 2M", "4K")}
+#: host name -> (actor, title, backing at FAULT_HVA, the host level traces show).
+HOSTS = {"migrate": (host_migrates, "host: migrate the page", "4K", PTE),
+         "collapse": (host_collapses, "host: khugepaged collapse 2M", "4K", PMD)}
+
+
+def _fault_world(host: str, vcpus: int = 1):
+    _fn, _title, backing, shown = HOSTS[host]
+    return lambda: host_level_world(backing=backing, watch=(shown,),
+                                    zoom=FAULT_ZOOM, vcpus=vcpus)
 
 
 def fault_vs_host(consumer: str = "rule 1", host: str = "migrate") -> Scenario:
     """A vCPU fault (``consumer``) races the host changing the page (``host``)."""
     check_choice("consumer", consumer, tuple(FAULTS))
     check_choice("host", host, tuple(HOSTS))
-    host_fn, host_title, backing = HOSTS[host]
+    host_fn, host_title, _backing, _shown = HOSTS[host]
     return Scenario(
-        name=f"fault ({consumer}) vs {host}",
-        world=lambda: host_level_world(backing=backing),
+        name=f"fault ({consumer}) vs {host}", world=_fault_world(host),
         actors=[Actor("A", f"vCPU fault: {consumer}", FAULTS[consumer]),
                 Actor("B", host_title, host_fn)],
-        invariants=[KVM_MATCHES_HOST, NO_WARNINGS],
-    )
+        invariants=[KVM_MATCHES_HOST, NO_WARNINGS])
+
+
+def two_faults_vs_host(host: str = "migrate") -> Scenario:
+    """Two vCPUs fault on the gfn by rule 1 while the host changes its page."""
+    check_choice("host", host, tuple(HOSTS))
+    host_fn, host_title, _backing, _shown = HOSTS[host]
+    return Scenario(
+        name=f"two faults (rule 1) vs {host}", world=_fault_world(host, vcpus=2),
+        actors=[Actor("A", "vCPU 0 fault: rule 1", fault_rule1),
+                Actor("B", "vCPU 1 fault: rule 1", fault_rule1_vcpu1),
+                Actor("C", host_title, host_fn)],
+        invariants=[KVM_MATCHES_HOST, NO_WARNINGS])
 
 
 # --------------------------------------------------------------------------
 # Rule 2: hold mmu_lock and be sure no invalidation is in progress
 
-def consume_under_lock(w: Kvm, checked: bool = True):
-    """Rule 2: under one mmu_lock hold, check for an invalidation, look the page up, map it.
+def consume_under_lock(w: Kvm, checked: bool = True, vcpu_id: int = 0):
+    """Rule 2: under one hold of mmu_lock, check for an invalidation, look up, map.
 
     With the snapshot taken under the lock, the check can only catch an
     invalidation of this gfn that is in progress right now: the one thing
@@ -446,17 +517,19 @@ def consume_under_lock(w: Kvm, checked: bool = True):
     """
     _check_world(w)
     check_bool("checked", checked)
-    vcpu = _vcpu(w)
+    vcpu = KvmVcpu(w, check_int("vcpu_id", vcpu_id, 0, len(w.vcpus) - 1))
     fault = yield from _fault_with_slot(vcpu)
     r = RET_PF_RETRY
     yield from w.mmu_lock.read_lock()
     fault.mmu_seq = yield from step("mmu_seq = mmu_invalidate_seq",
                                     lambda: w.mmu_invalidate_seq)
-    busy = checked and (yield from step("invalidation in progress for gfn?", lambda: bool(
-        mmu_invalidate_retry_gfn(w, fault.mmu_seq, fault.gfn))))
+    busy = checked and (yield from step(
+        "invalidation in progress for gfn?",
+        lambda: bool(mmu_invalidate_retry_gfn(w, fault.mmu_seq, fault.gfn))))
     if not busy:
         hva = __gfn_to_hva_memslot(fault.slot, fault.gfn)
-        pfn = yield from step("pfn = hva_to_pfn(hva)", lambda: Hex(hva_to_pfn(w, hva)))
+        pfn = yield from step("pfn = hva_to_pfn(hva)",
+                              lambda: Hex(hva_to_pfn(w, hva)))
         if not is_error_pfn(pfn):
             fault.pfn, fault.map_writable = pfn, True
             r = yield from kvm_tdp_mmu_map(vcpu, fault)
@@ -469,9 +542,19 @@ def rule2_checked(w: Kvm):
     return (yield from consume_under_lock(w, checked=True))
 
 
+def rule2_checked_vcpu1(w: Kvm):
+    """Rule 2, checked, on vCPU 1: the second KVM path of the three-CPU check."""
+    return (yield from consume_under_lock(w, checked=True, vcpu_id=1))
+
+
 def rule2_unchecked(w: Kvm):
-    """UNSAFE: holds mmu_lock but never asks whether an invalidation is in progress."""
+    """UNSAFE: holds mmu_lock but never asks if an invalidation is in progress."""
     return (yield from consume_under_lock(w, checked=False))
+
+
+def _rule2_world(vcpus: int = 1):
+    return lambda: host_level_world(backing="4K", watch=(PTE,), zoom=FAULT_ZOOM,
+                                    vcpus=vcpus)
 
 
 def rule2_vs_migration(checked: bool = True) -> Scenario:
@@ -479,21 +562,29 @@ def rule2_vs_migration(checked: bool = True) -> Scenario:
     check_bool("checked", checked)
     which = "checked" if checked else "unchecked"
     return Scenario(
-        name=f"rule 2 ({which}) vs migrate",
-        world=lambda: host_level_world(backing="4K", watch=(PTE,)),
+        name=f"rule 2 ({which}) vs migrate", world=_rule2_world(),
         actors=[Actor("A", f"KVM under mmu_lock: {which}",
                       rule2_checked if checked else rule2_unchecked),
                 Actor("B", "host: migrate the page", host_migrates)],
-        invariants=[KVM_MATCHES_HOST, NO_WARNINGS],
-    )
+        invariants=[KVM_MATCHES_HOST, NO_WARNINGS])
+
+
+def rule2_twice_vs_migration() -> Scenario:
+    """Two vCPUs follow rule 2 (checked) while the host migrates the page."""
+    return Scenario(
+        name="rule 2 (checked) twice vs migrate", world=_rule2_world(vcpus=2),
+        actors=[Actor("A", "vCPU 0 under mmu_lock: checked", rule2_checked),
+                Actor("B", "vCPU 1 under mmu_lock: checked", rule2_checked_vcpu1),
+                Actor("C", "host: migrate the page", host_migrates)],
+        invariants=[KVM_MATCHES_HOST, NO_WARNINGS])
 
 
 def recover_huge_pages(w: Kvm):
-    """Rule 2 by an existing leaf: KVM recovers huge pages once dirty logging is off (6.13+).
+    """Rule 2 by an existing leaf: huge pages recovered after dirty logging (6.13+).
 
-    ``kvm_mmu_recover_huge_pages()`` on the slot, as ``kvm_mmu_slot_apply_flags()``
-    calls it: the 4K leaf it builds the huge SPTE from proves that no
-    invalidation of that memory is in progress.
+    ``kvm_mmu_recover_huge_pages()`` on the slot, as
+    ``kvm_mmu_slot_apply_flags()`` calls it: the 4K leaf it builds the huge
+    SPTE from proves that no invalidation of that memory is in progress.
     """
     _check_world(w)
     yield from kvm_mmu_recover_huge_pages(w, race_slot())
@@ -504,15 +595,15 @@ def _against_split(name: str, title: str, kvm_path) -> Scenario:
     # which the host splits while ``kvm_path`` runs.
     return Scenario(
         name=name,
-        world=lambda: host_level_world(backing="2M", kvm_maps=PG_LEVEL_4K, touched=False,
-                                       watch=(PMD,)),
-        actors=[Actor("A", title, kvm_path), Actor("B", "host: split the THP", host_splits)],
-        invariants=[KVM_MATCHES_HOST, NO_WARNINGS],
-    )
+        world=lambda: host_level_world(backing="2M", kvm_maps=PG_LEVEL_4K,
+                                       touched=False, watch=(PMD,)),
+        actors=[Actor("A", title, kvm_path),
+                Actor("B", "host: split the THP", host_splits)],
+        invariants=[KVM_MATCHES_HOST, NO_WARNINGS])
 
 
 def recovery_vs_split() -> Scenario:
-    """Rule 2 via an existing 4K leaf (huge-page recovery), against the host splitting its THP."""
+    """Rule 2 via an existing 4K leaf (huge-page recovery), against a THP split."""
     return _against_split("huge page recovery (existing leaf) vs split",
                           "KVM: recover huge pages", recover_huge_pages)
 
@@ -521,7 +612,7 @@ def recovery_vs_split() -> Scenario:
 # Rule 3: a hint that installs nothing
 
 def zap_collapsible(w: Kvm):
-    """Rule 3: the 6.12 collapsible zap, which uses the host level only to decide to zap."""
+    """Rule 3: the 6.12 collapsible zap: the host level only decides what to zap."""
     _check_world(w)
     yield from kvm_mmu_zap_collapsible_sptes(w, race_slot())
 
@@ -547,10 +638,10 @@ def recovery_ending(w: Kvm, results=None) -> str:
 
 
 def zap_ending(w: Kvm, results=None) -> str:
-    """How a collapsible-zap run ended: is the 4K table still linked at the 2M entry?"""
-    vcpu = _vcpu(_check_world(w))
-    path = w.ept.walk(vcpu.root, FAULT_GFN)
-    if len(path) >= 3 and path[2][2] == PG_LEVEL_2M and path[2][1] != SHADOW_NONPRESENT_VALUE:
+    """How a collapsible-zap run ended: is the 4K table still under the 2M entry?"""
+    path = _check_world(w).ept.walk(KvmVcpu(w, 0).root, FAULT_GFN)
+    if len(path) >= 3 and path[2][2] == PG_LEVEL_2M and \
+            path[2][1] != SHADOW_NONPRESENT_VALUE:
         return "kept the 4K table"
     return "zapped the 4K table"
 
@@ -563,7 +654,8 @@ def final_outcomes(scenario: Scenario, outcome=None, **explore_kw) -> tuple:
     state, so a chapter can say in how many endings each outcome happens.
     """
     if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+        raise TypeError(f"scenario must be a Scenario, "
+                        f"got {type(scenario).__name__}")
     if outcome is not None and not callable(outcome):
         raise TypeError("outcome must be callable or None")
     seen = Counter()
@@ -575,8 +667,9 @@ def final_outcomes(scenario: Scenario, outcome=None, **explore_kw) -> tuple:
         seen[key] += 1
         return True if inner is None else inner(world, results)
 
-    probe = Scenario(scenario.name, scenario.world, scenario.actors, scenario.invariants,
-                     final_check=collect, description=scenario.description)
+    probe = Scenario(scenario.name, scenario.world, scenario.actors,
+                     scenario.invariants, final_check=collect,
+                     description=scenario.description)
     result = explore(probe, stop_at_first=False, **explore_kw)
     return result, seen
 
@@ -610,10 +703,10 @@ HOST_EVENTS = {
 }
 
 
-def make_host_vm(base_gfn: int, npages: int, userspace_addr: int, backing: str, gfn: int,
-                 event: str = "none", dirty_logging: bool = False, shadowed: bool = False,
-                 nx_huge_pages: bool = False) -> Kvm:
-    """A VM with one vCPU and one memslot, its host memory backed by ``backing`` around ``gfn``.
+def make_host_vm(base_gfn: int, npages: int, userspace_addr: int, backing: str,
+                 gfn: int, event: str = "none", dirty_logging: bool = False,
+                 shadowed: bool = False, nx_huge_pages: bool = False) -> Kvm:
+    """A VM with one vCPU and one memslot, the host backing ``gfn`` by ``backing``.
 
     The host is populated only around ``gfn`` (its 2 MiB for 4K backing,
     its 1 GiB otherwise), which is all the walk for ``gfn`` can see.
@@ -634,8 +727,8 @@ def make_host_vm(base_gfn: int, npages: int, userspace_addr: int, backing: str, 
     hva = __gfn_to_hva_memslot(slot, gfn)
     kvm = kvm_create_vm(nx_huge_pages=nx_huge_pages)
     vcpu = kvm_vm_ioctl_create_vcpu(kvm)
-    r = set_memory_region(kvm, SLOT_ID, base_gfn << PAGE_SHIFT, npages << PAGE_SHIFT,
-                          userspace_addr, flags=flags)
+    r = set_memory_region(kvm, SLOT_ID, base_gfn << PAGE_SHIFT,
+                          npages << PAGE_SHIFT, userspace_addr, flags=flags)
     if r:
         raise ValueError(f"KVM_SET_USER_MEMORY_REGION refused the memslot ({r})")
     if shadowed:
@@ -662,38 +755,108 @@ def _entry(build, summary, expect="holds") -> ScenarioEntry:
 SCENARIOS = {
     "walk-read-once": _entry(
         lambda: walk_vs_promotion("read once, IRQs off"),
-        "host_pfn_mapping_level() against a PUD promoted to 1G: no bad read, a real level"),
+        "host_pfn_mapping_level() against a PUD promoted to 1G: no bad read, "
+        "a real level"),
     "walk-rereads": _entry(
         lambda: walk_vs_promotion("re-reads entries"),
-        "a walker that re-reads the PUD descends into the 1G page's data", "violated"),
+        "a walker that re-reads the PUD descends into the 1G page's data",
+        "violated"),
     "walk-irqs-on": _entry(
         lambda: walk_vs_promotion("IRQs on"),
-        "a walker with interrupts on reads the PMD table the host freed", "violated"),
+        "a walker with interrupts on reads the PMD table the host freed",
+        "violated"),
+    "walk-twice": _entry(
+        two_walkers_vs_promotion,
+        "two kernel walkers against a PUD promotion (three CPUs)"),
     "rule1-vs-migrate": _entry(
         lambda: fault_vs_host("rule 1", "migrate"),
         "the fault path (rule 1) against a page migration"),
     "rule1-vs-collapse": _entry(
         lambda: fault_vs_host("rule 1", "collapse"),
         "the fault path (rule 1) against khugepaged's collapse"),
+    "rule1-twice-vs-migrate": _entry(
+        lambda: two_faults_vs_host("migrate"),
+        "two vCPUs' faults (rule 1) against a page migration (three CPUs)"),
     "no-check-vs-migrate": _entry(
         lambda: fault_vs_host("no check", "migrate"),
-        "no is_page_fault_stale(): KVM maps the page the host migrated away", "violated"),
+        "no is_page_fault_stale(): KVM maps the page the host migrated away",
+        "violated"),
     "no-check-vs-collapse": _entry(
         lambda: fault_vs_host("no check", "collapse"),
-        "no is_page_fault_stale(): KVM maps 2M of memory that is not the THP", "violated"),
+        "no is_page_fault_stale(): KVM maps 2M of memory that is not the THP",
+        "violated"),
     "check-unlock-relock": _entry(
         lambda: fault_vs_host("check, unlock, relock", "migrate"),
-        "the check under one hold of mmu_lock, the install under another", "violated"),
+        "the check under one hold of mmu_lock, the install under another",
+        "violated"),
     "rule2-checked": _entry(
         lambda: rule2_vs_migration(True),
-        "rule 2: under mmu_lock, check that no invalidation is in progress, then map"),
+        "rule 2: under mmu_lock, check that no invalidation is in progress, "
+        "then map"),
     "rule2-unchecked": _entry(
         lambda: rule2_vs_migration(False),
-        "rule 2 without the in-progress check: KVM maps a page being migrated", "violated"),
+        "rule 2 without the in-progress check: KVM maps a page being migrated",
+        "violated"),
+    "rule2-twice": _entry(
+        rule2_twice_vs_migration,
+        "two vCPUs by rule 2 (checked) against a page migration (three CPUs)"),
     "rule2-recovery-vs-split": _entry(
         recovery_vs_split,
         "rule 2 by an existing leaf: huge-page recovery against a THP split"),
     "rule3-zap-vs-split": _entry(
         hint_vs_split,
-        "rule 3: the collapsible zap uses the level as a hint only, against a THP split"),
+        "rule 3: the collapsible zap uses the level as a hint only, against a THP "
+        "split"),
 }
+
+#: What each scenario's KVM side leaves out of the rules ("nothing": the kernel's).
+OMITS = {
+    "walk-read-once": "nothing",
+    "walk-rereads": "read each level once",
+    "walk-irqs-on": "interrupts off",
+    "walk-twice": "nothing",
+    "rule1-vs-migrate": "nothing",
+    "rule1-vs-collapse": "nothing",
+    "rule1-twice-vs-migrate": "nothing",
+    "no-check-vs-migrate": "is_page_fault_stale()",
+    "no-check-vs-collapse": "is_page_fault_stale()",
+    "check-unlock-relock": "one hold: check, then map",
+    "rule2-checked": "nothing",
+    "rule2-unchecked": "the in-progress check",
+    "rule2-twice": "nothing",
+    "rule2-recovery-vs-split": "nothing",
+    "rule3-zap-vs-split": "nothing",
+}
+
+
+class _CheckRow(NamedTuple):
+    """One row of the chapter's table of verdicts."""
+
+    name: str
+    cpus: int
+    omits: str
+    violated: bool
+    invariant: str | None      # the check that broke, if one did
+    states: int
+    transitions: int
+    search: str                # "full" or "partial-order reduced"
+    schedule: str | None       # the shortest counterexample, if violated
+
+
+def verdicts(names=None) -> list:
+    """Explore each scenario of ``names`` (default: all): one named tuple per row.
+
+    A holding scenario is explored exhaustively; a violated one until its
+    shortest counterexample (the explorer's default).
+    """
+    names = list(SCENARIOS) if names is None else list(names)
+    for name in names:
+        check_choice("names", name, tuple(SCENARIOS))
+    rows = []
+    for name in names:
+        sc = SCENARIOS[name].build()
+        r = explore(sc)
+        rows.append(_CheckRow(name, len(sc.actors), OMITS[name], r.violated,
+                            r.invariant, r.states, r.transitions, r.search,
+                            r.schedule))
+    return rows
