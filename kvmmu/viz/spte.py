@@ -1,4 +1,4 @@
-"""Views of the SPTE format: a decoder widget over a pure view, and a bit-layout figure.
+"""Views of the SPTE format: a decoder widget over a pure view, a bit-layout figure.
 
 ``spte_view(text, mode, level)`` is the pure function: it never raises, and
 returns a :class:`SpteView` (class, fields, 64 coloured bits, or an error
@@ -19,7 +19,8 @@ from ..levels import check_level
 
 __all__ = ["MODES", "LEVEL_CHOICES", "COLOURS", "SHORT_LABELS", "BITS_PER_ROW",
            "field_layout", "row_segments", "shown_label", "SpteView", "spte_view",
-           "spte_widget", "LAYOUT_EXAMPLES", "spte_layout_rows", "spte_layout_figure"]
+           "spte_widget", "LAYOUT_EXAMPLES", "spte_layout_rows",
+           "spte_layout_figure"]
 
 #: The widget's two modes and the configuration each decodes with.
 MODES = {"EPT": S.EPT_AD, "non-EPT": S.NPT}
@@ -67,7 +68,8 @@ _LEAF_EPT = [
 _NONLEAF_EPT = [
     (63, 63, "SVE", "perm"), (53, 52, "A/D type", "kvm"),
     (51, 12, "child table", "addr"), (11, 11, "MMU-present", "kvm"),
-    (8, 8, "A", "ad"), (2, 2, "X", "perm"), (1, 1, "W", "perm"), (0, 0, "R", "perm"),
+    (8, 8, "A", "ad"), (2, 2, "X", "perm"), (1, 1, "W", "perm"),
+    (0, 0, "R", "perm"),
 ]
 _LEAF_NPT = [
     (63, 63, "NX", "perm"), (53, 52, "A/D type", "kvm"), (51, 12, "pfn", "addr"),
@@ -83,24 +85,27 @@ _NONLEAF_NPT = [
     (1, 1, "W", "perm"), (0, 0, "P", "perm"),
 ]
 _MMIO_EPT = [
-    (63, 63, "SVE=0", "mmio"), (62, 52, "gen[18:8]", "gen"), (51, 12, "gfn", "addr"),
+    (63, 63, "SVE=0", "mmio"), (62, 52, "gen[18:8]", "gen"),
+    (51, 12, "gfn", "addr"),
     (11, 11, "present=0", "kvm"), (10, 3, "gen[7:0]", "gen"),
     (2, 0, "WX=110", "mmio"),
 ]
 _MMIO_NPT = [
-    (62, 52, "gen[18:8]", "gen"), (51, 51, "rsvd PA", "mmio"), (50, 12, "gfn", "addr"),
+    (62, 52, "gen[18:8]", "gen"), (51, 51, "rsvd PA", "mmio"),
+    (50, 12, "gfn", "addr"),
     (11, 11, "present=0", "kvm"), (10, 3, "gen[7:0]", "gen"), (2, 2, "U", "perm"),
     (1, 1, "W", "perm"), (0, 0, "P", "mmio"),
 ]
 _FROZEN = [
     (63, 63, "nonpresent", "special"), (51, 12, "pfn=0", "addr"),
-    (11, 11, "present=0", "kvm"), (10, 5, "0x5a0", "special"), (2, 0, "RWX=0", "perm"),
+    (11, 11, "present=0", "kvm"), (10, 5, "0x5a0", "special"),
+    (2, 0, "RWX=0", "perm"),
 ]
 _NONPRESENT = [(63, 63, "bit 63", "special"), (11, 11, "present=0", "kvm")]
 
 
 def field_layout(cls: str, ept: bool) -> list[tuple[int, int, str, str]]:
-    """Return (hi, lo, label, category) over all 64 bits of a ``cls`` SPTE, bit 63 first.
+    """(hi, lo, label, category) over all 64 bits of a ``cls`` SPTE, bit 63 first.
 
     Bits no field claims come back as ``("", "unused")`` runs, so the rows
     always tile 63..0 exactly.
@@ -141,7 +146,8 @@ def row_segments(layout, per_row: int = BITS_PER_ROW) -> list[list[tuple]]:
     for top in range(63, -1, -per_row):
         bottom = top - per_row + 1
         rows.append([(min(hi, top), max(lo, bottom), label, cat)
-                     for hi, lo, label, cat in layout if lo <= top and hi >= bottom])
+                     for hi, lo, label, cat in layout
+                     if lo <= top and hi >= bottom])
     return rows
 
 
@@ -167,7 +173,7 @@ class SpteView:
     bits: tuple            # 64 x (bit, set, label, category), bit 63 first
 
     def html(self) -> str:
-        """Render the view: class, the bits in two rows, the fields, notes or the error."""
+        """Render the view: class, bits in two rows, fields, notes, or the error."""
         esc = _html.escape
         if self.error is not None:
             return ('<div class="kvmmu-spte-view"><b style="color:#b00020">'
@@ -182,7 +188,8 @@ class SpteView:
     def __str__(self) -> str:
         if self.error is not None:
             return f"error: {self.error}"
-        lines = [f"{self.value:#018x} ({self.mode}, level {self.level}): {self.cls}"]
+        lines = [f"{self.value:#018x} ({self.mode}, level {self.level}): "
+                 f"{self.cls}"]
         lines += [f"  {k:<16} {v}" for k, v in self.fields]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -192,7 +199,7 @@ _TD = "padding:0;text-align:center;overflow:hidden;white-space:nowrap;"
 
 
 def _bits_html(bits) -> str:
-    """Two rows of 32 cells: field names, bit values coloured by field, bit numbers."""
+    """Two rows of 32 cells: field names, bits coloured by field, bit numbers."""
     esc = _html.escape
     layout, on = [], {b: v for b, v, _, _ in bits}
     for b, _, label, cat in bits:          # back to (hi, lo, label, cat) runs
@@ -233,8 +240,10 @@ def _fields_html(fields) -> str:
     cells = [f'<td style="padding:0 0.4em">{esc(k)}</td>'
              f'<td style="padding:0 0.8em 0 0"><code>{esc(v)}</code></td>'
              for k, v in fields]
-    rows = ["<tr>" + "".join(cells[i:i + 2]) + "</tr>" for i in range(0, len(cells), 2)]
-    return '<table style="margin-top:0.4em;font-size:90%">' + "".join(rows) + "</table>"
+    rows = ["<tr>" + "".join(cells[i:i + 2]) + "</tr>"
+            for i in range(0, len(cells), 2)]
+    return ('<table style="margin-top:0.4em;font-size:90%">' + "".join(rows)
+            + "</table>")
 
 
 def _shown(val) -> str:
@@ -314,7 +323,8 @@ def _build_widget(value: int, mode: str, level: int):
     text.add_class("kvmmu-spte-text")
     mode_w = W.ToggleButtons(options=list(MODES), value=mode, description="mode")
     mode_w.add_class("kvmmu-spte-mode")
-    level_w = W.Dropdown(options=[(f"{name} ({n})", n) for n, name in LEVEL_CHOICES],
+    level_w = W.Dropdown(options=[(f"{name} ({n})", n)
+                                  for n, name in LEVEL_CHOICES],
                          value=level, description="level",
                          layout=W.Layout(width="14em"))
     level_w.add_class("kvmmu-spte-level")
@@ -356,7 +366,7 @@ def _build_widget(value: int, mode: str, level: int):
 
 
 def spte_widget(value: int = 0x8600000012345B77, mode: str = "EPT", level: int = 1):
-    """Return an SPTE decoder: type a value or flip bits; pick EPT/non-EPT, the level.
+    """An SPTE decoder: type a value or flip bits; pick EPT/non-EPT and the level.
 
     A thin shell over :func:`spte_view`; the HTML below the bit buttons is
     exactly ``spte_view(...).html()``.
@@ -380,7 +390,7 @@ LAYOUT_EXAMPLES = (
 
 
 def spte_layout_rows() -> list[tuple[str, int, list[tuple[int, int, str, int]]]]:
-    """Per example SPTE: its title, value and fields as (hi, lo, label, field value)."""
+    """Per example SPTE: title, value and fields as (hi, lo, label, field value)."""
     out = []
     for title, value, mode, level in LAYOUT_EXAMPLES:
         cls = S.classify(value, MODES[mode], level)
@@ -398,7 +408,7 @@ _LEGEND_IN = 0.42
 
 
 def _draw_row(ax, y, segs, value, cell_w):
-    """One row of 32 bits at height ``y`` (inches from the top); returns the short keys."""
+    """One row of 32 bits at ``y`` (inches from the top); returns the short keys."""
     from matplotlib.patches import Rectangle
 
     used = set()
@@ -414,8 +424,9 @@ def _draw_row(ax, y, segs, value, cell_w):
         for b in range(hi, lo - 1, -1):
             x = (x0 - b) * cell_w
             top = y + _NAME_IN
-            ax.add_patch(Rectangle((x, top), cell_w, _CELL_IN, facecolor=COLOURS[cat],
-                                   edgecolor="white", linewidth=0.8))
+            ax.add_patch(Rectangle((x, top), cell_w, _CELL_IN,
+                                   facecolor=COLOURS[cat], edgecolor="white",
+                                   linewidth=0.8))
             bit = value >> b & 1
             ax.text(x + cell_w / 2, top + _CELL_IN / 2, str(bit), ha="center",
                     va="center", fontsize=9, color="black" if bit else "#666666",
