@@ -125,7 +125,7 @@ class Folio:
     __slots__ = ("fid", "owner", "_own")
 
     def __init__(self, fid: int, owner=None, **fields):
-        check_int("fid", fid, 0)
+        check_int("fid", fid, 0, (1 << 40) - 1)
         unknown = set(fields) - set(_FIELDS)
         if unknown:
             raise TypeError(f"Folio has no field {sorted(unknown)[0]!r}; fields: {', '.join(_FIELDS)}")

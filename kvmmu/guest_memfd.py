@@ -86,6 +86,11 @@ class GmemFile(Primitive):
     """
 
     _sealed = True
+    #: set when the file is created: configuration, not state
+    _fixed_fields = ("size", "order")
+    #: the explorer's footprint locations: the page cache, the folios, the bindings
+    _field_locations = {"page_cache": ("page_cache",), "folio_state": ("folios",),
+                        "next_fid": ("folios",), "bindings": ("bindings",)}
 
     _FIELDS = ("page_cache", "folio_state", "next_fid", "bindings")
 

@@ -183,6 +183,9 @@ class GmemMappableFile(GmemFile):
 
     _FIELDS = GmemFile._FIELDS + ("mappable_offsets", "callbacks", "oops", "history",
                                   "bad_transitions")
+    _field_locations = {**GmemFile._field_locations, "mappable_offsets": ("offsets",),
+                        "callbacks": ("callbacks",), "oops": ("oops",),
+                        "history": ("history",), "bad_transitions": ("history",)}
     mappability = True
 
     def __init__(self, world, name: str, size: int, order: int = 0, state: int = 0):

@@ -362,7 +362,7 @@ def at_baseline(kvm: Kvm) -> str | None:
 
 
 def _invariants():
-    return [Invariant(name, fn) for name, fn in INVARIANTS]
+    return [Invariant(name, fn, reads=(FILE,)) for name, fn in INVARIANTS]
 
 
 # --------------------------------------------------------------------------
