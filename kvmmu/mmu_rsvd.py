@@ -1,8 +1,11 @@
 """Reserved bits: the bits that must be zero in a page-table entry, level by level.
 
 Models: arch/x86/include/asm/kvm_host.h: struct rsvd_bits_validate
-Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode), __reset_rsvds_bits_mask_ept(), reset_tdp_shadow_zero_bits_mask(), reserved_hpa_bits()
-Models: arch/x86/kvm/mmu/spte.h: get_rsvd_bits(), __is_rsvd_bits_set(), __is_bad_mt_xwr(), is_rsvd_spte()
+Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode)
+Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask_ept(), reserved_hpa_bits()
+Models: arch/x86/kvm/mmu/mmu.c: reset_tdp_shadow_zero_bits_mask()
+Models: arch/x86/kvm/mmu/spte.h: get_rsvd_bits(), __is_rsvd_bits_set()
+Models: arch/x86/kvm/mmu/spte.h: __is_bad_mt_xwr(), is_rsvd_spte()
 
 Reference version: Linux 6.17 (mmu.c and spte.h read at v6.17-rc3).
 
@@ -32,13 +35,15 @@ table instead of filling ``context->shadow_zero_check``.
 from dataclasses import dataclass, field
 
 from .checks import check_bool, check_int, check_u64
-from .levels import (PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL,
-                     PT64_ROOT_4LEVEL, PT64_ROOT_MAX_LEVEL, check_level)
+from .levels import (PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K, PT32_ROOT_LEVEL,
+                     PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_MAX_LEVEL,
+                     check_level)
 from .spte import SpteConfig, rsvd_bits
 
 __all__ = [
     "RsvdBitsValidate", "EPT_MEMTYPE_NAMES", "reserved_hpa_bits",
-    "__reset_rsvds_bits_mask", "__reset_rsvds_bits_mask_ept", "reset_tdp_shadow_zero_bits_mask",
+    "__reset_rsvds_bits_mask", "__reset_rsvds_bits_mask_ept",
+    "reset_tdp_shadow_zero_bits_mask",
     "get_rsvd_bits", "__is_rsvd_bits_set", "__is_bad_mt_xwr", "is_rsvd_spte",
     "bad_mt_xwr_reason",
 ]
@@ -51,7 +56,7 @@ EPT_MEMTYPE_NAMES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 
 @dataclass
 class RsvdBitsValidate:
-    """The reserved-bit table of one MMU context: per level and bit 7, and EPT's bad combinations.
+    """The reserved-bit table of one MMU context: per level and bit 7, plus EPT's.
 
     Models: arch/x86/include/asm/kvm_host.h: struct rsvd_bits_validate
 
@@ -62,29 +67,37 @@ class RsvdBitsValidate:
     the zero-allocated kernel struct.
     """
 
-    rsvd_bits_mask: list = field(default_factory=lambda: [[0] * PT64_ROOT_MAX_LEVEL,
-                                                          [0] * PT64_ROOT_MAX_LEVEL])
+    rsvd_bits_mask: list = field(default_factory=lambda: [
+        [0] * PT64_ROOT_MAX_LEVEL, [0] * PT64_ROOT_MAX_LEVEL])
     bad_mt_xwr: int = 0
 
     def table(self) -> list:
-        """The ten masks as ``(bit7, level, mask)`` rows, level 5 first, for printing."""
+        """The ten masks as ``(bit7, level, mask)`` rows, level 5 first."""
         return [(bit7, level, self.rsvd_bits_mask[bit7][level - 1])
                 for level in range(PT64_ROOT_MAX_LEVEL, 0, -1) for bit7 in (0, 1)]
 
 
 def _check_rsvd_check(rsvd_check) -> RsvdBitsValidate:
     if not isinstance(rsvd_check, RsvdBitsValidate):
-        raise TypeError(f"rsvd_check must be a RsvdBitsValidate, got {type(rsvd_check).__name__}")
+        raise TypeError("rsvd_check must be a RsvdBitsValidate, "
+                        f"got {type(rsvd_check).__name__}")
     return rsvd_check
 
 
+def _check_cfg(cfg) -> SpteConfig:
+    if not isinstance(cfg, SpteConfig):
+        raise TypeError("cfg must be a SpteConfig (e.g. kvmmu.spte.EPT_AD), "
+                        f"got {type(cfg).__name__}")
+    return cfg
+
+
 def _repeat_byte(byte: int) -> int:
-    """The kernel's REPEAT_BYTE(): ``byte`` copied into each of the eight bytes of a u64."""
+    """The kernel's REPEAT_BYTE(): ``byte`` in each of the eight bytes of a u64."""
     return byte * 0x0101010101010101
 
 
 def reserved_hpa_bits(cfg: SpteConfig) -> int:
-    """Return the host physical-address bits a host entry may not use: MAXPHYADDR to 63.
+    """Return the host address bits a host entry may not use: MAXPHYADDR to 63.
 
     Models: arch/x86/kvm/mmu/mmu.c: reserved_hpa_bits()
 
@@ -92,13 +105,13 @@ def reserved_hpa_bits(cfg: SpteConfig) -> int:
     stands for it (see :mod:`kvmmu.spte`).  The callers keep only the bits
     below 52 (or 63) of it, and decide about bit 63 themselves.
     """
-    if not isinstance(cfg, SpteConfig):
-        raise TypeError(f"cfg must be a SpteConfig (e.g. kvmmu.spte.EPT_AD), got {type(cfg).__name__}")
+    _check_cfg(cfg)
     return rsvd_bits(cfg.phys_bits, 63)
 
 
-def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, level: int,
-                            nx: bool, gbpages: bool, pse: bool, amd: bool) -> None:
+def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int,
+                            level: int, nx: bool, gbpages: bool, pse: bool,
+                            amd: bool) -> None:
     """Fill ``rsvd_check`` with the reserved bits of x86 paging rooted at ``level``.
 
     Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask() (every paging mode)
@@ -122,7 +135,8 @@ def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, lev
     _check_rsvd_check(rsvd_check)
     check_u64("pa_bits_rsvd", pa_bits_rsvd)
     check_level("level", level, PT32_ROOT_LEVEL, PT64_ROOT_5LEVEL)
-    for name, flag in (("nx", nx), ("gbpages", gbpages), ("pse", pse), ("amd", amd)):
+    for name, flag in (("nx", nx), ("gbpages", gbpages), ("pse", pse),
+                       ("amd", amd)):
         check_bool(name, flag)
     m = rsvd_check.rsvd_bits_mask
     rsvd_check.bad_mt_xwr = 0
@@ -156,8 +170,8 @@ def __reset_rsvds_bits_mask(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, lev
     m[1][1] = high | rsvd_bits(13, 20)
 
 
-def __reset_rsvds_bits_mask_ept(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int, execonly: bool,
-                                huge_page_level: int) -> None:
+def __reset_rsvds_bits_mask_ept(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int,
+                                execonly: bool, huge_page_level: int) -> None:
     """Fill ``rsvd_check`` with the reserved bits and bad memory types of EPT.
 
     Models: arch/x86/kvm/mmu/mmu.c: __reset_rsvds_bits_mask_ept()
@@ -196,9 +210,12 @@ def __reset_rsvds_bits_mask_ept(rsvd_check: RsvdBitsValidate, pa_bits_rsvd: int,
     rsvd_check.bad_mt_xwr = bad
 
 
-def reset_tdp_shadow_zero_bits_mask(cfg: SpteConfig, root_level: int = PT64_ROOT_4LEVEL,
+def reset_tdp_shadow_zero_bits_mask(cfg: SpteConfig,
+                                    root_level: int = PT64_ROOT_4LEVEL,
                                     gbpages: bool = True) -> RsvdBitsValidate:
-    """Return the table that judges the TDP MMU's SPTEs (``shadow_zero_check``) under ``cfg``.
+    """Return the table that judges the TDP MMU's SPTEs under ``cfg``.
+
+    The kernel's ``shadow_zero_check`` of the TDP MMU context.
 
     Models: arch/x86/kvm/mmu/mmu.c: reset_tdp_shadow_zero_bits_mask()
 
@@ -210,14 +227,13 @@ def reset_tdp_shadow_zero_bits_mask(cfg: SpteConfig, root_level: int = PT64_ROOT
     only for NPT (4, or 5 with 5-level paging); the EPT table covers every
     level.
     """
-    if not isinstance(cfg, SpteConfig):
-        raise TypeError(f"cfg must be a SpteConfig (e.g. kvmmu.spte.EPT_AD), got {type(cfg).__name__}")
+    _check_cfg(cfg)
     check_level("root_level", root_level, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL)
     check_bool("gbpages", gbpages)
     check = RsvdBitsValidate()
     if not cfg.ept:
-        __reset_rsvds_bits_mask(check, reserved_hpa_bits(cfg), root_level, True, gbpages,
-                                False, True)
+        __reset_rsvds_bits_mask(check, reserved_hpa_bits(cfg), root_level,
+                                True, gbpages, False, True)
     else:
         __reset_rsvds_bits_mask_ept(check, reserved_hpa_bits(cfg), False,
                                     PG_LEVEL_1G if gbpages else PG_LEVEL_2M)
@@ -225,7 +241,7 @@ def reset_tdp_shadow_zero_bits_mask(cfg: SpteConfig, root_level: int = PT64_ROOT
 
 
 def get_rsvd_bits(rsvd_check: RsvdBitsValidate, pte: int, level: int) -> int:
-    """Return the reserved-bit mask that applies to ``pte`` at ``level`` (chosen by its bit 7).
+    """Return the reserved-bit mask for ``pte`` at ``level`` (chosen by its bit 7).
 
     Models: arch/x86/kvm/mmu/spte.h: get_rsvd_bits()
 
@@ -247,7 +263,7 @@ def __is_rsvd_bits_set(rsvd_check: RsvdBitsValidate, pte: int, level: int) -> bo
 
 
 def __is_bad_mt_xwr(rsvd_check: RsvdBitsValidate, pte: int) -> bool:
-    """Return True if the low six bits of ``pte`` (memory type, XWR) are refused (EPT).
+    """Return True if EPT refuses the low six bits of ``pte`` (memory type, XWR).
 
     Models: arch/x86/kvm/mmu/spte.h: __is_bad_mt_xwr()
     """
@@ -266,11 +282,14 @@ def is_rsvd_spte(rsvd_check: RsvdBitsValidate, spte: int, level: int) -> bool:
     the hot path has one branch fewer; the answer is the same.
     """
     check_level("level", level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
-    return __is_bad_mt_xwr(rsvd_check, spte) | __is_rsvd_bits_set(rsvd_check, spte, level)
+    return (__is_bad_mt_xwr(rsvd_check, spte)
+            | __is_rsvd_bits_set(rsvd_check, spte, level))
 
 
 def bad_mt_xwr_reason(spte: int, execonly: bool = False) -> list:
-    """Return why EPT refuses the low six bits of ``spte``, one phrase per reason (none: []).
+    """Return why EPT refuses the low six bits of ``spte``: one phrase per reason.
+
+    An empty list if it does not refuse them.
 
     The model's own wording of the rules :func:`__reset_rsvds_bits_mask_ept`
     encodes; a test checks the two agree on all 64 values.
@@ -280,8 +299,8 @@ def bad_mt_xwr_reason(spte: int, execonly: bool = False) -> list:
     memtype, xwr = (spte >> 3) & 7, spte & 7
     reasons = []
     if memtype not in EPT_MEMTYPE_NAMES:
-        reasons.append(f"memory type {memtype} (bits 5:3) is reserved: only 0 UC, 1 WC, "
-                       "4 WT, 5 WP, 6 WB exist")
+        reasons.append(f"memory type {memtype} (bits 5:3) is reserved: only 0 UC, "
+                       "1 WC, 4 WT, 5 WP, 6 WB exist")
     if xwr in (0b010, 0b110):
         reasons.append(f"XWR = {xwr:03b}: writable but not readable")
     elif xwr == 0b100 and not execonly:

@@ -1,17 +1,24 @@
 """The SPTE format: the 64-bit entries of KVM's shadow and TDP page tables.
 
-Models: arch/x86/kvm/mmu/spte.h: SPTE_MMU_PRESENT_MASK, SPTE_TDP_AD_MASK, SPTE_BASE_ADDR_MASK
-Models: arch/x86/kvm/mmu/spte.h: SHADOW_NONPRESENT_VALUE, FROZEN_SPTE, SHADOW_ACC_TRACK_SAVED_BITS_MASK
+Models: arch/x86/kvm/mmu/spte.h: SPTE_MMU_PRESENT_MASK, SPTE_TDP_AD_MASK
+Models: arch/x86/kvm/mmu/spte.h: SPTE_BASE_ADDR_MASK, SHADOW_NONPRESENT_VALUE
+Models: arch/x86/kvm/mmu/spte.h: FROZEN_SPTE, SHADOW_ACC_TRACK_SAVED_BITS_MASK
 Models: arch/x86/kvm/mmu/spte.h: MMIO_SPTE_GEN_MASK, SPTE_MMIO_ALLOWED_MASK
 Models: arch/x86/kvm/mmu/mmu.h: PT_WRITABLE_MASK, PT_PAGE_SIZE_MASK, PT64_NX_MASK
-Models: arch/x86/include/asm/vmx.h: VMX_EPT_RWX_MASK, VMX_EPT_MISCONFIG_WX_VALUE, VMX_EPT_SUPPRESS_VE_BIT
+Models: arch/x86/include/asm/vmx.h: VMX_EPT_RWX_MASK, VMX_EPT_MISCONFIG_WX_VALUE
+Models: arch/x86/include/asm/vmx.h: VMX_EPT_SUPPRESS_VE_BIT
 
 The functions below carry their own ``Models:`` lines (spte.h, spte.c, and
 mmu.c for check_mmio_spte/get_mmio_spte_gfn/get_mmio_spte_access).  The
-``Historical:`` lines mark code from before 6.17, kept for the 2021 debate:
-the removed value was bit 59 in the 2021 series (``REMOVED_SPTE_2021``),
-``0x5a0`` later (``REMOVED_SPTE_OLD``, about 5.17 to v6.10), and
-``FROZEN_SPTE`` = bit 63 | ``0x5a0`` since v6.11.
+``Historical:`` lines mark code from before 6.17, kept for the 2021 debate.
+The removed value was bit 59 when Ben Gardon's series was merged (5.12,
+``REMOVED_SPTE_2021``); ``0x5a0`` from 5.13 to 6.9 (``REMOVED_SPTE_OLD``,
+Sean Christopherson's "KVM: x86/mmu: Use low available bits for removed
+SPTEs", posted 2021-02-25, commit 715f1079eee1); ``SHADOW_NONPRESENT_VALUE
+| 0x5a0`` = bit 63 | ``0x5a0`` since 6.10, when commit 7f01cab84928 ("KVM:
+x86/mmu: Allow non-zero value for non-present SPTE and removed SPTE") made
+the non-present value bit 63 for TDX; and 6.11's commit 964cea817196 only
+renamed it ``FROZEN_SPTE``, value unchanged.
 
 Reference version: Linux 6.17 (read at v6.17-rc3).
 
@@ -59,11 +66,56 @@ predefined ``EPT_AD``, ``EPT_NO_AD`` and ``NPT``.
 from dataclasses import dataclass, field, replace
 
 from .bits import BIT_ULL, GENMASK_ULL, U64_MAX, c_int
-from .checks import KernelWarn, check_bool, check_int, check_u64  # noqa: F401 (KernelWarn re-exported)
+# KernelWarn is re-exported: callers catch kvmmu.spte.KernelWarn.
+from .checks import KernelWarn  # noqa: F401
+from .checks import check_bool, check_choice, check_int, check_u64
 from .levels import (
     KVM_HPAGE_SIZE, KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
     PAGE_SIZE, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL, check_level,
 )
+
+__all__ = [
+    "PT_PRESENT_MASK", "PT_WRITABLE_MASK", "PT_USER_MASK", "PT_PWT_MASK",
+    "PT_PCD_MASK", "PT_ACCESSED_SHIFT", "PT_ACCESSED_MASK", "PT_DIRTY_SHIFT",
+    "PT_DIRTY_MASK", "PT_PAGE_SIZE_SHIFT", "PT_PAGE_SIZE_MASK", "PT_PAT_MASK",
+    "PT_GLOBAL_MASK", "PT64_NX_SHIFT", "PT64_NX_MASK", "VMX_EPT_READABLE_MASK",
+    "VMX_EPT_WRITABLE_MASK", "VMX_EPT_EXECUTABLE_MASK", "VMX_EPT_RWX_MASK",
+    "VMX_EPT_MT_EPTE_SHIFT", "VMX_EPT_MT_MASK", "VMX_EPT_IPAT_BIT",
+    "VMX_EPT_ACCESS_BIT", "VMX_EPT_DIRTY_BIT", "VMX_EPT_SUPPRESS_VE_BIT",
+    "VMX_EPT_MISCONFIG_WX_VALUE", "MTRR_TYPE_UNCACHABLE", "MTRR_TYPE_WRBACK",
+    "EPT_DEFAULT_MEMTYPE", "SPTE_MMU_PRESENT_MASK", "SPTE_TDP_AD_SHIFT",
+    "SPTE_TDP_AD_MASK", "SPTE_TDP_AD_ENABLED", "SPTE_TDP_AD_DISABLED",
+    "SPTE_TDP_AD_WRPROT_ONLY", "SPTE_BASE_ADDR_MASK", "ACC_EXEC_MASK",
+    "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL", "SPTE_EPT_READABLE_MASK",
+    "SPTE_EPT_EXECUTABLE_MASK", "SHADOW_ACC_TRACK_SAVED_BITS_MASK",
+    "SHADOW_ACC_TRACK_SAVED_BITS_SHIFT", "SHADOW_ACC_TRACK_SAVED_MASK",
+    "DEFAULT_SPTE_HOST_WRITABLE", "DEFAULT_SPTE_MMU_WRITABLE",
+    "EPT_SPTE_HOST_WRITABLE", "EPT_SPTE_MMU_WRITABLE", "MMIO_SPTE_GEN_LOW_START",
+    "MMIO_SPTE_GEN_LOW_END", "MMIO_SPTE_GEN_HIGH_START", "MMIO_SPTE_GEN_HIGH_END",
+    "MMIO_SPTE_GEN_LOW_MASK", "MMIO_SPTE_GEN_HIGH_MASK", "MMIO_SPTE_GEN_LOW_BITS",
+    "MMIO_SPTE_GEN_HIGH_BITS", "MMIO_SPTE_GEN_LOW_SHIFT",
+    "MMIO_SPTE_GEN_HIGH_SHIFT", "MMIO_SPTE_GEN_MASK", "SPTE_MMIO_ALLOWED_MASK",
+    "KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS", "SHADOW_NONPRESENT_VALUE",
+    "SHADOW_NONPRESENT_OR_RSVD_MASK_LEN", "FROZEN_SPTE", "REMOVED_SPTE_OLD",
+    "FROZEN_SPTE_PROPOSED_2021", "REMOVED_SPTE_2021", "SPTE_SPECIAL_MASK_2021",
+    "SPTE_MMIO_MASK_2021", "CLASS_PRESENT_LEAF", "CLASS_PRESENT_NONLEAF",
+    "CLASS_ACCESS_TRACKED", "CLASS_MMIO", "CLASS_FROZEN", "CLASS_NONPRESENT",
+    "SPTE_CLASSES", "rsvd_bits", "SpteConfig", "kvm_mmu_set_mmio_spte_mask",
+    "kvm_mmu_reset_all_pte_masks", "kvm_mmu_set_ept_masks", "EPT_AD", "EPT_NO_AD",
+    "NPT", "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte",
+    "is_large_pte", "is_last_spte", "is_executable_pte", "spte_to_pfn",
+    "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
+    "is_accessed_spte", "is_writable_pte", "is_mmu_writable_spte",
+    "is_host_writable_spte", "is_dirty_spte", "is_ept_ve_possible",
+    "check_spte_writable_invariants", "leaf_spte_change_needs_tlb_flush",
+    "spte_needs_atomic_update", "mark_spte_for_access_track",
+    "restore_acc_track_spte", "generation_mmio_spte_mask",
+    "get_mmio_spte_generation", "make_mmio_spte", "get_mmio_spte_gfn",
+    "get_mmio_spte_access", "check_mmio_spte", "make_spte", "make_nonleaf_spte",
+    "modify_spte_protections", "make_small_spte", "make_huge_spte", "classify",
+    "HMW_STATES", "hmw_state", "SpteDecode", "decode_spte", "is_mmio_spte_2021",
+    "is_shadow_present_pte_2021", "int_bit_test_truncating", "int_bit_test_fixed",
+]
 
 # --------------------------------------------------------------------------
 # x86 page-table bits (arch/x86/kvm/mmu/mmu.h): the "PT64" layout that AMD NPT
@@ -106,7 +158,7 @@ MTRR_TYPE_UNCACHABLE = 0
 MTRR_TYPE_WRBACK = 6
 #: What the model assumes ``vmx_get_mt_mask()`` returns for ordinary RAM in a
 #: VM without non-coherent DMA: write-back, ignore guest PAT.  A modelling
-#: choice (kernel-facts marks the exact 6.17 value UNVERIFIED).
+#: choice: the exact value depends on MTRRs, guest PAT and non-coherent DMA.
 EPT_DEFAULT_MEMTYPE = (MTRR_TYPE_WRBACK << VMX_EPT_MT_EPTE_SHIFT) | VMX_EPT_IPAT_BIT
 
 # --------------------------------------------------------------------------
@@ -137,7 +189,8 @@ SPTE_EPT_EXECUTABLE_MASK = 0x4
 #: write so dirty logging sees it) in bits 54 and 56.
 SHADOW_ACC_TRACK_SAVED_BITS_MASK = SPTE_EPT_READABLE_MASK | SPTE_EPT_EXECUTABLE_MASK
 SHADOW_ACC_TRACK_SAVED_BITS_SHIFT = 54
-SHADOW_ACC_TRACK_SAVED_MASK = SHADOW_ACC_TRACK_SAVED_BITS_MASK << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT
+SHADOW_ACC_TRACK_SAVED_MASK = (SHADOW_ACC_TRACK_SAVED_BITS_MASK
+                               << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT)
 
 DEFAULT_SPTE_HOST_WRITABLE = BIT_ULL(9)
 DEFAULT_SPTE_MMU_WRITABLE = BIT_ULL(10)
@@ -150,12 +203,14 @@ MMIO_SPTE_GEN_LOW_END = 10
 MMIO_SPTE_GEN_HIGH_START = 52
 MMIO_SPTE_GEN_HIGH_END = 62
 MMIO_SPTE_GEN_LOW_MASK = GENMASK_ULL(MMIO_SPTE_GEN_LOW_END, MMIO_SPTE_GEN_LOW_START)
-MMIO_SPTE_GEN_HIGH_MASK = GENMASK_ULL(MMIO_SPTE_GEN_HIGH_END, MMIO_SPTE_GEN_HIGH_START)
+MMIO_SPTE_GEN_HIGH_MASK = GENMASK_ULL(MMIO_SPTE_GEN_HIGH_END,
+                                      MMIO_SPTE_GEN_HIGH_START)
 MMIO_SPTE_GEN_LOW_BITS = MMIO_SPTE_GEN_LOW_END - MMIO_SPTE_GEN_LOW_START + 1
 MMIO_SPTE_GEN_HIGH_BITS = MMIO_SPTE_GEN_HIGH_END - MMIO_SPTE_GEN_HIGH_START + 1
 MMIO_SPTE_GEN_LOW_SHIFT = MMIO_SPTE_GEN_LOW_START - 0
 MMIO_SPTE_GEN_HIGH_SHIFT = MMIO_SPTE_GEN_HIGH_START - MMIO_SPTE_GEN_LOW_BITS
-MMIO_SPTE_GEN_MASK = GENMASK_ULL(MMIO_SPTE_GEN_LOW_BITS + MMIO_SPTE_GEN_HIGH_BITS - 1, 0)
+MMIO_SPTE_GEN_MASK = GENMASK_ULL(
+    MMIO_SPTE_GEN_LOW_BITS + MMIO_SPTE_GEN_HIGH_BITS - 1, 0)
 
 #: Bits an MMIO *mask* may use: bit 63, the PA bits and the EPT RWX bits.
 #: Never bit 11 (MMIO SPTEs are not MMU-present) nor a generation bit.
@@ -177,18 +232,21 @@ SHADOW_NONPRESENT_OR_RSVD_MASK_LEN = 5
 #: non-present value.  Compared with ``==``: it is a value, not a flag.
 FROZEN_SPTE = SHADOW_NONPRESENT_VALUE | 0x5A0
 
-#: Historical: ``REMOVED_SPTE`` as the kernels up to v6.10 define it (the
-#: oldest later spte.h this book's sources read, about 5.17, already has it);
-#: commit 964cea817196 (v6.11) renamed it FROZEN_SPTE and gave it bit 63.
-#: Not the value first merged: see REMOVED_SPTE_2021.  Not a 6.17 constant.
+#: Historical: ``REMOVED_SPTE`` from 5.13 to 6.9, set by Sean
+#: Christopherson's "KVM: x86/mmu: Use low available bits for removed SPTEs"
+#: (posted 2021-02-25, commit 715f1079eee1): low bits, so it reads as a value
+#: and needs no 64-bit immediate.  6.10 OR-ed in SHADOW_NONPRESENT_VALUE,
+#: which commit 7f01cab84928 made bit 63; 6.11 (commit 964cea817196) only
+#: renamed it FROZEN_SPTE.  Not a 6.17 constant.
 REMOVED_SPTE_OLD = 0x5A0
 
 #: Historical: the value Ben Gardon's patch (Jan 2021) proposed, a single bit,
 #: ``1ull << 59``, which Sean Christopherson objected looks like a flag.
 FROZEN_SPTE_PROPOSED_2021 = BIT_ULL(59)
 
-#: Historical: the reposted series took Sean's name, ``REMOVED_SPTE``, but kept
-#: the value, bit 59 alone; 0x5a0 (REMOVED_SPTE_OLD) came later.
+#: Historical: the reposted series took Sean's name, ``REMOVED_SPTE``, but
+#: kept the value, bit 59 alone (merged in 5.12); 0x5a0 (REMOVED_SPTE_OLD)
+#: came in the next release.
 REMOVED_SPTE_2021 = FROZEN_SPTE_PROPOSED_2021
 
 #: Historical (v5.12 and earlier): bits 52-53 were a "special" field whose
@@ -199,9 +257,9 @@ SPTE_MMIO_MASK_2021 = 3 << 52
 # The kernel's static_asserts, checked when the module loads.
 assert not (FROZEN_SPTE & SPTE_MMU_PRESENT_MASK)
 assert not (SHADOW_NONPRESENT_VALUE & SPTE_MMU_PRESENT_MASK)
-assert not (SPTE_MMU_PRESENT_MASK & (MMIO_SPTE_GEN_LOW_MASK | MMIO_SPTE_GEN_HIGH_MASK))
-assert not (SPTE_MMIO_ALLOWED_MASK
-            & (SPTE_MMU_PRESENT_MASK | MMIO_SPTE_GEN_LOW_MASK | MMIO_SPTE_GEN_HIGH_MASK))
+_MMIO_GEN_BITS = MMIO_SPTE_GEN_LOW_MASK | MMIO_SPTE_GEN_HIGH_MASK
+assert not (SPTE_MMU_PRESENT_MASK & _MMIO_GEN_BITS)
+assert not (SPTE_MMIO_ALLOWED_MASK & (SPTE_MMU_PRESENT_MASK | _MMIO_GEN_BITS))
 assert not (SPTE_TDP_AD_MASK & SHADOW_ACC_TRACK_SAVED_MASK)
 assert not ((EPT_SPTE_HOST_WRITABLE | EPT_SPTE_MMU_WRITABLE)
             & (SPTE_TDP_AD_MASK | SHADOW_ACC_TRACK_SAVED_MASK))
@@ -233,6 +291,16 @@ def rsvd_bits(s: int, e: int) -> int:
 # --------------------------------------------------------------------------
 # Configuration: the runtime mask globals.
 # --------------------------------------------------------------------------
+#: The fields of :class:`SpteConfig` that hold 64-bit masks or values.
+_SPTE_CONFIG_MASKS = (
+    "shadow_user_mask", "shadow_accessed_mask", "shadow_dirty_mask",
+    "shadow_nx_mask", "shadow_x_mask", "shadow_present_mask",
+    "shadow_acc_track_mask",
+    "shadow_host_writable_mask", "shadow_mmu_writable_mask",
+    "shadow_nonpresent_or_rsvd_mask", "shadow_nonpresent_or_rsvd_lower_gfn_mask",
+    "shadow_mmio_value", "shadow_mmio_mask")
+
+
 @dataclass(frozen=True)
 class SpteConfig:
     """The vendor-dependent SPTE masks, i.e. the kernel's ``shadow_*`` globals.
@@ -268,6 +336,25 @@ class SpteConfig:
     #: The WARNs ``kvm_mmu_set_mmio_spte_mask`` fired, in order.
     mmio_warnings: tuple = field(default=())
 
+    def __post_init__(self):
+        # A configuration is built by the functions below; refuse a hand-made
+        # one with a field of the wrong kind, naming the field.
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty string, got {self.name!r}")
+        check_int("phys_bits", self.phys_bits, 36, 52)
+        if self.l1tf_cache_bits is not None:
+            check_int("l1tf_cache_bits", self.l1tf_cache_bits, 36, 52)
+        for name in ("ept", "kvm_ad_enabled", "has_get_mt_mask",
+                     "allow_mmio_caching", "enable_mmio_caching"):
+            check_bool(name, getattr(self, name))
+        for name in _SPTE_CONFIG_MASKS:
+            check_u64(name, getattr(self, name))
+        check_int("shadow_mmio_access_mask", self.shadow_mmio_access_mask,
+                  0, 0xFFFF_FFFF)
+        if not isinstance(self.mmio_warnings, tuple):
+            raise TypeError("mmio_warnings must be a tuple of strings, got "
+                            f"{type(self.mmio_warnings).__name__}")
+
     def __repr__(self) -> str:
         return f"SpteConfig({self.name})"
 
@@ -291,7 +378,8 @@ class SpteConfig:
 
 def _check_cfg(cfg) -> "SpteConfig":
     if not isinstance(cfg, SpteConfig):
-        raise TypeError(f"cfg must be a SpteConfig (e.g. kvmmu.spte.EPT_AD), got {type(cfg).__name__}")
+        raise TypeError("cfg must be a SpteConfig (e.g. kvmmu.spte.EPT_AD), "
+                        f"got {type(cfg).__name__}")
     return cfg
 
 
@@ -319,7 +407,9 @@ def kvm_mmu_set_mmio_spte_mask(cfg: SpteConfig, mmio_value: int, mmio_mask: int,
     if mmio_mask & ~SPTE_MMIO_ALLOWED_MASK & U64_MAX:
         warnings.append("MMIO mask uses bits outside SPTE_MMIO_ALLOWED_MASK")
         mmio_value = 0
-    if mmio_value & (cfg.shadow_nonpresent_or_rsvd_mask << SHADOW_NONPRESENT_OR_RSVD_MASK_LEN):
+    l1tf_gfn_bits = (cfg.shadow_nonpresent_or_rsvd_mask
+                     << SHADOW_NONPRESENT_OR_RSVD_MASK_LEN)
+    if mmio_value & l1tf_gfn_bits:
         warnings.append("MMIO value overlaps the relocated L1TF gfn bits")
         mmio_value = 0
     if (mmio_value & mmio_mask) != mmio_value:
@@ -335,7 +425,8 @@ def kvm_mmu_set_mmio_spte_mask(cfg: SpteConfig, mmio_value: int, mmio_mask: int,
                    mmio_warnings=cfg.mmio_warnings + tuple(warnings))
 
 
-def kvm_mmu_reset_all_pte_masks(phys_bits: int = 46, l1tf_cache_bits: int | None = None,
+def kvm_mmu_reset_all_pte_masks(phys_bits: int = 46,
+                                l1tf_cache_bits: int | None = None,
                                 allow_mmio_caching: bool = True,
                                 name: str | None = None) -> SpteConfig:
     """Return the non-EPT configuration: AMD NPT, or shadow paging on either vendor.
@@ -374,18 +465,20 @@ def kvm_mmu_reset_all_pte_masks(phys_bits: int = 46, l1tf_cache_bits: int | None
         shadow_host_writable_mask=DEFAULT_SPTE_HOST_WRITABLE,
         shadow_mmu_writable_mask=DEFAULT_SPTE_MMU_WRITABLE,
         shadow_nonpresent_or_rsvd_mask=rsvd_mask,
-        shadow_nonpresent_or_rsvd_lower_gfn_mask=GENMASK_ULL(low_phys_bits - 1, PAGE_SHIFT),
+        shadow_nonpresent_or_rsvd_lower_gfn_mask=GENMASK_ULL(low_phys_bits - 1,
+                                                             PAGE_SHIFT),
         has_get_mt_mask=False,
         allow_mmio_caching=allow_mmio_caching,
     )
     # MMIO SPTEs set a reserved PA bit so the access faults with PFEC.RSVD;
     # with 52 PA bits there is no reserved PA bit left, so no MMIO caching.
     mask = BIT_ULL(51) | PT_PRESENT_MASK if phys_bits < 52 else 0
-    return kvm_mmu_set_mmio_spte_mask(cfg, mask, mask, ACC_WRITE_MASK | ACC_USER_MASK)
+    return kvm_mmu_set_mmio_spte_mask(cfg, mask, mask,
+                                      ACC_WRITE_MASK | ACC_USER_MASK)
 
 
-def kvm_mmu_set_ept_masks(has_ad_bits: bool, has_exec_only: bool, *, phys_bits: int = 46,
-                          l1tf_cache_bits: int | None = None,
+def kvm_mmu_set_ept_masks(has_ad_bits: bool, has_exec_only: bool, *,
+                          phys_bits: int = 46, l1tf_cache_bits: int | None = None,
                           allow_mmio_caching: bool = True,
                           name: str | None = None) -> SpteConfig:
     """Return the Intel EPT configuration.
@@ -397,7 +490,8 @@ def kvm_mmu_set_ept_masks(has_ad_bits: bool, has_exec_only: bool, *, phys_bits: 
     """
     check_bool("has_ad_bits", has_ad_bits)
     check_bool("has_exec_only", has_exec_only)
-    base = kvm_mmu_reset_all_pte_masks(phys_bits, l1tf_cache_bits, allow_mmio_caching)
+    base = kvm_mmu_reset_all_pte_masks(phys_bits, l1tf_cache_bits,
+                                       allow_mmio_caching)
     if name is None:
         name = "EPT, A/D bits" if has_ad_bits else "EPT, no A/D bits"
         if has_exec_only:
@@ -412,7 +506,8 @@ def kvm_mmu_set_ept_masks(has_ad_bits: bool, has_exec_only: bool, *, phys_bits: 
         shadow_nx_mask=0,
         shadow_x_mask=VMX_EPT_EXECUTABLE_MASK,
         # Suppress-#VE so a W or X violation is an EPT violation, not a #VE.
-        shadow_present_mask=(0 if has_exec_only else VMX_EPT_READABLE_MASK) | VMX_EPT_SUPPRESS_VE_BIT,
+        shadow_present_mask=((0 if has_exec_only else VMX_EPT_READABLE_MASK)
+                             | VMX_EPT_SUPPRESS_VE_BIT),
         shadow_acc_track_mask=VMX_EPT_RWX_MASK,
         shadow_host_writable_mask=EPT_SPTE_HOST_WRITABLE,
         shadow_mmu_writable_mask=EPT_SPTE_MMU_WRITABLE,
@@ -453,7 +548,8 @@ def is_mmio_spte(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
     """
     check_u64("spte", spte)
     _check_cfg(cfg)
-    return (spte & cfg.shadow_mmio_mask) == cfg.shadow_mmio_value and cfg.enable_mmio_caching
+    return ((spte & cfg.shadow_mmio_mask) == cfg.shadow_mmio_value
+            and cfg.enable_mmio_caching)
 
 
 def is_frozen_spte(spte: int) -> bool:
@@ -515,7 +611,7 @@ def spte_ad_enabled(spte: int) -> bool:
 
 
 def spte_ad_need_write_protect(spte: int) -> bool:
-    """Return True if dirty logging must write-protect this SPTE (A/D type not ENABLED).
+    """Return True if dirty logging must write-protect it (A/D type not ENABLED).
 
     Models: arch/x86/kvm/mmu/spte.h: spte_ad_need_write_protect()
     """
@@ -589,7 +685,7 @@ def is_dirty_spte(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
 
 
 def is_ept_ve_possible(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
-    """Return True if writing ``spte`` could raise a #VE instead of an EPT violation.
+    """Return True if writing ``spte`` could raise a #VE, not an EPT violation.
 
     Models: arch/x86/kvm/mmu/spte.h: is_ept_ve_possible()
 
@@ -604,7 +700,9 @@ def is_ept_ve_possible(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
 
 
 def check_spte_writable_invariants(spte: int, cfg: SpteConfig = EPT_AD) -> None:
-    """Raise KernelWarn unless MMU-writable implies Host-writable and !MMU-writable implies !W.
+    """Raise KernelWarn unless M implies H, and not-M implies not-W.
+
+    M is MMU-writable, H Host-writable, W the hardware Writable bit.
 
     Models: arch/x86/kvm/mmu/spte.h: check_spte_writable_invariants()
 
@@ -614,7 +712,8 @@ def check_spte_writable_invariants(spte: int, cfg: SpteConfig = EPT_AD) -> None:
     _check_cfg(cfg)
     if spte & cfg.shadow_mmu_writable_mask:
         if not spte & cfg.shadow_host_writable_mask:
-            raise KernelWarn(f"kvm: MMU-writable SPTE is not Host-writable: {spte:#x}")
+            raise KernelWarn(
+                f"kvm: MMU-writable SPTE is not Host-writable: {spte:#x}")
     elif is_writable_pte(spte):
         raise KernelWarn(f"kvm: Writable SPTE is not MMU-writable: {spte:#x}")
 
@@ -628,7 +727,8 @@ def leaf_spte_change_needs_tlb_flush(old_spte: int, new_spte: int,
     Clearing only W (dirty logging, M kept) or only A/D does not: those
     callers flush later, in batches.
     """
-    return is_mmu_writable_spte(old_spte, cfg) and not is_mmu_writable_spte(new_spte, cfg)
+    return (is_mmu_writable_spte(old_spte, cfg)
+            and not is_mmu_writable_spte(new_spte, cfg))
 
 
 def spte_needs_atomic_update(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
@@ -671,7 +771,8 @@ def mark_spte_for_access_track(spte: int, cfg: SpteConfig = EPT_AD) -> int:
     check_spte_writable_invariants(spte, cfg)
     if spte & SHADOW_ACC_TRACK_SAVED_MASK:
         raise KernelWarn("Access Tracking saved bit locations are not zero")
-    spte |= (spte & SHADOW_ACC_TRACK_SAVED_BITS_MASK) << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT
+    saved = spte & SHADOW_ACC_TRACK_SAVED_BITS_MASK
+    spte |= saved << SHADOW_ACC_TRACK_SAVED_BITS_SHIFT
     spte &= ~(cfg.shadow_acc_track_mask | cfg.shadow_accessed_mask) & U64_MAX
     return spte
 
@@ -686,7 +787,8 @@ def restore_acc_track_spte(spte: int, cfg: SpteConfig = EPT_AD) -> int:
     """
     check_u64("spte", spte)
     _check_cfg(cfg)
-    saved_bits = (spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT) & SHADOW_ACC_TRACK_SAVED_BITS_MASK
+    saved_bits = ((spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT)
+                  & SHADOW_ACC_TRACK_SAVED_BITS_MASK)
     spte &= ~cfg.shadow_acc_track_mask & U64_MAX
     spte &= ~SHADOW_ACC_TRACK_SAVED_MASK & U64_MAX
     return spte | saved_bits
@@ -720,7 +822,8 @@ def get_mmio_spte_generation(spte: int) -> int:
     return gen
 
 
-def make_mmio_spte(gfn: int, access: int, generation: int, cfg: SpteConfig = EPT_AD) -> int:
+def make_mmio_spte(gfn: int, access: int, generation: int,
+                   cfg: SpteConfig = EPT_AD) -> int:
     """Return the MMIO SPTE caching "gfn is emulated MMIO" for ``generation``.
 
     Models: arch/x86/kvm/mmu/spte.c: make_mmio_spte()
@@ -733,8 +836,9 @@ def make_mmio_spte(gfn: int, access: int, generation: int, cfg: SpteConfig = EPT
     """
     _check_cfg(cfg)
     if not cfg.enable_mmio_caching:
-        raise ValueError(f"MMIO caching is disabled in cfg {cfg.name!r}: KVM creates no MMIO SPTEs "
-                         f"({'; '.join(cfg.mmio_warnings) or 'mmio_value is 0'})")
+        why = "; ".join(cfg.mmio_warnings) or "mmio_value is 0"
+        raise ValueError(f"MMIO caching is disabled in cfg {cfg.name!r}: KVM "
+                         f"creates no MMIO SPTEs ({why})")
     check_int("gfn", gfn, 0, cfg.max_mmio_gfn)
     check_int("access", access, 0, ACC_ALL)
     check_u64("generation", generation)
@@ -743,7 +847,8 @@ def make_mmio_spte(gfn: int, access: int, generation: int, cfg: SpteConfig = EPT
     gpa = gfn << PAGE_SHIFT
     spte |= cfg.shadow_mmio_value | (access & cfg.shadow_mmio_access_mask)
     spte |= gpa | cfg.shadow_nonpresent_or_rsvd_mask
-    spte |= (gpa & cfg.shadow_nonpresent_or_rsvd_mask) << SHADOW_NONPRESENT_OR_RSVD_MASK_LEN
+    spte |= ((gpa & cfg.shadow_nonpresent_or_rsvd_mask)
+             << SHADOW_NONPRESENT_OR_RSVD_MASK_LEN)
     return spte
 
 
@@ -755,7 +860,8 @@ def get_mmio_spte_gfn(spte: int, cfg: SpteConfig = EPT_AD) -> int:
     check_u64("spte", spte)
     _check_cfg(cfg)
     gpa = spte & cfg.shadow_nonpresent_or_rsvd_lower_gfn_mask
-    gpa |= (spte >> SHADOW_NONPRESENT_OR_RSVD_MASK_LEN) & cfg.shadow_nonpresent_or_rsvd_mask
+    gpa |= ((spte >> SHADOW_NONPRESENT_OR_RSVD_MASK_LEN)
+            & cfg.shadow_nonpresent_or_rsvd_mask)
     return gpa >> PAGE_SHIFT
 
 
@@ -796,11 +902,40 @@ def _resolve_ad(cfg: SpteConfig, ad_disabled, ad_need_write_protect: bool) -> bo
     check_bool("ad_disabled", ad_disabled)
     check_bool("ad_need_write_protect", ad_need_write_protect)
     if not cfg.ept and (ad_disabled or ad_need_write_protect):
-        raise ValueError(f"ad_disabled and ad_need_write_protect must be False for {cfg.name}: "
-                         "non-EPT SPTEs always have A/D bits (bits 52-62 are reserved there)")
+        raise ValueError(f"ad_disabled and ad_need_write_protect must be False for "
+                         f"{cfg.name}: non-EPT SPTEs always have A/D bits (bits "
+                         "52-62 are reserved there)")
     if cfg.ept and not cfg.kvm_ad_enabled and not ad_disabled:
-        raise ValueError(f"ad_disabled must be True for {cfg.name}: the hardware has no A/D bits")
+        raise ValueError(f"ad_disabled must be True for {cfg.name}: the hardware "
+                         "has no A/D bits")
     return ad_disabled
+
+
+def _check_make_spte_args(cfg, level, pte_access, pfn, flags, ad_disabled,
+                          ad_need_write_protect, memtype, old_spte):
+    """Refuse bad make_spte() arguments by name; return (ad_disabled, memtype)."""
+    _check_cfg(cfg)
+    check_level("level", level, PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL)
+    check_int("pte_access", pte_access, 0, ACC_ALL)
+    check_int("pfn", pfn, 0, cfg.max_pfn)
+    if pfn & (KVM_PAGES_PER_HPAGE(level) - 1):
+        pages = KVM_PAGES_PER_HPAGE(level)
+        raise ValueError(f"pfn must be aligned to {pages} pages at level {level}, "
+                         f"got {pfn:#x}")
+    for name, flag in flags.items():
+        check_bool(name, flag)
+    ad_disabled = _resolve_ad(cfg, ad_disabled, ad_need_write_protect)
+    if memtype is None:
+        memtype = EPT_DEFAULT_MEMTYPE if cfg.has_get_mt_mask else 0
+    check_int("memtype", memtype, 0, VMX_EPT_MT_MASK | VMX_EPT_IPAT_BIT)
+    if memtype & ~(VMX_EPT_MT_MASK | VMX_EPT_IPAT_BIT):
+        raise ValueError("memtype may only use bits 3-6 (EPT memory type and "
+                         f"IPAT), got {memtype:#x}")
+    if memtype and not cfg.has_get_mt_mask:
+        raise ValueError(f"memtype must be 0 for {cfg.name}: the vendor has no "
+                         "get_mt_mask hook")
+    check_u64("old_spte", old_spte)
+    return ad_disabled, memtype
 
 
 def make_spte(level: int, pte_access: int, pfn: int, *, cfg: SpteConfig = EPT_AD,
@@ -814,38 +949,23 @@ def make_spte(level: int, pte_access: int, pfn: int, *, cfg: SpteConfig = EPT_AD
     Models: arch/x86/kvm/mmu/spte.c: make_spte()
 
     ``wrprot`` is True if write access was asked for but the gfn is
-    write-tracked (``write_tracked`` stands for ``mmu_try_to_unsync_pages``
-    refusing), so the SPTE was made read-only.  ``ad_disabled`` defaults to
-    ``not cfg.kvm_ad_enabled`` (the TDP MMU's role); ``memtype`` to what
-    the vendor's ``get_mt_mask`` hook returns (EPT: EPT_DEFAULT_MEMTYPE; NPT
-    has no hook).
+    write-tracked (``write_tracked``: ``mmu_try_to_unsync_pages`` refused),
+    so the SPTE was made read-only.  ``ad_disabled`` defaults to the TDP
+    MMU's role (``not cfg.kvm_ad_enabled``), ``memtype`` to what the
+    vendor's ``get_mt_mask`` hook returns (NPT has none).
     """
-    _check_cfg(cfg)
-    check_level("level", level, PG_LEVEL_4K, KVM_MAX_HUGEPAGE_LEVEL)
-    check_int("pte_access", pte_access, 0, ACC_ALL)
-    check_int("pfn", pfn, 0, cfg.max_pfn)
-    if pfn & (KVM_PAGES_PER_HPAGE(level) - 1):
-        raise ValueError(f"pfn must be aligned to {KVM_PAGES_PER_HPAGE(level)} pages at level {level}, "
-                         f"got {pfn:#x}")
-    for name, flag in (("prefetch", prefetch), ("synchronizing", synchronizing),
-                       ("host_writable", host_writable), ("nx_huge_pages", nx_huge_pages),
-                       ("write_tracked", write_tracked)):
-        check_bool(name, flag)
-    ad_disabled = _resolve_ad(cfg, ad_disabled, ad_need_write_protect)
-    if memtype is None:
-        memtype = EPT_DEFAULT_MEMTYPE if cfg.has_get_mt_mask else 0
-    check_int("memtype", memtype, 0, VMX_EPT_MT_MASK | VMX_EPT_IPAT_BIT)
-    if memtype & ~(VMX_EPT_MT_MASK | VMX_EPT_IPAT_BIT):
-        raise ValueError(f"memtype may only use bits 3-6 (EPT memory type and IPAT), got {memtype:#x}")
-    if memtype and not cfg.has_get_mt_mask:
-        raise ValueError(f"memtype must be 0 for {cfg.name}: the vendor has no get_mt_mask hook")
-    check_u64("old_spte", old_spte)
+    flags = {"prefetch": prefetch, "synchronizing": synchronizing,
+             "host_writable": host_writable, "nx_huge_pages": nx_huge_pages,
+             "write_tracked": write_tracked}
+    ad_disabled, memtype = _check_make_spte_args(
+        cfg, level, pte_access, pfn, flags, ad_disabled, ad_need_write_protect,
+        memtype, old_spte)
 
     # 1. KVM's present bit; the access must leave some hardware-present bit.
     spte = SPTE_MMU_PRESENT_MASK
     if (pte_access | cfg.shadow_present_mask) == SHADOW_NONPRESENT_VALUE:
-        raise KernelWarn(f"make_spte: pte_access {pte_access} with {cfg.name} gives a "
-                         "hardware-non-present SPTE")
+        raise KernelWarn(f"make_spte: pte_access {pte_access} with {cfg.name} "
+                         "gives a hardware-non-present SPTE")
     # 2. The A/D type of the shadow page.
     if ad_disabled:
         spte |= SPTE_TDP_AD_DISABLED
@@ -874,13 +994,16 @@ def make_spte(level: int, pte_access: int, pfn: int, *, cfg: SpteConfig = EPT_AD
         pte_access &= ~ACC_WRITE_MASK
     # 9. The frame (shadow_me_value is 0 in the model).
     spte |= pfn << PAGE_SHIFT
-    # 10. Writable: W, MMU-writable and Dirty together, unless write-tracked.
+    # 10. Writable: W, MMU-writable and Dirty together, unless write-tracked
+    #     (a leaf that was already writable stays so).
     wrprot = False
     if pte_access & ACC_WRITE_MASK:
-        if (not is_last_spte(old_spte, level) or not is_writable_pte(old_spte)) and write_tracked:
+        was_writable = is_last_spte(old_spte, level) and is_writable_pte(old_spte)
+        if write_tracked and not was_writable:
             wrprot = True
         else:
-            spte |= PT_WRITABLE_MASK | cfg.shadow_mmu_writable_mask | cfg.shadow_dirty_mask
+            spte |= PT_WRITABLE_MASK | cfg.shadow_mmu_writable_mask
+            spte |= cfg.shadow_dirty_mask
     # 11. A prefetched SPTE starts "not accessed".
     if prefetch and not synchronizing:
         spte = mark_spte_for_access_track(spte, cfg)
@@ -889,7 +1012,7 @@ def make_spte(level: int, pte_access: int, pfn: int, *, cfg: SpteConfig = EPT_AD
 
 def make_nonleaf_spte(child_pa: int, ad_disabled: bool | None = None,
                       cfg: SpteConfig = EPT_AD) -> int:
-    """Return the SPTE that points at the page table at physical address ``child_pa``.
+    """Return the SPTE pointing at the page table at physical address ``child_pa``.
 
     Models: arch/x86/kvm/mmu/spte.c: make_nonleaf_spte()
 
@@ -908,7 +1031,8 @@ def make_nonleaf_spte(child_pa: int, ad_disabled: bool | None = None,
     return spte
 
 
-def modify_spte_protections(spte: int, set_bits: int, clear_bits: int, cfg: SpteConfig) -> int:
+def modify_spte_protections(spte: int, set_bits: int, clear_bits: int,
+                            cfg: SpteConfig) -> int:
     """Change permission bits, undoing and redoing access tracking around it.
 
     Models: arch/x86/kvm/mmu/spte.c: modify_spte_protections()
@@ -939,12 +1063,14 @@ def make_small_spte(huge_spte: int, level: int, index: int, access: int = ACC_AL
     check_int("access", access, 0, ACC_ALL)
     check_bool("nx_huge_pages", nx_huge_pages)
     if not is_shadow_present_pte(huge_spte) or not is_large_pte(huge_spte):
-        raise KernelWarn(f"make_small_spte: {huge_spte:#x} is not a present huge SPTE")
+        raise KernelWarn(
+            f"make_small_spte: {huge_spte:#x} is not a present huge SPTE")
     child = huge_spte | (index * KVM_PAGES_PER_HPAGE(level)) << PAGE_SHIFT
     if level == PG_LEVEL_4K:
         child &= ~PT_PAGE_SIZE_MASK
         if access & ACC_EXEC_MASK and nx_huge_pages:
-            child = modify_spte_protections(child, cfg.shadow_x_mask, cfg.shadow_nx_mask, cfg)
+            child = modify_spte_protections(child, cfg.shadow_x_mask,
+                                            cfg.shadow_nx_mask, cfg)
     return child
 
 
@@ -964,7 +1090,8 @@ def make_huge_spte(small_spte: int, level: int, cfg: SpteConfig = EPT_AD,
     # KVM_HPAGE_MASK(level) | ~PAGE_MASK: clear the address bits inside the page.
     huge &= ~(KVM_HPAGE_SIZE(level) - 1 - (PAGE_SIZE - 1)) & U64_MAX
     if nx_huge_pages:
-        huge = modify_spte_protections(huge, cfg.shadow_nx_mask, cfg.shadow_x_mask, cfg)
+        huge = modify_spte_protections(huge, cfg.shadow_nx_mask,
+                                       cfg.shadow_x_mask, cfg)
     return huge
 
 
@@ -986,14 +1113,17 @@ def classify(spte: int, cfg: SpteConfig = EPT_AD, level: int = PG_LEVEL_4K) -> s
     if is_shadow_present_pte(spte):
         if is_access_track_spte(spte, cfg):
             return CLASS_ACCESS_TRACKED
-        return CLASS_PRESENT_LEAF if is_last_spte(spte, level) else CLASS_PRESENT_NONLEAF
+        if is_last_spte(spte, level):
+            return CLASS_PRESENT_LEAF
+        return CLASS_PRESENT_NONLEAF
     if is_mmio_spte(spte, cfg):
         return CLASS_MMIO
     return CLASS_NONPRESENT
 
 
 _AD_TYPES = {SPTE_TDP_AD_ENABLED: "enabled", SPTE_TDP_AD_DISABLED: "disabled",
-             SPTE_TDP_AD_WRPROT_ONLY: "wrprot-only", 3 << SPTE_TDP_AD_SHIFT: "invalid (3)"}
+             SPTE_TDP_AD_WRPROT_ONLY: "wrprot-only",
+             3 << SPTE_TDP_AD_SHIFT: "invalid (3)"}
 
 #: The four legal (Host-writable, MMU-writable, Writable) states.
 HMW_STATES = {
@@ -1006,13 +1136,14 @@ HMW_STATES = {
 
 def hmw_state(spte: int, cfg: SpteConfig = EPT_AD) -> tuple[int, int, int]:
     """Return the (Host-writable, MMU-writable, Writable) bits of a leaf SPTE."""
-    return (int(is_host_writable_spte(spte, cfg)), int(is_mmu_writable_spte(spte, cfg)),
+    return (int(is_host_writable_spte(spte, cfg)),
+            int(is_mmu_writable_spte(spte, cfg)),
             int(is_writable_pte(spte)))
 
 
 @dataclass(frozen=True)
 class SpteDecode:
-    """An SPTE taken apart: its class, named fields, and anomalies KVM never builds."""
+    """An SPTE taken apart: its class, named fields, anomalies KVM never builds."""
 
     value: int
     cfg_name: str
@@ -1021,8 +1152,18 @@ class SpteDecode:
     fields: dict
     notes: tuple
 
+    def __post_init__(self):
+        check_u64("value", self.value)
+        if not isinstance(self.cfg_name, str):
+            raise TypeError(f"cfg_name must be a string, got {self.cfg_name!r}")
+        check_level("level", self.level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
+        check_choice("cls", self.cls, SPTE_CLASSES)
+        if not isinstance(self.fields, dict) or not isinstance(self.notes, tuple):
+            raise TypeError("fields must be a dict and notes a tuple")
+
     def __str__(self) -> str:
-        lines = [f"{self.value:#018x} ({self.cfg_name}, level {self.level}): {self.cls}"]
+        lines = [f"{self.value:#018x} ({self.cfg_name}, level {self.level}): "
+                 f"{self.cls}"]
         for key, val in self.fields.items():
             if isinstance(val, bool):
                 shown = "1" if val else "0"
@@ -1035,14 +1176,16 @@ class SpteDecode:
         return "\n".join(lines)
 
 
-def decode_spte(spte: int, cfg: SpteConfig = EPT_AD, level: int = PG_LEVEL_4K) -> SpteDecode:
-    """Return the class and the named fields of ``spte`` at ``level`` under ``cfg``."""
+def decode_spte(spte: int, cfg: SpteConfig = EPT_AD,
+                level: int = PG_LEVEL_4K) -> SpteDecode:
+    """Return the class and the named fields of ``spte`` at ``level``."""
     cls = classify(spte, cfg, level)
     f: dict = {}
     notes = []
     if cls == CLASS_FROZEN:
         f["FROZEN_SPTE"] = True
-        notes.append("owned by a thread mid-update: others must not touch it (retry)")
+        notes.append("owned by a thread mid-update: others must not touch it "
+                     "(retry)")
     elif cls == CLASS_MMIO:
         f["generation"] = get_mmio_spte_generation(spte)
         f["gfn"] = get_mmio_spte_gfn(spte, cfg)
@@ -1051,13 +1194,15 @@ def decode_spte(spte: int, cfg: SpteConfig = EPT_AD, level: int = PG_LEVEL_4K) -
         if spte == SHADOW_NONPRESENT_VALUE:
             f["SHADOW_NONPRESENT_VALUE"] = True
         elif spte == 0:
-            notes.append("0 was the non-present value before SHADOW_NONPRESENT_VALUE (and is on 32-bit)")
+            notes.append("0 was the non-present value before "
+                         "SHADOW_NONPRESENT_VALUE (and is on 32-bit)")
         else:
             notes.append("a non-present value KVM never writes")
     else:
         _decode_present(spte, cfg, level, cls, f, notes)
     if cfg.ept and cls != CLASS_MMIO and is_ept_ve_possible(spte, cfg):
-        notes.append("bit 63 (suppress #VE) clear: would be a #VE if EPT #VE were enabled")
+        notes.append("bit 63 (suppress #VE) clear: would be a #VE if EPT #VE "
+                     "were enabled")
     return SpteDecode(spte, cfg.name, level, cls, f, tuple(notes))
 
 
@@ -1081,7 +1226,8 @@ def _decode_present(spte, cfg, level, cls, f, notes):
     if not cfg.ept and ad_type:
         notes.append("A/D type bits set in a non-EPT SPTE: KVM never builds this")
     if is_mmio_spte(spte, cfg):
-        notes.append("bit 11 set although the value matches the MMIO pattern: KVM never builds this")
+        notes.append("bit 11 set although the value matches the MMIO pattern: "
+                     "KVM never builds this")
     if not leaf:
         return
     f["D"] = bool(spte & cfg.shadow_dirty_mask)
@@ -1097,13 +1243,17 @@ def _decode_present(spte, cfg, level, cls, f, notes):
         f["IPAT"] = bool(spte & VMX_EPT_IPAT_BIT)
     if cls == CLASS_ACCESS_TRACKED:
         if not is_last_spte(spte, level):
-            notes.append(f"access-tracked but not a leaf at level {level}: KVM never builds this")
-        f["saved R"] = bool(spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT & SPTE_EPT_READABLE_MASK)
-        f["saved X"] = bool(spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT & SPTE_EPT_EXECUTABLE_MASK)
+            notes.append(f"access-tracked but not a leaf at level {level}: KVM "
+                         "never builds this")
+        saved = spte >> SHADOW_ACC_TRACK_SAVED_BITS_SHIFT
+        f["saved R"] = bool(saved & SPTE_EPT_READABLE_MASK)
+        f["saved X"] = bool(saved & SPTE_EPT_EXECUTABLE_MASK)
     elif spte & SHADOW_ACC_TRACK_SAVED_MASK and cfg.ept:
-        notes.append("saved access-track bits set in an SPTE that is not access-tracked")
+        notes.append("saved access-track bits set in an SPTE that is not "
+                     "access-tracked")
     if state not in HMW_STATES:
-        notes.append("writable invariants violated (check_spte_writable_invariants would WARN)")
+        notes.append("writable invariants violated "
+                     "(check_spte_writable_invariants would WARN)")
 
 
 # --------------------------------------------------------------------------
@@ -1136,7 +1286,7 @@ def is_shadow_present_pte_2021(spte: int, cfg: SpteConfig = EPT_AD) -> bool:
 
 
 def int_bit_test_truncating(pte: int, nr: int = 59) -> int:
-    """Return what ``static inline int f(u64 pte) { return pte & BIT_ULL(nr); }`` returns.
+    """Return what ``int f(u64 pte) { return pte & BIT_ULL(nr); }`` returns.
 
     Historical pitfall, not kernel code: the u64 result is converted to a
     32-bit ``int``, so for ``nr >= 32`` the answer is always 0.  Sean
@@ -1148,7 +1298,7 @@ def int_bit_test_truncating(pte: int, nr: int = 59) -> int:
 
 
 def int_bit_test_fixed(pte: int, nr: int = 59) -> int:
-    """Return what the same helper returns written ``return !!(pte & BIT_ULL(nr));``.
+    """Return what the same helper returns as ``return !!(pte & BIT_ULL(nr));``.
 
     The ``!!`` (or a ``bool`` return type, what the kernel now uses) turns
     the u64 into 0 or 1 before the narrowing, so no bit is lost.

@@ -396,9 +396,27 @@ def test_dirty_race_atomic_holds_over_every_interleaving():
     assert not S.spte_needs_atomic_update(SR.DIRTY_RACE_SPTE | S.VMX_EPT_DIRTY_BIT)
 
 
+def test_dirty_race_two_writers_three_actors():
+    # Two vCPUs write the page while KVM write-protects it: the unsafe store
+    # still loses D (the second vCPU then faults on the cleared W), and the
+    # xchg keeps it in every interleaving of the three actors.
+    from kvmmu.explorer import explore, run_schedule
+    unsafe = explore(SR.dirty_race_scenario(False, writers=2))
+    assert unsafe.violated and unsafe.schedule == "ABAC"
+    assert unsafe.counterexample.results == {"A": False, "B": "wrote",
+                                             "C": "EPT violation"}
+    fixed = explore(SR.dirty_race_scenario(True, writers=2), stop_at_first=False)
+    assert not fixed.violated and fixed.exhaustive
+    assert (fixed.states, fixed.transitions, fixed.complete_runs) == (25, 29, 7)
+    both = run_schedule(SR.dirty_race_scenario(True, writers=2), "BCAA")
+    assert both.results == {"A": True, "B": "wrote", "C": "wrote"}
+
+
 def test_dirty_race_bad_input():
     with pytest.raises(TypeError, match="atomic"):
         SR.dirty_race_scenario(1)
+    with pytest.raises(ValueError, match="writers"):
+        SR.dirty_race_scenario(True, writers=3)
 
 
 def test_spte_format_does_not_import_the_explorer():

@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from kvmmu import spte as S
 from kvmmu.bits import U64_MAX
 from kvmmu.viz.spte import (
-    LAYOUT_EXAMPLES, MODES, _build_widget, field_layout, spte_layout_rows, spte_view,
-    spte_widget,
+    BITS_PER_ROW, LAYOUT_EXAMPLES, MODES, SHORT_LABELS, SHORT_MEANING, _build_widget,
+    field_layout, row_segments, shown_label, spte_layout_rows, spte_view, spte_widget,
 )
 
 
@@ -26,7 +26,7 @@ class _Nasty:
 def _check_view(view):
     assert (view.error is None) != (view.value is None)
     html = view.html()
-    assert isinstance(html, str) and html.startswith('<div class="kvmmu-spte-view">')
+    assert isinstance(html, str) and html.startswith('<div class="kvmmu-spte-view"')
     assert isinstance(str(view), str)
     if view.error is None:
         assert len(view.bits) == 64
@@ -145,16 +145,67 @@ def test_spte_widget_checks_arguments():
         spte_widget(value=-1)
 
 
-def test_figure():
+@pytest.mark.parametrize("cls", S.SPTE_CLASSES)
+@pytest.mark.parametrize("ept", [True, False])
+def test_row_segments_cut_into_two_rows_of_32(cls, ept):
+    rows = row_segments(field_layout(cls, ept))
+    assert len(rows) == 64 // BITS_PER_ROW == 2
+    for top, row in zip((63, 31), rows):
+        bits = [b for hi, lo, _, _ in row for b in range(hi, lo - 1, -1)]
+        assert bits == list(range(top, top - 32, -1))
+
+
+def test_row_segments_split_the_pfn_and_check_the_width():
+    upper, lower = row_segments(field_layout("present leaf", True))
+    assert (51, 32, "pfn", "addr") in upper and (31, 12, "pfn", "addr") in lower
+    with pytest.raises(ValueError, match="per_row"):
+        row_segments(field_layout("present leaf", True), per_row=24)
+    with pytest.raises(ValueError, match="per_row"):
+        row_segments(field_layout("present leaf", True), per_row=0)
+
+
+def test_short_labels_are_explained():
+    assert shown_label("pfn", 20, 1.2) == "pfn"
+    assert shown_label("MMU-present", 1, 1.2) == "MP"
+    assert all(len(k) <= 2 and k in SHORT_MEANING for k in SHORT_LABELS.values())
+
+
+def test_view_html_names_the_short_keys_it_uses():
+    html = spte_view("0x8600000012345B77", "EPT", 1).html()
+    assert "MP MMU-present (bit 11)" in html and html.count("<tr>") >= 6
+
+
+def _figure():
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from kvmmu.viz.spte import spte_layout_figure
+    return spte_layout_figure()
 
-    fig = spte_layout_figure()
+
+def test_figure_draws_the_model_values():
+    import matplotlib.pyplot as plt
+
+    fig = _figure()
     try:
-        assert len(fig.axes) == len(LAYOUT_EXAMPLES)
-        assert "0x8600000012345b77" in fig.axes[0].get_title(loc="left")
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        for title, value, mode, level in LAYOUT_EXAMPLES:
+            cls = S.classify(value, MODES[mode], level)
+            assert f"{title}: {value:#018x} ({cls})" in texts
+        # 64 bit cells per example, each showing the model's bit.
+        assert sum(t in ("0", "1") for t in texts) >= 64 * len(LAYOUT_EXAMPLES)
+    finally:
+        plt.close(fig)
+
+
+def test_figure_fits_the_column_and_is_legible():
+    import matplotlib.pyplot as plt
+    from kvmmu.viz.style import COLUMN_IN, DPI, legibility
+
+    fig = _figure()
+    try:
+        assert fig.get_figwidth() == COLUMN_IN and fig.dpi == DPI
+        assert legibility(fig) == []
+        assert all(t.get_rotation() == 0 for t in fig.axes[0].texts)
     finally:
         plt.close(fig)
 
