@@ -489,8 +489,9 @@ def kvm_tdp_map_page(vcpu: KvmVcpu, gpa: int, error_code: int):
         r, level = yield from kvm_mmu_do_page_fault(vcpu, gpa, error_code, prefetch=True)
         if r != RET_PF_RETRY or not spins:
             break
-        if policy == "6.18+request-break" and \
-                kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu):
+        if policy == "6.18+request-break" and (yield from step(
+                "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS pending?",
+                lambda: kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu))):
             # The experiment: an obsolete root cannot heal inside this loop
             # (only kvm_mmu_reload() frees it), so let userspace call again.
             r = -EAGAIN
