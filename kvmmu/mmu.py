@@ -150,8 +150,8 @@ def retry_wait(vcpu: KvmVcpu, label: str, frees_obsolete_roots: bool = False):
     check_bool("frees_obsolete_roots", frees_obsolete_roots)
     # The predicate reads what the last attempt recorded when it is evaluated,
     # not here: code between two steps must not read what a step wrote.
-    yield from wait_until(label, lambda _w: _retry_would_differ(vcpu, vcpu.last_fault_inputs,
-                                                                frees_obsolete_roots))
+    yield from wait_until(label, lambda _w: _retry_would_differ(
+        vcpu, vcpu.last_fault_inputs, frees_obsolete_roots))
 
 
 # ---------------------------------------------------------------------------
@@ -624,7 +624,7 @@ def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
 # ---------------------------------------------------------------------------
 @cpu_code
 def kvm_mmu_zap_all_fast(kvm):
-    """The fast zap: make every root obsolete, tell every vCPU, then zap the old roots.
+    """The fast zap: all roots obsolete, every vCPU told, then the old roots zapped.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_zap_all_fast()
 
@@ -639,8 +639,8 @@ def kvm_mmu_zap_all_fast(kvm):
     def invalidate():
         kvm_tdp_mmu_invalidate_roots(kvm)
         kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-    yield from step("invalidate every root, request KVM_REQ_MMU_FREE_OBSOLETE_ROOTS",
-                    invalidate)
+    yield from step("invalidate every root, "
+                    "request KVM_REQ_MMU_FREE_OBSOLETE_ROOTS", invalidate)
     yield from kvm.mmu_lock.write_unlock()
     yield from kvm_tdp_mmu_zap_invalidated_roots(kvm, True)
 
