@@ -59,6 +59,8 @@ def world_of(obj):
 def _perform(op: Op, cpu: str, world, error=ModelHang):
     # One step on one CPU: it must be able to happen now.
     if op.enabled is not None and not op.enabled(op.prim, op.args, cpu, world):
+        if op.prim is None:     # a wait_until()/step_when(): its label says what it waits for
+            raise error(f"would wait forever at {op.what()!r}")
         raise error(f"{op.what()} would wait forever: {op.why_blocked(cpu, world)}")
     return op.run(op.prim, op.args, cpu, world)
 

@@ -202,7 +202,8 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
         if gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
             kvm.warn("kvm_swap_active_memslots: generation already in progress")
         slots.generation = gen | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
-        kvm.memslot_state.active[as_id] ^= 1   # rcu_assign_pointer(kvm->memslots[as_id], slots)
+        # rcu_assign_pointer(kvm->memslots[as_id], slots):
+        kvm.memslot_state.active[as_id] ^= 1
     # Under mn_invalidate_lock: wait until no invalidation is in flight, publish.
     yield from step_when("publish memslots, gen g|IN_PROGRESS",
                          lambda _w: kvm.mn_active_invalidate_count == 0, publish)
@@ -213,7 +214,8 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
         # Every reader that could have seen the old set is gone: only now is
         # the new generation final.  +nr_as_ids keeps address spaces' caches apart.
         slots = kvm.kvm_memslots(as_id)
-        gen = (slots.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + kvm.config.nr_as_ids
+        gen = ((slots.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
+               + kvm.config.nr_as_ids)
         kvm_arch_memslots_updated(kvm, gen)
         slots.generation = gen
     yield from step("generation = g + nr_as_ids", finish)
@@ -234,17 +236,18 @@ def kvm_activate_memslot(kvm: Kvm, old, new):
 
 
 @cpu_code
-def kvm_invalidate_memslot(kvm: Kvm, old: KvmMemorySlot, invalid_slot: KvmMemorySlot):
+def kvm_invalidate_memslot(kvm: Kvm, old: KvmMemorySlot,
+                           invalid_slot: KvmMemorySlot):
     """First swap of a delete/move: publish the INVALID copy, wait, zap.
 
     Models: virt/kvm/kvm_main.c: kvm_invalidate_memslot()
     """
     _check_slots(kvm, old=old, invalid_slot=invalid_slot)
-    kvm_replace_memslot(kvm, old, invalid_slot)     # inactive set: readers cannot see it
+    kvm_replace_memslot(kvm, old, invalid_slot)   # inactive: no reader sees it
     yield from kvm_swap_active_memslots(kvm, old.as_id)
     # No reader can still be using the old slot: zap what it mapped.
     yield from kvm_arch_flush_shadow_memslot(kvm, old)
-    yield from kvm.slots_arch_lock.lock()       # released by kvm_swap_active_memslots()
+    yield from kvm.slots_arch_lock.lock()   # kvm_swap_active_memslots() frees it
 
 
 def kvm_create_memslot(kvm: Kvm, new: KvmMemorySlot):

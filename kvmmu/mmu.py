@@ -161,8 +161,8 @@ def retry_wait(vcpu: KvmVcpu, label: str, frees_obsolete_roots: bool = False):
     check_bool("frees_obsolete_roots", frees_obsolete_roots)
     # The predicate reads what the last attempt recorded when it is evaluated,
     # not here: code between two steps must not read what a step wrote.
-    yield from wait_until(label, lambda _w: _retry_would_differ(vcpu, vcpu.last_fault_inputs,
-                                                                frees_obsolete_roots))
+    yield from wait_until(label, lambda _w: _retry_would_differ(
+        vcpu, vcpu.last_fault_inputs, frees_obsolete_roots))
 
 
 # ---------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
 
 
 def is_page_fault_stale(vcpu: KvmVcpu, fault: KvmPageFault) -> bool:
-    """Whether the fault's work is pointless: an obsolete root, or an invalidation since.
+    """Whether the fault's work is pointless: an obsolete root or an invalidation.
 
     Models: arch/x86/kvm/mmu/mmu.c: is_page_fault_stale()
 
@@ -367,7 +367,8 @@ def is_page_fault_stale(vcpu: KvmVcpu, fault: KvmPageFault) -> bool:
     kvm = vcpu.kvm
     if fault.root is not None and kvm.ept.sps[fault.root].invalid:
         return True
-    if fault.root is None and kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu):
+    if fault.root is None and kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,
+                                               vcpu):
         return True
     return bool(fault.slot is not None
                 and mmu_invalidate_retry_gfn(kvm, fault.mmu_seq, fault.gfn))
@@ -514,7 +515,7 @@ def _must_stop(vcpu: KvmVcpu) -> int:
 
 @cpu_code
 def kvm_tdp_map_page(vcpu: KvmVcpu, gpa: int, error_code: int):
-    """Fault ``gpa`` in as a prefetch, retrying while the handler says RET_PF_RETRY; ``(r, level)``.
+    """Fault ``gpa`` in as a prefetch, again while RET_PF_RETRY; ``(r, level)``.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_tdp_map_page()
 
@@ -530,14 +531,17 @@ def kvm_tdp_map_page(vcpu: KvmVcpu, gpa: int, error_code: int):
     policy = vcpu.kvm.config.prefault_policy
     spins = policy not in ("drop-srcu", "drop-srcu+reload")
     while True:
-        stop = yield from step("signal pending? KVM_REQ_VM_DEAD?", lambda: _must_stop(vcpu))
+        stop = yield from step("signal pending? KVM_REQ_VM_DEAD?",
+                               lambda: _must_stop(vcpu))
         if stop:
             return stop, PG_LEVEL_4K
-        r, level = yield from kvm_mmu_do_page_fault(vcpu, gpa, error_code, prefetch=True)
+        r, level = yield from kvm_mmu_do_page_fault(vcpu, gpa, error_code,
+                                                    prefetch=True)
         if r != RET_PF_RETRY or not spins:
             break
-        if policy == "6.18+request-break" and \
-                kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu):
+        if policy == "6.18+request-break" and (yield from step(
+                "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS pending?",
+                lambda: kvm_test_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu))):
             # The experiment: an obsolete root cannot heal inside this loop
             # (only kvm_mmu_reload() frees it), so let userspace call again.
             r = -EAGAIN
@@ -601,7 +605,7 @@ def _check_range(range_) -> None:
 
 @cpu_code
 def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
-    """Map the page at ``range_.gpa`` and say how many bytes that covered (or -errno).
+    """Map the page at ``range_.gpa``; return the bytes that covered (or -errno).
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_arch_vcpu_pre_fault_memory()
 
@@ -618,7 +622,8 @@ def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
     if not kvm.config.pre_fault_allowed:
         return -EOPNOTSUPP
     gpa = range_.gpa
-    r, private = yield from step("kvm_mmu_reload", lambda: _reload_and_attrs(vcpu, gpa))
+    r, private = yield from step("kvm_mmu_reload",
+                                 lambda: _reload_and_attrs(vcpu, gpa))
     if r:
         return r
     if private:
@@ -638,7 +643,7 @@ def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
 # ---------------------------------------------------------------------------
 @cpu_code
 def kvm_mmu_zap_all_fast(kvm):
-    """The fast zap: make every root obsolete, tell every vCPU, then zap the old roots.
+    """The fast zap: all roots obsolete, every vCPU told, then the old roots zapped.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_zap_all_fast()
 
@@ -653,8 +658,8 @@ def kvm_mmu_zap_all_fast(kvm):
     def invalidate():
         kvm_tdp_mmu_invalidate_roots(kvm)
         kvm_make_all_cpus_request(kvm, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-    yield from step("invalidate every root, request KVM_REQ_MMU_FREE_OBSOLETE_ROOTS",
-                    invalidate)
+    yield from step("invalidate every root, "
+                    "request KVM_REQ_MMU_FREE_OBSOLETE_ROOTS", invalidate)
     yield from kvm.mmu_lock.write_unlock()
     yield from kvm_tdp_mmu_zap_invalidated_roots(kvm, True)
 

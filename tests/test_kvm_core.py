@@ -119,9 +119,10 @@ def test_a_zoomed_step_hands_its_argument_changes_back_through_its_result():
 
 def test_step_when_waits_for_its_condition():
     kvm, _ = vm()
-    gen = step_when("when", lambda w: w.mmu_invalidate_seq > 0, lambda: "ran")
-    with pytest.raises(ModelHang):
+    gen = step_when("when seq > 0", lambda w: w.mmu_invalidate_seq > 0, lambda: "ran")
+    with pytest.raises(ModelHang) as hang:
         run_alone(kvm, gen)
+    assert str(hang.value) == "would wait forever at 'when seq > 0'"   # the label, once
     kvm.mmu_invalidate_seq = 1
     assert run_alone(kvm, step_when("when", lambda w: w.mmu_invalidate_seq > 0,
                                     lambda: "ran")) == "ran"

@@ -7,11 +7,14 @@ range -- sometimes one the ioctl must refuse -- and asks for the return value
 and the gpa/size userspace sees afterwards.  The answer comes from the model
 (:func:`kvmmu.scenarios.prefault.prefault`, the ioctl run alone); the worked
 solution walks the kernel's loop chunk by chunk.  All randomness comes from
-``random.Random(seed)``.
+``random.Random(seed)``.  Two kinds: ``call`` (the return value and the
+range left) and ``chunks`` (how many chunks the ioctl's loop maps, and how
+many bytes).  The problems follow the contract of
+:mod:`kvmmu.exercises.base`.
 """
 import random
 
-from ..checks import check_int
+from ..checks import check_choice
 from ..cpu import ModelHang, run_alone
 from ..errno import EAGAIN, EINTR, EINVAL, ENOENT, errno_name
 from ..kvm_host import KvmVcpu
@@ -20,9 +23,10 @@ from ..levels import KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, level_name
 from ..memslots import KVM_MEMSLOT_INVALID
 from ..mmu import kvm_arch_vcpu_pre_fault_memory
 from ..scenarios import prefault as P
-from .base import Problem
+from .base import AnswerForm, ChoiceField, IntField, Problem, check_seed
+from .classroom import Assignment, Slot
 
-__all__ = ["SITUATIONS", "explain", "problem"]
+__all__ = ["KINDS", "SITUATIONS", "RETURNS", "ASSIGNMENT", "explain", "problem"]
 
 MB2 = 2 << 20
 U64 = (1 << 64) - 1
@@ -89,17 +93,15 @@ def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
     if flags:
         return einval, gpa, size, [f"flags = {flags} is not 0: -EINVAL before anything else."]
     if gpa % PAGE_SIZE or size % PAGE_SIZE:
-        return einval, gpa, size, ["gpa and size must both be multiples of 4 KiB: -EINVAL, "
-                                   "range untouched."]
+        return einval, gpa, size, ["gpa and size must be multiples of 4 KiB: -EINVAL."]
     if (gpa + size) & U64 <= gpa:
-        return einval, gpa, size, ["gpa + size <= gpa (size 0, or the sum wraps): -EINVAL, "
-                                   "range untouched."]
-    lines = ["The arguments pass the checks; SRCU is taken for the whole loop."]
+        return einval, gpa, size, ["gpa + size <= gpa (size 0, or a wrap): -EINVAL."]
+    lines = ["Arguments pass; kvm->srcu is held for the whole loop."]
     full = size
     while True:
         if vcpu.signal_pending:
             r = -EINTR
-            lines.append("A signal is pending at the top of the loop: r = -EINTR.")
+            lines.append("A signal is pending at the top of the loop: -EINTR.")
             break
         before = kvm.ept.live_leaves(vcpu.root) if vcpu.root is not None else []
         r = run_alone(kvm, kvm_arch_vcpu_pre_fault_memory(vcpu, rng_))
@@ -107,59 +109,121 @@ def explain(vcpu, gpa: int, size: int, flags: int) -> tuple:
             lines.append(f"gpa {rng_.gpa:#x}: {_why(r)}")
             break
         _gfn, level, _pfn = _leaf_at(kvm, vcpu.root, rng_.gpa >> PAGE_SHIFT)
-        how = "already mapped (RET_PF_SPURIOUS)" if kvm.ept.live_leaves(vcpu.root) == before \
-            else f"mapped by a {level_name(level)} leaf (RET_PF_FIXED)"
-        lines.append(f"gpa {rng_.gpa:#x}: {how}; progress = min(size {rng_.size:#x}, "
-                     f"end of the {level_name(level)} page - gpa) = {r:#x}.")
+        how = "already mapped, RET_PF_SPURIOUS" if kvm.ept.live_leaves(vcpu.root) == before \
+            else f"{level_name(level)} leaf, RET_PF_FIXED"
+        lines.append(f"gpa {rng_.gpa:#x}: {how}; "
+                     f"min({rng_.size:#x}, end - gpa) = {r:#x}.")
         rng_.size -= r
         rng_.gpa += r
         if rng_.size == 0:
             break
     if full != rng_.size:
-        lines.append(f"Some bytes were mapped, so the call returns 0; gpa = {rng_.gpa:#x}, "
-                     f"size = {rng_.size:#x} is what is left.")
+        lines.append(f"Bytes were mapped: returns 0, gpa = {rng_.gpa:#x}, "
+                     f"size = {rng_.size:#x} left.")
         return 0, rng_.gpa, rng_.size, lines
-    lines.append(f"No byte was mapped, so the call returns {errno_name(r)}; gpa and size "
-                 "are unchanged.")
+    lines.append(f"No byte was mapped: returns {errno_name(r)}, range unchanged.")
     return r, rng_.gpa, rng_.size, lines
 
 
 def _why(r: int) -> str:
     return {
-        -ENOENT: "no memslot covers it (RET_PF_EMULATE, emulated MMIO) -> -ENOENT.",
-        -EAGAIN: "its memslot is INVALID and this is a prefetch fault -> -EAGAIN (6.18).",
+        -ENOENT: "no memslot (RET_PF_EMULATE) -> -ENOENT.",
+        -EAGAIN: "memslot INVALID, prefetch fault -> -EAGAIN (6.18).",
         -EINTR: "a signal is pending -> -EINTR.",
     }.get(r, f"-> {errno_name(r)}.")
 
 
-def problem(seed: int) -> Problem:
-    """Generate the problem for ``seed``: its question and worked solution."""
-    check_int("seed", seed, 0, (1 << 63) - 1)
-    rng = random.Random(seed)
+KINDS = ("call", "chunks")
+#: What a call can return; "never returns" is the pre-6.18 hang.
+RETURNS = ("0", "-EINVAL", "-EINTR", "-ENOENT", "-EAGAIN", "-EOPNOTSUPP", "-EIO",
+           "never returns")
+CALL_FORM = AnswerForm((
+    ChoiceField("ret", "what the ioctl returns", RETURNS),
+    IntField("gpa", "range.gpa afterwards (as given if it never returns)"),
+    IntField("size", "range.size afterwards (as given if it never returns)"),
+))
+CHUNKS_FORM = AnswerForm((
+    IntField("chunks", "how many chunks the loop maps", 0, 1 << 20),
+    IntField("mapped", "how many bytes those chunks cover"),
+))
+_POLICY_TEXT = {"6.17": "6.17 (before the -EAGAIN patch)",
+                "6.18": "6.18 (after the -EAGAIN patch)"}
+
+
+def _params(policy, situation, base, offset, size, flags):
+    return [("policy", _POLICY_TEXT[policy]), ("situation", situation),
+            ("slot 10", f"513 pages at gpa {base:#x}"),
+            ("gpa", f"{base + offset:#x} (slot start + {offset:#x})"), ("size", size),
+            ("flags", flags)]
+
+
+def _call_problem(seed: int, rng: random.Random) -> Problem:
     policy = rng.choice(["6.17", "6.18", "6.18"])
     situation = rng.choice(list(SITUATIONS))
     offset, size, flags = _pick_range(rng)
     kvm, vcpu, base = _vm(policy, situation)
     gpa = base + offset
-    question = (
-        f"Problem {seed}. Slot 10 holds 513 pages at gpa {base:#x} (2 MiB aligned); "
-        f"the kernel follows policy {policy} "
-        f"({'before' if policy == '6.17' else 'after'} the -EAGAIN patch). "
-        f"{SITUATIONS[situation]} Userspace calls KVM_PRE_FAULT_MEMORY with "
-        f"gpa = {gpa:#x} (slot start + {offset:#x}), size = {size:#x}, flags = {flags}. "
-        "What does the call return, and what are gpa and size afterwards?")
+    text = (f"{SITUATIONS[situation]} Userspace calls KVM_PRE_FAULT_MEMORY on slot 10 "
+            "with this gpa, size and flags. What does the call return, and what are "
+            "gpa and size afterwards?")
     try:
         res = P.prefault(vcpu, gpa, size, flags)
     except ModelHang:
-        solution = (
-            "The call never returns.  The first fault finds slot 10 INVALID; before 6.18 "
-            "that is RET_PF_RETRY, and kvm_tdp_map_page() retries while the ioctl still "
-            "holds kvm->srcu.  The deleting thread waits in synchronize_srcu() for exactly "
-            "that read section: a deadlock that only a signal ends (the call then returns "
-            "-EINTR, or 0 if it had mapped something).")
-        return Problem(seed, question, solution, "hang")
-    kvm2, vcpu2, _ = _vm(policy, situation)
-    _ret, _gpa, _size, walk = explain(vcpu2, gpa, size, flags)
-    head = f"ret = {errno_name(res.ret)}, gpa = {res.gpa:#x}, size = {res.size:#x}."
-    return Problem(seed, question, head + "\n" + "\n".join(f"- {line}" for line in walk),
-                   "call")
+        worked = (
+            "ret = never returns. The first fault finds slot 10 INVALID; before 6.18 "
+            "that is RET_PF_RETRY, and kvm_tdp_map_page() retries inside the ioctl's "
+            "kvm->srcu read section, for which the deleting thread waits in "
+            "synchronize_srcu(): only a signal ends it.")
+        expected = {"ret": "never returns", "gpa": gpa, "size": size}
+    else:
+        _r, _g, _s, walk = explain(_vm(policy, situation)[1], gpa, size, flags)
+        worked = (f"ret = {errno_name(res.ret)}, gpa = {res.gpa:#x}, size = {res.size:#x}.\n"
+                  + "\n".join(f"- {line}" for line in walk))
+        expected = {"ret": errno_name(res.ret), "gpa": res.gpa, "size": res.size}
+    return Problem.make(seed, "call", __name__,
+                        _params(policy, situation, base, offset, size, flags),
+                        text, CALL_FORM, expected, worked)
+
+
+def _chunks_problem(seed: int, rng: random.Random) -> Problem:
+    situation = rng.choice(["fresh", "after case 1", "host 4K"])
+    offset = rng.randrange(0, P.TEST_NPAGES) * PAGE_SIZE
+    size = rng.choice([1, 2, 3, 4, 8]) * PAGE_SIZE
+    if rng.random() < 0.3:
+        offset = MB2 - rng.choice([1, 2, 3]) * PAGE_SIZE     # across the huge page's end
+    kvm, vcpu, base = _vm("6.18", situation)
+    ret, gpa, left, walk = explain(vcpu, base + offset, size, 0)
+    chunks = sum(1 for line in walk if "RET_PF_" in line and "EMULATE" not in line)
+    expected = {"chunks": chunks, "mapped": size - left}
+    text = (f"{SITUATIONS[situation]} Userspace calls KVM_PRE_FAULT_MEMORY once on "
+            "slot 10 with this gpa and size. How many chunks does the ioctl's loop "
+            "map, and how many bytes do they cover?")
+    worked = (f"chunks = {chunks}, mapped = {size - left:#x}.\n"
+              + "\n".join(f"- {line}" for line in walk))
+    return Problem.make(seed, "chunks", __name__,
+                        _params("6.18", situation, base, offset, size, 0),
+                        text, CHUNKS_FORM, expected, worked)
+
+
+_MAKERS = {"call": _call_problem, "chunks": _chunks_problem}
+
+
+def problem(seed: int, kind: str | None = None) -> Problem:
+    """Return the prefault problem for ``seed`` in [0, 2**32) (kind drawn unless given).
+
+    The kind is drawn first either way, so ``problem(seed, kind)`` with the
+    kind ``problem(seed)`` drew is the same problem.
+    """
+    check_seed(seed)
+    rng = random.Random(seed)
+    drawn = KINDS[rng.randrange(len(KINDS))]
+    if kind is not None:
+        drawn = check_choice("kind", kind, KINDS)
+    return _MAKERS[drawn](seed, rng)
+
+
+#: Chapter 6's nbgrader assignment (tools/classroom.py builds it): each
+#: student's own problems (kvmmu.exercises.classroom.student_seed).
+ASSIGNMENT = Assignment("ch06_prefault_eagain", __name__, (
+    Slot("call", 2), Slot("chunks", 2), Slot("call", 2),
+))

@@ -293,7 +293,7 @@ def race_timeline(traces, titles=None):
     One panel per trace, on a common step axis.  Lane A shades its SRCU read
     section, lane B the time it waits in synchronize_srcu, the bottom lane
     the slot's state.  Each step is a numbered box in its actor's lane; after
-    a deadlock, the two lanes show a hatched "waits forever".
+    a deadlock, the two lanes are hatched.  Drawn for the book's column.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -305,7 +305,10 @@ def race_timeline(traces, titles=None):
     titles = list(titles) if titles is not None else [t.scenario for t in traces]
     if len(titles) != len(traces) or not all(isinstance(t, str) for t in titles):
         raise ValueError("titles must be one string per trace")
-    fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.5 * len(traces)), squeeze=False)
+    from .style import column_figure
+
+    fig = column_figure(1.55 * len(traces) + 0.55)
+    axes = fig.subplots(len(traces), 1, squeeze=False)
     lanes = {"A": 2, "B": 1, "slot": 0}
     width = max(len(t.steps) for t in traces) + 4
     for ax, trace, title in zip(axes[:, 0], traces, titles):
@@ -323,29 +326,27 @@ def race_timeline(traces, titles=None):
             y = lanes[actor]
             ax.add_patch(plt.Rectangle((x + 0.08, y - 0.25), 0.84, 0.5, facecolor="white",
                                        edgecolor="#1d3557", lw=1))
-            ax.text(x + 0.5, y, str(n), ha="center", va="center", fontsize=7)
+            ax.text(x + 0.5, y, str(n), ha="center", va="center", fontsize=8)
         end = len(rows)
         if trace.deadlock:
             for lane in ("A", "B"):
                 ax.add_patch(plt.Rectangle((end, lanes[lane] - 0.3), 2.5, 0.6, facecolor="none",
                                            edgecolor="#b00", hatch="///", lw=1))
-                ax.text(end + 1.25, lanes[lane] + 0.38, "waits forever", ha="center",
-                        fontsize=7, color="#b00")
-            ax.text(end + 2.8, 1.5, "deadlock:\nnothing can run", color="#b00",
+            ax.text(end + 2.8, 1.5, "deadlock: both\nwait forever", color="#b00",
                     fontsize=9, va="center", fontweight="bold")
         elif not trace.unfinished:
             ax.text(end + 0.3, 1.5, "both\nfinished", color="#060", fontsize=9, va="center")
         ax.set_xlim(0, width + 2)
         ax.set_ylim(-0.6, 2.75)
-        ax.set_yticks([0, 1, 2], ["slot", "B: update", "A: prefault"])
+        ax.set_yticks([0, 1, 2], ["slot", "B: delete", "A: prefault"])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("step")
     handles = [Patch(color="#e9f5db", label="A inside kvm->srcu"),
                Patch(color="#fde2e4", label="B waiting in synchronize_srcu")]
     handles += [Patch(color=c, label=f"slot {p}") for p, c in _PHASE_COLOUR.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
