@@ -601,7 +601,7 @@ def walk_addr_generic(walker: GuestWalker, vcpu: KvmVcpu, mmu: KvmMmu, addr: int
             walker.table_gfn[level - 1] = table_gfn
             walker.pte_gpa[level - 1] = (table_gfn << PAGE_SHIFT) + index * 8
             got = yield from variant.read_gpte(walker, vcpu, level, table_gfn, index)
-            if type(got) is NestedPageFault:
+            if isinstance(got, NestedPageFault):
                 # kvm_translate_gpa() failed: the walk ends at once, with the fault
                 # of the table's own translation, not a #PF of the guest's.
                 if variant.end is not None:
