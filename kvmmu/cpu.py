@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 
 from .explorer import Op, World
 
-__all__ = ["ModelHang", "ZoomError", "call_chain", "run_alone", "cpu_code", "world_of", "Handle",
-           "step_when"]
+__all__ = ["ModelHang", "ZoomError", "call_chain", "run_alone", "cpu_code", "world_of",
+           "Handle", "step_when", "check_vm", "check_vcpu"]
 
 
 class ModelHang(RuntimeError):
@@ -210,6 +211,9 @@ def cpu_code(fn):
     returns a generator of a single step that runs all of ``fn`` at once;
     otherwise it returns ``fn``'s own generator.
     """
+    if not inspect.isgeneratorfunction(fn):
+        raise TypeError(f"cpu_code decorates a generator function (CPU code), "
+                        f"got {type(fn).__name__} {fn!r}")
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -220,6 +224,26 @@ def cpu_code(fn):
         return fn(*args, **kwargs)
 
     return call
+
+
+def check_vm(name: str, kvm):
+    """Return ``kvm`` if it is a VM (a world with TDP page tables and an mm).
+
+    For the modules below ``kvm_host`` that take the VM but cannot import its
+    class (CONTRIBUTING.md, "Layers"); ``kvm_host._check_kvm`` checks the class.
+    """
+    if not isinstance(kvm, World) or not hasattr(kvm, "ept") or not hasattr(kvm, "mm"):
+        raise TypeError(f"{name} must be a VM (kvm_main.kvm_create_vm()), "
+                        f"got {type(kvm).__name__}")
+    return kvm
+
+
+def check_vcpu(name: str, vcpu):
+    """Return ``vcpu`` if it is a vCPU handle of a VM (for the modules below ``kvm_host``)."""
+    if not isinstance(vcpu, Handle) or not hasattr(vcpu, "vcpu_id"):
+        raise TypeError(f"{name} must be a vCPU (kvm_main.kvm_vm_ioctl_create_vcpu()), "
+                        f"got {type(vcpu).__name__}")
+    return vcpu
 
 
 class Handle:

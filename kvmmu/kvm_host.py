@@ -58,14 +58,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checks import check_bool, check_choice, check_int
+from .checks import check_bool, check_choice, check_int, check_u64
 from .cpu import Handle, cpu_code
 from .errno import EFAULT
 from .explorer import Primitive, World, step
 from .host_mm import HostMm, __get_user, _user_pfn
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_1G, PG_LEVEL_2M,
                      PG_LEVEL_4K, PT64_ROOT_4LEVEL, PT64_ROOT_MAX_LEVEL)
-from .memslots import (GFN_MAX, INVALID_GPA, KVM_MEM_READONLY, KvmMemslotState,
+from .memslots import (GFN_MAX, INVALID_GPA, KVM_MEM_READONLY, KvmMemorySlot, KvmMemslotState,
                        KvmMemslots, __gfn_to_hva_memslot, kvm_is_visible_memslot)
 from .spte import EPT_AD, SpteConfig
 from .tdp_iter import EptMemory
@@ -187,6 +187,11 @@ class KvmConfig:
         return self
 
 
+def _check_world(world) -> None:
+    if not isinstance(world, World):
+        raise TypeError(f"world must be a kvmmu.explorer.World (a Kvm), got {type(world).__name__}")
+
+
 class KvmFields(Primitive):
     """The scalar fields of ``struct kvm`` the model uses, as one shared object.
 
@@ -205,6 +210,7 @@ class KvmFields(Primitive):
     _FIELDS = __slots__
 
     def __init__(self, world, name: str = "kvm"):
+        _check_world(world)
         super().__init__(world, name)
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
@@ -253,6 +259,7 @@ class VcpuState(Primitive):
     __slots__ = ("records",)
 
     def __init__(self, world, name: str = "vcpus"):
+        _check_world(world)
         super().__init__(world, name)
         self.records: tuple = ()
 
@@ -319,6 +326,9 @@ class KvmVcpu(Handle):
     arch = _vcpu_field("arch", "The guest's paging registers (chapter 5), a value.")
 
     def __init__(self, kvm: "Kvm", vcpu_id: int):
+        if not isinstance(kvm, Kvm):
+            raise TypeError(f"kvm must be a Kvm, got {type(kvm).__name__}")
+        check_int("vcpu_id", vcpu_id, 0, KVM_MAX_VCPUS - 1)
         self.kvm = kvm
         self.vcpu_id = vcpu_id
 
@@ -328,6 +338,10 @@ class KvmVcpu(Handle):
 
     def __repr__(self) -> str:
         return f"KvmVcpu({self.vcpu_id})"
+
+
+#: The model's bound on vCPU ids (the kernel's KVM_MAX_VCPUS is 4096 on x86).
+KVM_MAX_VCPUS = 4096
 
 
 class _Watches(tuple):
@@ -550,7 +564,7 @@ def mmu_invalidate_retry_gfn(kvm: Kvm, mmu_seq: int, gfn: int) -> int:
     Models: include/linux/kvm_host.h: mmu_invalidate_retry_gfn()
     """
     _check_kvm(kvm)
-    check_int("mmu_seq", mmu_seq, 0)
+    check_u64("mmu_seq", mmu_seq)
     check_int("gfn", gfn, 0, _GFN_MAX)
     _lockdep_assert_held(kvm, "mmu_invalidate_retry_gfn")
     if kvm.mmu_invalidate_in_progress:
@@ -571,7 +585,7 @@ def mmu_invalidate_retry_gfn_unsafe(kvm: Kvm, mmu_seq: int, gfn: int) -> bool:
     Models: include/linux/kvm_host.h: mmu_invalidate_retry_gfn_unsafe()
     """
     _check_kvm(kvm)
-    check_int("mmu_seq", mmu_seq, 0)
+    check_u64("mmu_seq", mmu_seq)
     check_int("gfn", gfn, 0, _GFN_MAX)
     # An INVALID range has start = ~0, so it never matches: no WARN here.
     if (kvm.mmu_invalidate_in_progress
@@ -586,7 +600,7 @@ def mmu_invalidate_retry(kvm: Kvm, mmu_seq: int) -> int:
     Models: include/linux/kvm_host.h: mmu_invalidate_retry()
     """
     _check_kvm(kvm)
-    check_int("mmu_seq", mmu_seq, 0)
+    check_u64("mmu_seq", mmu_seq)
     _lockdep_assert_held(kvm, "mmu_invalidate_retry")
     if kvm.mmu_invalidate_in_progress:
         return 1
@@ -744,6 +758,9 @@ def gfn_to_hva_memslot_prot(slot, gfn: int) -> tuple[int, bool]:
 
     Models: virt/kvm/kvm_main.c: gfn_to_hva_memslot_prot()
     """
+    check_int("gfn", gfn, 0, _GFN_MAX)
+    if slot is not None and not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"slot must be a KvmMemorySlot or None, got {type(slot).__name__}")
     if not kvm_is_visible_memslot(slot):
         return KVM_HVA_ERR_BAD, False
     return __gfn_to_hva_memslot(slot, gfn), not slot.flags & KVM_MEM_READONLY

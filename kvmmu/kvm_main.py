@@ -48,7 +48,8 @@ from .errno import EEXIST, EINTR, EINVAL, EIO, errno_name
 from .explorer import step, wait_until
 from .guest_memfd import kvm_gmem_bind
 from .host_mm import MmuNotifier, MmuNotifierOps
-from .kvm_host import (KVM_REQ_VM_DEAD, Kvm, KvmVcpu, gfn_to_pfn_cache_invalidate_start,
+from .kvm_host import (KVM_REQ_VM_DEAD, Kvm, KvmVcpu, _check_kvm, _check_vcpu,
+                       gfn_to_pfn_cache_invalidate_start,
                        kvm_make_all_cpus_request, kvm_mmu_invalidate_begin,
                        kvm_mmu_invalidate_end, kvm_mmu_unmap_gfn_range)
 from .levels import PAGE_SHIFT, PAGE_SIZE
@@ -102,6 +103,41 @@ def kvm_create_vm(**config) -> Kvm:
     return kvm
 
 
+
+def _check_slot_or_none(name: str, slot) -> None:
+    if slot is not None and not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"{name} must be a KvmMemorySlot or None, got {type(slot).__name__}")
+
+
+def _check_slots(kvm, **slots) -> None:
+    _check_kvm(kvm)
+    for name, slot in slots.items():
+        if not isinstance(slot, KvmMemorySlot):
+            raise TypeError(f"{name} must be a KvmMemorySlot, got {type(slot).__name__}")
+
+
+def _check_callables(**fns) -> None:
+    for name, fn in fns.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+
+
+def _check_region(mem) -> None:
+    if not isinstance(mem, KvmUserspaceMemoryRegion):
+        raise TypeError(f"mem must be a KvmUserspaceMemoryRegion, got {type(mem).__name__}")
+
+
+def _check_pre_fault_range(range_) -> None:
+    if not isinstance(range_, KvmPreFaultMemory):
+        raise TypeError(f"range_ must be a KvmPreFaultMemory, got {type(range_).__name__}")
+
+
+def _check_mn_range(mn, start, end) -> None:
+    if not isinstance(mn, MmuNotifier) or not isinstance(mn.owner, Kvm):
+        raise TypeError(f"mn must be a VM's MmuNotifier, got {type(mn).__name__}")
+    check_u64("start", start)
+    check_int("end", end, start + 1, 1 << 64)
+
 def kvm_vm_ioctl_create_vcpu(kvm: Kvm) -> KvmVcpu:
     """Add a vCPU (``KVM_CREATE_VCPU``).
 
@@ -119,6 +155,7 @@ def kvm_vm_dead(kvm: Kvm) -> None:
 
     Models: include/linux/kvm_host.h: kvm_vm_dead()
     """
+    _check_kvm(kvm)
     kvm.vm_dead = True
     kvm_make_all_cpus_request(kvm, KVM_REQ_VM_DEAD)
 
@@ -139,6 +176,9 @@ def kvm_replace_memslot(kvm: Kvm, old, new) -> None:
 
     Models: virt/kvm/kvm_main.c: kvm_replace_memslot()
     """
+    _check_kvm(kvm)
+    _check_slot_or_none("old", old)
+    _check_slot_or_none("new", new)
     as_id = (old or new).as_id
     kvm.kvm_get_inactive_memslots(as_id).replace(old, new)
 
@@ -154,6 +194,8 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
     inside its read section).  The swap waits while an MMU-notifier
     invalidation is in flight, so that its start and end see the same slots.
     """
+    _check_kvm(kvm)
+    check_int("as_id", as_id, 0, kvm.config.nr_as_ids - 1)
     def publish():
         slots = kvm.kvm_get_inactive_memslots(as_id)
         gen = kvm.kvm_memslots(as_id).generation
@@ -182,6 +224,9 @@ def kvm_activate_memslot(kvm: Kvm, old, new):
 
     Models: virt/kvm/kvm_main.c: kvm_activate_memslot()
     """
+    _check_kvm(kvm)
+    _check_slot_or_none("old", old)
+    _check_slot_or_none("new", new)
     as_id = (old or new).as_id
     yield from kvm_swap_active_memslots(kvm, as_id)
     # The now-inactive set is invisible to readers: no step of its own.
@@ -194,6 +239,7 @@ def kvm_invalidate_memslot(kvm: Kvm, old: KvmMemorySlot, invalid_slot: KvmMemory
 
     Models: virt/kvm/kvm_main.c: kvm_invalidate_memslot()
     """
+    _check_slots(kvm, old=old, invalid_slot=invalid_slot)
     kvm_replace_memslot(kvm, old, invalid_slot)     # inactive set: readers cannot see it
     yield from kvm_swap_active_memslots(kvm, old.as_id)
     # No reader can still be using the old slot: zap what it mapped.
@@ -206,6 +252,7 @@ def kvm_create_memslot(kvm: Kvm, new: KvmMemorySlot):
 
     Models: virt/kvm/kvm_main.c: kvm_create_memslot()
     """
+    _check_slots(kvm, new=new)
     kvm_replace_memslot(kvm, None, new)
     yield from kvm_activate_memslot(kvm, None, new)
 
@@ -215,6 +262,7 @@ def kvm_delete_memslot(kvm: Kvm, old: KvmMemorySlot, invalid_slot: KvmMemorySlot
 
     Models: virt/kvm/kvm_main.c: kvm_delete_memslot()
     """
+    _check_slots(kvm, old=old, invalid_slot=invalid_slot)
     kvm_replace_memslot(kvm, old, None)
     yield from kvm_activate_memslot(kvm, invalid_slot, None)
 
@@ -225,6 +273,7 @@ def kvm_move_memslot(kvm: Kvm, old: KvmMemorySlot, new: KvmMemorySlot,
 
     Models: virt/kvm/kvm_main.c: kvm_move_memslot()
     """
+    _check_slots(kvm, old=old, new=new, invalid_slot=invalid_slot)
     kvm_replace_memslot(kvm, old, new)
     yield from kvm_activate_memslot(kvm, invalid_slot, new)
 
@@ -234,6 +283,7 @@ def kvm_update_flags_memslot(kvm: Kvm, old: KvmMemorySlot, new: KvmMemorySlot):
 
     Models: virt/kvm/kvm_main.c: kvm_update_flags_memslot()
     """
+    _check_slots(kvm, old=old, new=new)
     kvm_replace_memslot(kvm, old, new)
     yield from kvm_activate_memslot(kvm, old, new)
 
@@ -372,6 +422,8 @@ def __kvm_set_memory_region(kvm: Kvm, mem: KvmUserspaceMemoryRegion):
 
     Called with ``slots_lock`` held.
     """
+    _check_kvm(kvm)
+    _check_region(mem)
     r = _validate_region(kvm, mem)
     if r:
         return r
@@ -456,6 +508,10 @@ def kvm_handle_hva_range(kvm: Kvm, start: int, end: int, on_lock, handler):
     handler returns whether a TLB flush is due; the flush comes before the
     unlock.  Returns whether a slot was found.
     """
+    _check_kvm(kvm)
+    check_u64("start", start)
+    check_int("end", end, start + 1, 1 << 64)
+    _check_callables(on_lock=on_lock, handler=handler)
     ranges = yield from step("memslots overlapping the range",
                              lambda: _gfn_ranges(kvm, start, end))
     if not ranges:
@@ -487,6 +543,7 @@ def kvm_mmu_notifier_invalidate_range_start(mn: MmuNotifier, start: int, end: in
 
     Models: virt/kvm/kvm_main.c: kvm_mmu_notifier_invalidate_range_start()
     """
+    _check_mn_range(mn, start, end)
     kvm = mn.owner                              # mmu_notifier_to_kvm()
     yield from step("mn_active_invalidate_count++", lambda: _mn_count(kvm, 1))
     # pfn caches first, before mmu_lock: no cache lock is taken under mmu_lock,
@@ -502,6 +559,7 @@ def kvm_mmu_notifier_invalidate_range_end(mn: MmuNotifier, start: int, end: int)
 
     Models: virt/kvm/kvm_main.c: kvm_mmu_notifier_invalidate_range_end()
     """
+    _check_mn_range(mn, start, end)
     kvm = mn.owner
     found = yield from kvm_handle_hva_range(kvm, start, end, kvm_mmu_invalidate_end, None)
     yield from step("mn_active_invalidate_count--", lambda: _mn_count(kvm, -1))
@@ -555,6 +613,8 @@ def kvm_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_: KvmPreFaultMemory):
     Returns 0 if any byte was mapped (even if a later chunk failed), else the
     error; ``range_`` is advanced past what was mapped either way.
     """
+    _check_vcpu(vcpu)
+    _check_pre_fault_range(range_)
     if _bad_range(range_):
         return -EINVAL
     kvm = vcpu.kvm

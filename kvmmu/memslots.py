@@ -24,7 +24,7 @@ than the kernel's interval and gfn trees (lookups give the same answers);
 from dataclasses import dataclass, field, replace
 
 from .checks import check_int
-from .explorer import Primitive
+from .explorer import Primitive, World
 from .levels import (KVM_HPAGE_GFN_SHIFT, KVM_PAGES_PER_HPAGE, PAGE_SHIFT,
                      PG_LEVEL_1G, PG_LEVEL_2M)
 
@@ -333,6 +333,8 @@ class KvmMemslotState(Primitive):
     __slots__ = ("sets", "active", "private")
 
     def __init__(self, world, name: str = "memslots", nr_as_ids: int = 1):
+        if not isinstance(world, World):
+            raise TypeError(f"world must be a kvmmu.explorer.World (a Kvm), got {type(world).__name__}")
         super().__init__(world, name)
         check_int("nr_as_ids", nr_as_ids, 1, 2)
         self.sets = [[KvmMemslots(), KvmMemslots()] for _ in range(nr_as_ids)]
@@ -371,4 +373,6 @@ def kvm_mem_is_private(kvm, gfn: int) -> bool:
     Models: include/linux/kvm_host.h: kvm_mem_is_private()
     """
     check_int("gfn", gfn, 0, GFN_MAX)
+    if not isinstance(getattr(kvm, "memslot_state", None), KvmMemslotState):
+        raise TypeError(f"kvm must be a VM (kvm_main.kvm_create_vm()), got {type(kvm).__name__}")
     return gfn in kvm.memslot_state.private

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .checks import check_bool, check_choice, check_int, check_u64
+from .checks import check_bool, check_choice, check_int, check_name, check_u64
 from .cpu import cpu_code
 from .errno import (EAGAIN, EFAULT, EINTR, EINVAL, EIO, ENOENT, EOPNOTSUPP, RET_PF_CONTINUE,
                     RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_RETRY_INVALID_SLOT,
@@ -61,11 +61,11 @@ from .kvm_host import (KVM_PFN_ERR_FAULT, Kvm, KVM_PFN_ERR_RO_FAULT, KVM_REQ_MMU
                        KVM_REQ_VM_DEAD, KvmVcpu, hva_to_pfn, is_error_pfn,
                        kvm_check_request, kvm_make_all_cpus_request, kvm_test_request,
                        kvm_vcpu_gfn_to_memslot, mmu_invalidate_retry_gfn,
-                       mmu_invalidate_retry_gfn_unsafe)
+                       mmu_invalidate_retry_gfn_unsafe, _check_kvm, _check_vcpu)
 from .levels import KVM_HPAGE_SIZE, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_4K
 from .memslots import (GFN_MAX, KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID,
                        KvmMemorySlot, __gfn_to_hva_memslot, kvm_mem_is_private)
-from .mmu_internal import KvmPageFault
+from .mmu_internal import KvmPageFault, _check_fault
 from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS
 from .tdp_mmu import (kvm_tdp_mmu_alloc_root, kvm_tdp_mmu_invalidate_roots, kvm_tdp_mmu_map,
                       kvm_tdp_mmu_put_root, kvm_tdp_mmu_recover_huge_pages,
@@ -102,6 +102,11 @@ class PfResult(int):
         return ret_pf_name(int(self))
 
 
+def _check_vcpu_fault(vcpu, fault) -> None:
+    _check_vcpu(vcpu)
+    _check_fault(fault)
+
+
 # ---------------------------------------------------------------------------
 # Waiting instead of spinning (see the module docstring)
 # ---------------------------------------------------------------------------
@@ -113,6 +118,7 @@ def fault_inputs(vcpu: KvmVcpu) -> tuple:
     signal, and the invalidation sequence.  A retry whose inputs equal the
     last attempt's would repeat it.
     """
+    _check_vcpu(vcpu)
     kvm = vcpu.kvm
     root = vcpu.root
     obsolete = root is not None and kvm.ept.sps[root].invalid
@@ -139,6 +145,8 @@ def retry_wait(vcpu: KvmVcpu, label: str, frees_obsolete_roots: bool = False):
     will run on another root, even if the request was already pending when
     the last attempt looked.
     """
+    _check_vcpu(vcpu)
+    check_name("label", label)
     check_bool("frees_obsolete_roots", frees_obsolete_roots)
     # The predicate reads what the last attempt recorded when it is evaluated,
     # not here: code between two steps must not read what a step wrote.
@@ -156,6 +164,7 @@ def kvm_mmu_load(vcpu: KvmVcpu) -> int:
 
     Plain computation: callers make it part of a step.
     """
+    _check_vcpu(vcpu)
     vcpu.root = kvm_tdp_mmu_alloc_root(vcpu)
     return 0
 
@@ -165,6 +174,7 @@ def kvm_mmu_free_obsolete_roots(vcpu: KvmVcpu) -> None:
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_free_obsolete_roots()
     """
+    _check_vcpu(vcpu)
     kvm = vcpu.kvm
     root = vcpu.root
     if root is not None and kvm.ept.sps[root].invalid:
@@ -182,6 +192,7 @@ def kvm_mmu_reload(vcpu: KvmVcpu) -> int:
     there was none, so an obsolete root stayed put
     (``KvmConfig.reload_frees_obsolete_roots``).
     """
+    _check_vcpu(vcpu)
     if vcpu.kvm.config.reload_frees_obsolete_roots and \
             kvm_check_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, vcpu):
         kvm_mmu_free_obsolete_roots(vcpu)
@@ -198,6 +209,7 @@ def kvm_handle_noslot_fault(vcpu: KvmVcpu, fault: KvmPageFault) -> int:
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_handle_noslot_fault()
     """
+    _check_vcpu_fault(vcpu, fault)
     if fault.is_private:
         return -EFAULT                  # kvm_mmu_prepare_memory_fault_exit()
     fault.slot = None
@@ -214,6 +226,7 @@ def kvm_handle_error_pfn(vcpu: KvmVcpu, fault: KvmPageFault) -> int:
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_handle_error_pfn()
     """
+    _check_vcpu_fault(vcpu, fault)
     if fault.pfn == KVM_PFN_ERR_RO_FAULT:
         return RET_PF_EMULATE
     return -EFAULT
@@ -245,6 +258,7 @@ def __kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
     A host page being migrated makes gup wait until the migration is done
     (the kernel sleeps on the migration entry).
     """
+    _check_vcpu_fault(vcpu, fault)
     kvm = vcpu.kvm
     if fault.is_private:
         # kvm_mmu_faultin_pfn_private()
@@ -295,6 +309,7 @@ def kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
     still be live until the writer's zap (the kernel's comment), so the fault
     retries (6.17) or, for a prefault, returns -EAGAIN (6.18).
     """
+    _check_vcpu_fault(vcpu, fault)
     kvm = vcpu.kvm
     fault.mmu_seq, private = yield from step(
         "mmu_seq = mmu_invalidate_seq", lambda: (kvm.mmu_invalidate_seq, fault.slot is not None
@@ -330,6 +345,7 @@ def is_page_fault_stale(vcpu: KvmVcpu, fault: KvmPageFault) -> bool:
 
     Plain computation under mmu_lock (its caller makes it one step).
     """
+    _check_vcpu_fault(vcpu, fault)
     kvm = vcpu.kvm
     if fault.root is not None and kvm.ept.sps[fault.root].invalid:
         return True
@@ -344,6 +360,8 @@ def kvm_mmu_finish_page_fault(vcpu: KvmVcpu, fault: KvmPageFault, r: int):
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_finish_page_fault()
     """
+    _check_vcpu_fault(vcpu, fault)
+    check_int("r", r)
     folio = fault.refcounted_page
     fault.refcounted_page = None
     if folio is not None:
@@ -356,6 +374,7 @@ def kvm_tdp_mmu_page_fault(vcpu: KvmVcpu, fault: KvmPageFault):
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_tdp_mmu_page_fault()
     """
+    _check_vcpu_fault(vcpu, fault)
     kvm = vcpu.kvm
     r = yield from kvm_mmu_faultin_pfn(vcpu, fault)
     if r != RET_PF_CONTINUE:
@@ -375,6 +394,7 @@ def kvm_tdp_page_fault(vcpu: KvmVcpu, fault: KvmPageFault):
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_tdp_page_fault()
     """
+    _check_vcpu_fault(vcpu, fault)
     return (yield from kvm_tdp_mmu_page_fault(vcpu, fault))
 
 
@@ -382,6 +402,8 @@ def describe_found_slot(slot) -> str:
     """What a memslot lookup found, in a few words: 'slot 10', 'slot 10 INVALID', 'no slot'."""
     if slot is None:
         return "no slot"
+    if not isinstance(slot, KvmMemorySlot):
+        raise TypeError(f"slot must be a KvmMemorySlot or None, got {type(slot).__name__}")
     return f"slot {slot.id}" + (" INVALID" if slot.flags & KVM_MEMSLOT_INVALID else "")
 
 
@@ -428,6 +450,9 @@ def kvm_mmu_page_fault(vcpu: KvmVcpu, gpa: int, error_code: int):
     Returns the RET_PF_* code (or -errno): RET_PF_RETRY and the fixed cases
     re-enter the guest, RET_PF_EMULATE means emulate the access (MMIO).
     """
+    _check_vcpu(vcpu)
+    check_u64("gpa", gpa)
+    check_u64("error_code", error_code)
     r, _level = yield from kvm_mmu_do_page_fault(vcpu, gpa, error_code, prefetch=False)
     return r
 
@@ -478,6 +503,9 @@ def kvm_tdp_map_page(vcpu: KvmVcpu, gpa: int, error_code: int):
     reloads the root.  Under the ``drop-srcu`` policies this is the sketch's
     version: one attempt, and ``RET_PF_RETRY`` becomes ``-EAGAIN``.
     """
+    _check_vcpu(vcpu)
+    check_u64("gpa", gpa)
+    check_u64("error_code", error_code)
     if not (vcpu.tdp and not vcpu.guest_mode):
         return -EOPNOTSUPP, PG_LEVEL_4K         # shadow paging, or a nested guest
     policy = vcpu.kvm.config.prefault_policy
@@ -510,6 +538,9 @@ def kvm_tdp_prefault_page(vcpu: KvmVcpu, gpa: int, error_code: int):
     SRCU, as Yan Zhao asked in review; whether that frees the obsolete root
     depends on ``KvmConfig.reload_frees_obsolete_roots``.
     """
+    _check_vcpu(vcpu)
+    check_u64("gpa", gpa)
+    check_u64("error_code", error_code)
     if not (vcpu.tdp and not vcpu.guest_mode):
         return -EOPNOTSUPP, PG_LEVEL_4K
     kvm = vcpu.kvm
@@ -541,6 +572,14 @@ def _reload_and_attrs(vcpu: KvmVcpu, gpa: int) -> _Reloaded:
     return _Reloaded(r, gfn <= GFN_MAX and kvm_mem_is_private(vcpu.kvm, gfn))
 
 
+def _check_range(range_) -> None:
+    # struct kvm_pre_fault_memory (kvm_main.KvmPreFaultMemory, defined above this module).
+    if not all(hasattr(range_, f) for f in ("gpa", "size", "flags")):
+        raise TypeError(f"range_ must be a KvmPreFaultMemory, got {type(range_).__name__}")
+    check_u64("range_.gpa", range_.gpa)
+    check_u64("range_.size", range_.size)
+
+
 @cpu_code
 def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
     """Map the page at ``range_.gpa`` and say how many bytes that covered (or -errno).
@@ -553,6 +592,8 @@ def kvm_arch_vcpu_pre_fault_memory(vcpu: KvmVcpu, range_):
     ``min(size, end - gpa)``.  ``-EINVAL`` for an alias gfn
     (``kvm_is_gfn_alias()``) cannot happen in the model.
     """
+    _check_vcpu(vcpu)
+    _check_range(range_)
     kvm = vcpu.kvm
     error_code = PFERR_GUEST_FINAL_MASK         # a read of the final gpa
     if not kvm.config.pre_fault_allowed:
@@ -587,6 +628,7 @@ def kvm_mmu_zap_all_fast(kvm):
     vCPU drops its soon-to-be-invalid root; the invalid roots' SPTEs are
     zapped afterwards under the read lock, before the caller goes on.
     """
+    _check_kvm(kvm)
     yield from kvm.mmu_lock.write_lock()
 
     def invalidate():
@@ -606,6 +648,7 @@ def kvm_zap_gfn_range(kvm, gfn_start: int, gfn_end: int):
 
     Returns True if anything was zapped.
     """
+    _check_kvm(kvm)
     check_int("gfn_start", gfn_start, 0, GFN_MAX)
     check_int("gfn_end", gfn_end, gfn_start + 1, GFN_MAX + 1)
     yield from kvm.mmu_lock.write_lock()
@@ -622,6 +665,7 @@ def kvm_arch_flush_shadow_memslot(kvm, slot):
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_arch_flush_shadow_memslot()
     """
+    _check_kvm_slot(kvm, slot)
     if kvm.config.slot_zap_all:
         yield from kvm_mmu_zap_all_fast(kvm)
     else:
@@ -636,6 +680,7 @@ def kvm_arch_memslots_updated(kvm, gen: int) -> None:
     The kernel checks for an MMIO-generation wrap (and zaps everything if it
     wrapped); the model's 19-bit MMIO generation never wraps in a run.
     """
+    _check_kvm(kvm)
     check_u64("gen", gen)
 
 

@@ -38,7 +38,7 @@ CPU code (:mod:`kvmmu.cpu`): one step per READ_ONCE of a host entry.
 from dataclasses import dataclass
 
 from .checks import check_bool, check_int, check_u64
-from .cpu import cpu_code
+from .cpu import check_vcpu, check_vm, cpu_code
 from .explorer import step
 from .host_mm import (PGD, PMD, PUD, TABLE_NAMES, Hex, p4d_none, p4d_offset, p4d_present,
                       pgd_none, pgd_offset, pmd_leaf, pmd_none, pmd_offset, pmd_present,
@@ -132,6 +132,12 @@ class KvmPageFault:
 # --------------------------------------------------------------------------
 # The host walk
 
+def _check_fault(fault) -> "KvmPageFault":
+    if not isinstance(fault, KvmPageFault):
+        raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
+    return fault
+
+
 def _read_once(kvm, ptr, table_level: int):
     # READ_ONCE() of one host page-table entry: one step.
     name = TABLE_NAMES[table_level]
@@ -144,6 +150,7 @@ def local_irq_save(kvm):
 
     Models: include/linux/irqflags.h: local_irq_save()
     """
+    check_vm("kvm", kvm)
     yield from kvm.mm.rcu.read_lock()
 
 
@@ -152,6 +159,7 @@ def local_irq_restore(kvm):
 
     Models: include/linux/irqflags.h: local_irq_restore()
     """
+    check_vm("kvm", kvm)
     yield from kvm.mm.rcu.read_unlock()
 
 
@@ -191,6 +199,7 @@ def host_pfn_mapping_level(kvm, gfn: int, slot: KvmMemorySlot):
     The answer may be stale as soon as it is returned; see chapter 2 for the
     three ways a caller may use it safely.
     """
+    check_vm("kvm", kvm)
     _check_slot_gfn(slot, gfn)
     # The slot we already have, not gfn_to_hva(): that one assumes a write and
     # fails for read-only memslots.
@@ -208,6 +217,7 @@ def __kvm_mmu_max_mapping_level(kvm, slot: KvmMemorySlot, gfn: int, max_level: i
 
     Models: arch/x86/kvm/mmu/mmu.c: __kvm_mmu_max_mapping_level()
     """
+    check_vm("kvm", kvm)
     _check_slot_gfn(slot, gfn)
     check_int("max_level", max_level, PG_LEVEL_4K, PG_LEVEL_NUM)
     check_bool("is_private", is_private)
@@ -230,6 +240,7 @@ def kvm_mmu_max_mapping_level(kvm, slot: KvmMemorySlot, gfn: int):
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_mmu_max_mapping_level()
     """
+    check_vm("kvm", kvm)
     _check_slot_gfn(slot, gfn)
     is_private = bool(slot.flags & KVM_MEM_GUEST_MEMFD) and kvm_mem_is_private(kvm, gfn)
     return (yield from __kvm_mmu_max_mapping_level(kvm, slot, gfn, PG_LEVEL_NUM, is_private))
@@ -244,6 +255,8 @@ def kvm_mmu_hugepage_adjust(vcpu, fault: KvmPageFault):
     Runs with mmu_lock held and after the staleness check passed, so the host
     cannot change the mapping under it.
     """
+    check_vcpu("vcpu", vcpu)
+    _check_fault(fault)
     if not isinstance(fault, KvmPageFault):
         raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
     kvm = vcpu.kvm

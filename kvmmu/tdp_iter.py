@@ -36,7 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .checks import check_bool, check_int
+from .checks import check_bool, check_int, check_u64
+from .cpu import check_vm
 from .explorer import Op, Primitive
 from .levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL,
                      SPTE_ENT_PER_PAGE, SPTE_INDEX, gfn_round_for_level)
@@ -57,14 +58,23 @@ __all__ = [
 #: examples, so a table pointer never looks like a page.
 TDP_PT_PFN_BASE = 0x100000
 
-class Sptep(NamedTuple):
+class _SptepFields(NamedTuple):
+    pt: int
+    index: int
+
+
+class Sptep(_SptepFields):
     """A pointer to one SPTE: the table's (fake) pfn and the entry's index.
 
     Models: arch/x86/kvm/mmu/tdp_iter.h: tdp_ptep_t
     """
 
-    pt: int
-    index: int
+    __slots__ = ()
+
+    def __new__(cls, pt: int, index: int):
+        check_int("pt", pt, 0, (1 << 40) - 1)
+        check_int("index", index, 0, SPTE_ENT_PER_PAGE - 1)
+        return super().__new__(cls, pt, index)
 
 
 @dataclass
@@ -87,6 +97,13 @@ class KvmMmuPage:
     ptep: Sptep | None
     unlinked: bool = False
     invalid: bool = False
+
+    def __post_init__(self):
+        check_int("spt", self.spt, 0, (1 << 40) - 1)
+        check_int("level", self.level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
+        check_int("gfn", self.gfn, 0, (1 << 52) - 1)
+        if self.ptep is not None and not isinstance(self.ptep, Sptep):
+            raise TypeError(f"ptep must be a Sptep or None, got {type(self.ptep).__name__}")
 
 
 def spte_name(value: int, level: int = PG_LEVEL_4K, cfg=EPT_AD) -> str:
@@ -450,6 +467,7 @@ def kvm_tdp_mmu_read_spte(kvm, sptep: Sptep):
 
     Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_read_spte()
     """
+    _check_sptep(kvm, sptep)
     return (yield from kvm.ept.read(sptep))
 
 
@@ -458,6 +476,8 @@ def kvm_tdp_mmu_write_spte_atomic(kvm, sptep: Sptep, new_spte: int):
 
     Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_write_spte_atomic()
     """
+    _check_sptep(kvm, sptep)
+    check_u64("new_spte", new_spte)
     return (yield from kvm.ept.xchg(sptep, new_spte))
 
 
@@ -466,6 +486,8 @@ def __kvm_tdp_mmu_write_spte(kvm, sptep: Sptep, new_spte: int):
 
     Models: arch/x86/kvm/mmu/tdp_iter.h: __kvm_tdp_mmu_write_spte()
     """
+    _check_sptep(kvm, sptep)
+    check_u64("new_spte", new_spte)
     yield from kvm.ept.write(sptep, new_spte)
 
 
@@ -474,6 +496,9 @@ def kvm_tdp_mmu_spte_need_atomic_update(kvm, old_spte: int, level: int) -> bool:
 
     Models: arch/x86/kvm/mmu/tdp_iter.h: kvm_tdp_mmu_spte_need_atomic_update()
     """
+    check_vm("kvm", kvm)
+    check_u64("old_spte", old_spte)
+    check_int("level", level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
     return (is_shadow_present_pte(old_spte) and is_last_spte(old_spte, level)
             and spte_needs_atomic_update(old_spte, kvm.ept.cfg))
 
@@ -514,12 +539,30 @@ class TdpIter:
     valid: bool = False
     yielded: bool = False
 
+    def __post_init__(self):
+        check_int("next_last_level_gfn", self.next_last_level_gfn, 0, (1 << 52) - 1)
+        check_int("root_level", self.root_level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
+        check_int("min_level", self.min_level, PG_LEVEL_4K, self.root_level)
+
+
+def _check_it(kvm, it) -> None:
+    check_vm("kvm", kvm)
+    if not isinstance(it, TdpIter):
+        raise TypeError(f"it must be a TdpIter, got {type(it).__name__}")
+
+
+def _check_sptep(kvm, sptep) -> None:
+    check_vm("kvm", kvm)
+    if not isinstance(sptep, Sptep):
+        raise TypeError(f"sptep must be a Sptep, got {type(sptep).__name__}")
+
 
 def tdp_iter_refresh_sptep(kvm, it: TdpIter):
     """Point the iterator at the entry for its gfn and level, and re-read it.
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_refresh_sptep()
     """
+    _check_it(kvm, it)
     it.sptep = Sptep(it.pt_path[it.level - 1], SPTE_INDEX(it.gfn << PAGE_SHIFT, it.level))
     it.old_spte = yield from kvm_tdp_mmu_read_spte(kvm, it.sptep)
 
@@ -545,6 +588,7 @@ def tdp_iter_restart(kvm, it: TdpIter):
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: tdp_iter_restart()
     """
+    _check_it(kvm, it)
     it.yielded = False
     it.level = it.root_level
     it.gfn = gfn_round_for_level(it.next_last_level_gfn, it.level)
@@ -567,6 +611,7 @@ def try_step_down(kvm, it: TdpIter):
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_down()
     """
+    _check_it(kvm, it)
     if it.level == it.min_level:
         return False
     # Re-read: the entry may have been zapped since the caller looked at it.
@@ -586,6 +631,7 @@ def try_step_side(kvm, it: TdpIter):
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_side()
     """
+    _check_it(kvm, it)
     if SPTE_INDEX(it.gfn << PAGE_SHIFT, it.level) == SPTE_ENT_PER_PAGE - 1:
         return False
     it.gfn += KVM_PAGES_PER_HPAGE(it.level)
@@ -600,6 +646,7 @@ def try_step_up(kvm, it: TdpIter):
 
     Models: arch/x86/kvm/mmu/tdp_iter.c: try_step_up()
     """
+    _check_it(kvm, it)
     if it.level == it.root_level:
         return False
     it.level += 1
@@ -618,6 +665,7 @@ def tdp_iter_next(kvm, it: TdpIter, end: int | None = None):
     model does not read it (the kernel reads one entry past the range and
     discards it).
     """
+    _check_it(kvm, it)
     if it.yielded:
         yield from tdp_iter_restart(kvm, it)
         return

@@ -45,23 +45,23 @@ to the step before it.
 from dataclasses import dataclass
 from functools import partial
 
-from .checks import check_bool, check_int
-from .cpu import cpu_code
+from .checks import check_bool, check_int, check_u64
+from .cpu import check_vcpu, check_vm, cpu_code
 from .errno import (EBUSY, ENOENT, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, RET_PF_SPURIOUS,
                     RET_PF_WRITE_PROTECTED)
 from .explorer import World, step, wait_until
 from .levels import (KVM_MAX_HUGEPAGE_LEVEL, KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PG_LEVEL_2M,
-                     PG_LEVEL_4K,
+                     PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL,
                      SPTE_ENT_PER_PAGE)
 from .memslots import KvmMemorySlot, kvm_slot_dirty_track_enabled
-from .mmu_internal import KvmPageFault, kvm_mmu_hugepage_adjust, kvm_mmu_max_mapping_level
-from .spte import (ACC_ALL, FROZEN_SPTE, PT_PRESENT_MASK, SHADOW_NONPRESENT_VALUE,
+from .mmu_internal import KvmPageFault, _check_fault, kvm_mmu_hugepage_adjust, kvm_mmu_max_mapping_level
+from .spte import (_check_cfg, ACC_ALL, FROZEN_SPTE, PT_PRESENT_MASK, SHADOW_NONPRESENT_VALUE,
                    KernelWarn, check_spte_writable_invariants, is_executable_pte,
                    is_frozen_spte, is_large_pte, is_last_spte, is_mmio_spte,
                    is_shadow_present_pte, is_writable_pte, leaf_spte_change_needs_tlb_flush,
                    make_huge_spte, make_mmio_spte, make_nonleaf_spte, make_spte,
                    spte_to_pfn)
-from .tdp_iter import (Sptep, TdpIter, __kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte,
+from .tdp_iter import (Sptep, TdpIter, _check_it, _check_sptep, __kvm_tdp_mmu_write_spte, kvm_tdp_mmu_write_spte,
                        kvm_tdp_mmu_write_spte_atomic, spte_to_child_pt, tdp_iter_next,
                        tdp_iter_start)
 from .tlb import kvm_flush_remote_tlbs_gfn, kvm_flush_remote_tlbs_memslot
@@ -87,12 +87,25 @@ _GFN_MAX = (1 << 40) - 1
 # ---------------------------------------------------------------------------
 # Bookkeeping: handle_changed_spte and handle_removed_pt.
 # ---------------------------------------------------------------------------
-def kvm_update_page_stats(kvm, level: int, count: int) -> None:
-    """Add ``count`` to the number of leaf SPTEs at ``level``.
+def _check_vcpu_fault(vcpu, fault) -> None:
+    check_vcpu("vcpu", vcpu)
+    _check_fault(fault)
+
+
+def _check_pt(kvm, pt, name: str = "pt") -> None:
+    check_vm("kvm", kvm)
+    check_int(name, pt, 0, (1 << 40) - 1)
+
+
+def kvm_update_page_stats(kvm, level: int, delta: int) -> None:
+    """Add ``delta`` (negative when leaves go) to the number of leaf SPTEs at ``level``.
 
     Models: arch/x86/kvm/mmu/mmu.c: kvm_update_page_stats()
     """
-    kvm.ept.page_stats[level] += count
+    check_vm("kvm", kvm)
+    check_int("level", level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
+    check_int("delta", delta, -(1 << 40), 1 << 40)
+    kvm.ept.page_stats[level] += delta
 
 
 def handle_changed_spte(kvm, gfn: int, old_spte: int, new_spte: int,
@@ -105,6 +118,12 @@ def handle_changed_spte(kvm, gfn: int, old_spte: int, new_spte: int,
     ``kvm.ept.installed`` and a leaf whose removal is processed to
     ``kvm.ept.processed``, so a check can see that each leaf is processed once.
     """
+    check_vm("kvm", kvm)
+    check_int("gfn", gfn, 0, (1 << 52) - 1)
+    check_u64("old_spte", old_spte)
+    check_u64("new_spte", new_spte)
+    check_int("level", level, PG_LEVEL_4K, PT64_ROOT_MAX_LEVEL)
+    check_bool("shared", shared)
     was_present = is_shadow_present_pte(old_spte)
     is_present = is_shadow_present_pte(new_spte)
     was_leaf = was_present and is_last_spte(old_spte, level)
@@ -147,6 +166,7 @@ def tdp_mmu_unlink_sp(kvm, pt: int) -> None:
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_unlink_sp()
     """
+    _check_pt(kvm, pt)
     sp = kvm.ept.sps.get(pt)
     if sp is not None:
         sp.unlinked = True
@@ -223,11 +243,17 @@ def tdp_walk_begin(kvm, start: int, end: int) -> None:
     :func:`handle_removed_pt` knows which entries no other CPU can reach.
     No step: entering a read section changes nothing another CPU can see.
     """
+    check_vm("kvm", kvm)
+    check_int("start", start, 0, (1 << 52) - 1)
+    check_int("end", end, start, 1 << 52)
     kvm.ept.walks = tuple(sorted(kvm.ept.walks + ((start, end),)))
 
 
 def tdp_walk_end(kvm, start: int, end: int) -> None:
     """Leave a walk over ``[start, end)``: the model's rcu_read_unlock()."""
+    check_vm("kvm", kvm)
+    check_int("start", start, 0, (1 << 52) - 1)
+    check_int("end", end, start, 1 << 52)
     walks = list(kvm.ept.walks)
     walks.remove((start, end))
     kvm.ept.walks = tuple(walks)
@@ -249,6 +275,8 @@ def __tdp_mmu_set_spte_atomic(kvm, it: TdpIter, new_spte: int):
     on fresh data.  Refuses (the kernel WARNs) to act on a frozen snapshot:
     only the thread that froze an SPTE may write it again.
     """
+    _check_it(kvm, it)
+    check_u64("new_spte", new_spte)
     if it.yielded or is_frozen_spte(it.old_spte):
         raise KernelWarn(f"__tdp_mmu_set_spte_atomic: the snapshot of {it.sptep} is "
                          "FROZEN_SPTE; callers must check is_frozen_spte() first")
@@ -265,6 +293,8 @@ def tdp_mmu_set_spte_atomic(kvm, it: TdpIter, new_spte: int):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_set_spte_atomic()
     """
+    _check_it(kvm, it)
+    check_u64("new_spte", new_spte)
     ret = yield from __tdp_mmu_set_spte_atomic(kvm, it, new_spte)
     if ret:
         return ret
@@ -294,6 +324,8 @@ def tdp_mmu_iter_set_spte(kvm, it: TdpIter, new_spte: int):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_iter_set_spte()
     """
+    _check_it(kvm, it)
+    check_u64("new_spte", new_spte)
     it.old_spte = yield from tdp_mmu_set_spte(kvm, it.sptep, it.old_spte, new_spte,
                                               it.gfn, it.level)
 
@@ -320,6 +352,7 @@ def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
     tdp_mmu_set_spte_atomic() and flush once, before dropping RCU and
     mmu_lock.
     """
+    _check_it(kvm, it)
     ret = yield from __tdp_mmu_set_spte_atomic(kvm, it, FROZEN_SPTE)
     if ret:
         return ret
@@ -345,6 +378,7 @@ def tdp_mmu_zap_spte_atomic_nofreeze(kvm, it: TdpIter):
     interleaving.  (The same shape is safe in 6.13+ for collapsible zaps,
     where the new mapping has the same pfn.)
     """
+    _check_it(kvm, it)
     ret = yield from tdp_mmu_set_spte_atomic(kvm, it, SHADOW_NONPRESENT_VALUE)
     if ret:
         return ret
@@ -361,6 +395,9 @@ def is_access_allowed(fault: KvmPageFault, spte: int, cfg) -> bool:
 
     Models: arch/x86/kvm/mmu/spte.h: is_access_allowed()
     """
+    _check_fault(fault)
+    check_u64("spte", spte)
+    _check_cfg(cfg)
     if fault.exec:
         return is_executable_pte(spte, cfg)
     if fault.write:
@@ -376,6 +413,7 @@ def tdp_mmu_alloc_sp(kvm, it: TdpIter, huge_spte: int | None = None):
     One step in the model (the page comes from the shared table allocator;
     the kernel takes it from a per-vCPU cache filled before mmu_lock).
     """
+    _check_it(kvm, it)
     return (yield from kvm.ept.alloc(it.level - 1, it.gfn, it.sptep, huge_spte))
 
 
@@ -384,6 +422,7 @@ def tdp_mmu_free_sp(kvm, pt: int) -> None:
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_free_sp()
     """
+    _check_pt(kvm, pt)
     kvm.ept.free(pt)
 
 
@@ -392,6 +431,9 @@ def tdp_mmu_link_sp(kvm, it: TdpIter, pt: int, shared: bool):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_link_sp()
     """
+    _check_it(kvm, it)
+    check_int("pt", pt, 0, (1 << 40) - 1)
+    check_bool("shared", shared)
     spte = make_nonleaf_spte(pt << PAGE_SHIFT, cfg=kvm.ept.cfg)
     if shared:
         ret = yield from tdp_mmu_set_spte_atomic(kvm, it, spte)
@@ -411,6 +453,9 @@ def tdp_mmu_split_huge_page(kvm, it: TdpIter, pt: int, shared: bool):
     with ``huge_spte``): it is private until linked.  The translation does
     not change, so no TLB flush is needed.
     """
+    _check_it(kvm, it)
+    check_int("pt", pt, 0, (1 << 40) - 1)
+    check_bool("shared", shared)
     huge_spte = it.old_spte
     ret = yield from tdp_mmu_link_sp(kvm, it, pt, shared)
     if ret:
@@ -444,6 +489,8 @@ def tdp_mmu_map_handle_target_level(vcpu, fault: KvmPageFault, it: TdpIter):
     6.12/6.13; before it the SPTE was rebuilt and compared).  Without a
     memslot the leaf is an MMIO SPTE and the fault RET_PF_EMULATE.
     """
+    _check_vcpu_fault(vcpu, fault)
+    _check_it(vcpu.kvm, it)
     kvm = vcpu.kvm
     ret = RET_PF_FIXED
     old = it.old_spte
@@ -483,6 +530,7 @@ def kvm_tdp_mmu_map(vcpu, fault: KvmPageFault):
     re-executes the access and faults again.  The root is the one the vCPU
     runs on (``fault.root``: see :class:`~kvmmu.mmu_internal.KvmPageFault`).
     """
+    _check_vcpu_fault(vcpu, fault)
     if not isinstance(fault, KvmPageFault):
         raise TypeError(f"fault must be a KvmPageFault, got {type(fault).__name__}")
     kvm = vcpu.kvm
@@ -574,6 +622,10 @@ def kvm_tdp_mmu_zap_leafs(kvm, start: int, end: int, flush: bool):
 
     The caller holds mmu_lock for write and flushes before unlocking.
     """
+    check_vm("kvm", kvm)
+    check_int("start", start, 0, (1 << 52) - 1)
+    check_int("end", end, start, 1 << 52)
+    check_bool("flush", flush)
     for root in (yield from _valid_roots(kvm)):
         flush = yield from tdp_mmu_zap_leafs(kvm, root, start, end, True, flush)
     return flush
@@ -743,6 +795,7 @@ def kvm_tdp_mmu_alloc_root(vcpu) -> int:
 
     Plain computation: its caller (``kvm_mmu_load``) makes it part of a step.
     """
+    check_vcpu("vcpu", vcpu)
     ept = vcpu.kvm.ept
     for root in ept.roots:
         if not ept.sps[root].invalid:
@@ -759,6 +812,7 @@ def kvm_tdp_mmu_invalidate_roots(kvm) -> None:
 
     Plain computation under mmu_lock held for write (``kvm_mmu_zap_all_fast``).
     """
+    check_vm("kvm", kvm)
     for root in kvm.ept.roots:
         kvm.ept.sps[root].invalid = True
 
@@ -792,6 +846,8 @@ def kvm_tdp_mmu_zap_invalidated_roots(kvm, shared: bool):
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_zap_invalidated_roots()
     """
+    check_vm("kvm", kvm)
+    check_bool("shared", shared)
     check_bool("shared", shared)
     lock = kvm.mmu_lock
     yield from (lock.read_lock() if shared else lock.write_lock())
@@ -810,6 +866,7 @@ def kvm_tdp_mmu_put_root(kvm, root: int) -> None:
     The model counts a root's references by looking at the vCPUs (plain
     computation, inside its caller's step).
     """
+    _check_pt(kvm, root, "root")
     ept = kvm.ept
     sp = ept.sps.get(root)
     if sp is None or not sp.invalid or root not in ept.roots:
