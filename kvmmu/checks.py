@@ -6,6 +6,11 @@ deep inside.  These helpers are the one place that wording lives.
 """
 from collections.abc import Iterable
 
+__all__ = [
+    "KernelWarn", "check_int", "check_u64", "check_bool", "check_name",
+    "check_choice", "parse_int_text",
+]
+
 
 class KernelWarn(RuntimeError):
     """Raised where the kernel would WARN: the caller broke one of its rules.

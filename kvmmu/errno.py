@@ -6,6 +6,13 @@ Models: arch/x86/kvm/mmu/mmu_internal.h: enum RET_PF_* (6.12+ numbering)
 Kernel functions return ``-EAGAIN``; the model does too, and ``errno_name``
 puts the readable name beside the number in output.
 """
+
+__all__ = [
+    "EPERM", "ENOENT", "EINTR", "EIO", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY",
+    "EEXIST", "EINVAL", "ENOSPC", "EOPNOTSUPP", "RET_PF_CONTINUE", "RET_PF_RETRY",
+    "RET_PF_EMULATE", "RET_PF_WRITE_PROTECTED", "RET_PF_INVALID", "RET_PF_FIXED",
+    "RET_PF_SPURIOUS", "RET_PF_RETRY_INVALID_SLOT", "errno_name", "ret_pf_name",
+]
 EPERM = 1
 ENOENT = 2
 EINTR = 4
@@ -53,6 +60,8 @@ _RET_PF_NAMES = {
 
 def errno_name(ret: int) -> str:
     """Name a kernel-style return value: ``-11`` -> ``'-EAGAIN'``, ``0`` -> ``'0'``."""
+    if not isinstance(ret, int):
+        raise TypeError(f"ret must be an int, got {type(ret).__name__} {ret!r}")
     if ret < 0 and -ret in _ERRNO_NAMES:
         return f"-{_ERRNO_NAMES[-ret]}"
     return str(ret)
@@ -60,6 +69,8 @@ def errno_name(ret: int) -> str:
 
 def ret_pf_name(ret: int) -> str:
     """Name a page-fault handler result: a ``RET_PF_*`` value or a ``-errno``."""
+    if not isinstance(ret, int):
+        raise TypeError(f"ret must be an int, got {type(ret).__name__} {ret!r}")
     if ret < 0:
         return errno_name(ret)
     return _RET_PF_NAMES.get(ret, str(ret))

@@ -1,6 +1,6 @@
 """Folios and their references: what mm does when the last one goes.
 
-Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem (RFC v5 as posted)
+Models: include/linux/page-flags.h: enum pagetype, PGTY_guestmem (RFC v5)
 
 The functions below carry their own ``Models:`` lines (mm_types.h, mm.h,
 page_ref.h, page-flags.h, rmap.c, mm/swap.c).
@@ -125,7 +125,7 @@ class Folio:
     __slots__ = ("fid", "owner", "_own")
 
     def __init__(self, fid: int, owner=None, **fields):
-        check_int("fid", fid, 0)
+        check_int("fid", fid, 0, (1 << 40) - 1)
         unknown = set(fields) - set(_FIELDS)
         if unknown:
             raise TypeError(f"Folio has no field {sorted(unknown)[0]!r}; fields: {', '.join(_FIELDS)}")
@@ -478,7 +478,8 @@ def free_typed_folio(folio: Folio, ptype: str):
     """
     _check_folio(folio)
     if not isinstance(ptype, str):
-        raise TypeError(f"ptype must be a page type name, got {type(ptype).__name__}")
+        raise TypeError(f"ptype must be a page type name, "
+                        f"got {type(ptype).__name__}")
     handler = FREE_TYPED_FOLIO.get(ptype)
     if handler is None:
         raise KernelWarn(f"free_typed_folio: unknown page type {ptype}")

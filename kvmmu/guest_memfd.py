@@ -4,7 +4,8 @@ Models: virt/kvm/guest_memfd.c: kvm_gmem_create(), kvm_gmem_bind(), kvm_gmem_get
 Models: virt/kvm/guest_memfd.c: kvm_gmem_invalidate_begin(), kvm_gmem_invalidate_end(), kvm_gmem_punch_hole()
 Models: mm/filemap.c: filemap_get_entry(), filemap_lock_folio(), filemap_remove_folio()
 Models: mm/truncate.c: truncate_inode_pages_range()
-Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5 as posted), gmem_is_mappable() (RFC v5 as posted), gmem_is_guest_mappable() (RFC v5 as posted)
+Models: virt/kvm/guest_memfd.c: enum folio_mappability (RFC v5)
+Models: virt/kvm/guest_memfd.c: gmem_is_mappable() (RFC v5), gmem_is_guest_mappable() (RFC v5)
 
 Reference version: Linux 6.17 (read at v6.17-rc3).  A guest_memfd file
 (``KVM_CREATE_GUEST_MEMFD``) holds a VM's private memory: folios in the
@@ -86,6 +87,11 @@ class GmemFile(Primitive):
     """
 
     _sealed = True
+    #: set when the file is created: configuration, not state
+    _fixed_fields = ("size", "order")
+    #: the explorer's footprint locations: the page cache, the folios, the bindings
+    _field_locations = {"page_cache": ("page_cache",), "folio_state": ("folios",),
+                        "next_fid": ("folios",), "bindings": ("bindings",)}
 
     _FIELDS = ("page_cache", "folio_state", "next_fid", "bindings")
 
@@ -251,7 +257,7 @@ def _check_mappable_file(file, index: int) -> None:
 def gmem_is_mappable(file: GmemFile, index: int) -> bool:
     """Return True if the host may map ``index`` (state ALL).
 
-    Models: virt/kvm/guest_memfd.c: gmem_is_mappable() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: gmem_is_mappable() (RFC v5)
     """
     _check_mappable_file(file, index)
     return file.mappable_offsets[index] == KVM_GMEM_ALL_MAPPABLE
@@ -260,7 +266,7 @@ def gmem_is_mappable(file: GmemFile, index: int) -> bool:
 def gmem_is_guest_mappable(file: GmemFile, index: int) -> bool:
     """Return True if the guest may map ``index`` (state ALL or GUEST: bit 0 clear).
 
-    Models: virt/kvm/guest_memfd.c: gmem_is_guest_mappable() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: gmem_is_guest_mappable() (RFC v5)
     """
     _check_mappable_file(file, index)
     return not file.mappable_offsets[index] & 0b01
@@ -378,7 +384,7 @@ def _binding_of(file: GmemFile, slot: KvmMemorySlot):
 
 @cpu_code
 def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
-    """Return ``(0, pfn, folio)`` for private ``gfn`` of ``slot``, or ``(-errno, None, None)``.
+    """Return ``(0, pfn, folio)`` for private ``gfn``, or ``(-errno, None, None)``.
 
     Models: virt/kvm/guest_memfd.c: kvm_gmem_get_pfn()
 
@@ -388,7 +394,7 @@ def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
     (it was closed); -EIO: the file is not bound to this slot.  ``max_order``
     is always 0 here (order-0 folios), so it is not returned.
 
-    In a file with the RFC's mappability states (RFC v5 as posted, chapter
+    In a file with the RFC's mappability states (RFC v5, chapter
     4) the lookup runs under the file's invalidate lock held for read, and
     a page the guest may not map (NONE: on its way to private) gives
     -EAGAIN: the vCPU retries later.
@@ -401,7 +407,8 @@ def kvm_gmem_get_pfn(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm"):
     file = kvm_gmem_file(kvm, slot)
     if file is None:
         return -EFAULT, None, None
-    binding = yield from step("file binding for the slot", lambda: _binding_of(file, slot))
+    binding = yield from step("file binding for the slot",
+                              lambda: _binding_of(file, slot))
     if binding is None:
         return -EIO, None, None
     index = gfn - slot.base_gfn + slot.gmem_pgoff

@@ -1,6 +1,7 @@
-"""guest_memfd as Fuad Tabba's RFC v5 changes it: per-page mappability and the final-put callback.
+"""guest_memfd as Fuad Tabba's RFC v5 has it: page mappability, final-put callback.
 
-Models: virt/kvm/guest_memfd.c: struct kvm_gmem (RFC v5 as posted), kvm_gmem_create() (RFC v5 as posted)
+Models: virt/kvm/guest_memfd.c: struct kvm_gmem (RFC v5)
+Models: virt/kvm/guest_memfd.c: kvm_gmem_create() (RFC v5)
 Models: include/linux/mm_types.h: VM_FAULT_SIGBUS, VM_FAULT_LOCKED
 
 The functions below carry their own ``Models:`` lines: the RFC's
@@ -75,24 +76,27 @@ from .checks import KernelWarn, check_bool, check_choice, check_int, check_name
 from .cpu import cpu_code
 from .errno import EAGAIN, EFAULT, ENOENT
 from .explorer import step, wait_until
-from .folio import (FILEMAP, FREE_TYPED_FOLIO, PTE, Folio, Oops, __folio_clear_guestmem,
-                    __folio_set_guestmem, folio_add_file_rmap_pte, folio_mapped,
-                    folio_nr_pages, folio_put, folio_ref_add, folio_ref_count,
-                    folio_ref_sub_return, folio_remove_rmap_pte, folio_test_guestmem,
-                    folio_test_locked, folio_try_get)
-from .guest_memfd import (KVM_GMEM_ALL_MAPPABLE, KVM_GMEM_GUEST_MAPPABLE, KVM_GMEM_NONE_MAPPABLE,
-                          GmemFile, filemap_lock_folio, folio_unlock, gmem_is_mappable,
-                          kvm_gmem_file, kvm_gmem_get_folio, kvm_gmem_invalidate_begin,
+from .folio import (FILEMAP, FREE_TYPED_FOLIO, PTE, Folio, Oops,
+                    __folio_clear_guestmem, __folio_set_guestmem,
+                    folio_add_file_rmap_pte, folio_mapped, folio_nr_pages,
+                    folio_put, folio_ref_add, folio_ref_count, folio_ref_sub_return,
+                    folio_remove_rmap_pte, folio_test_guestmem, folio_test_locked,
+                    folio_try_get)
+from .guest_memfd import (KVM_GMEM_ALL_MAPPABLE, KVM_GMEM_GUEST_MAPPABLE,
+                          KVM_GMEM_NONE_MAPPABLE, GmemFile, filemap_lock_folio,
+                          folio_unlock, gmem_is_mappable, kvm_gmem_file,
+                          kvm_gmem_get_folio, kvm_gmem_invalidate_begin,
                           kvm_gmem_invalidate_end, truncate_inode_pages_range)
 from .kvm_host import _check_kvm
 from .memslots import KvmMemorySlot
 
 __all__ = [
-    "STATE_NAMES", "STATE_BY_NAME", "state_name", "VM_FAULT_SIGBUS", "VM_FAULT_LOCKED",
-    "vm_fault_name", "TRANSITIONS", "transition_allowed", "GmemMappableFile", "kvm_gmem_create",
-    "__kvm_gmem_restore_pending_folio", "__gmem_register_callback",
-    "kvm_slot_gmem_register_callback", "kvm_gmem_handle_folio_put", "gmem_clear_mappable",
-    "gmem_set_mappable", "kvm_gmem_fault", "kvm_gmem_punch_hole_fixed", "convert_to_private",
+    "STATE_NAMES", "STATE_BY_NAME", "state_name", "VM_FAULT_SIGBUS",
+    "VM_FAULT_LOCKED", "vm_fault_name", "TRANSITIONS", "transition_allowed",
+    "GmemMappableFile", "kvm_gmem_create", "__kvm_gmem_restore_pending_folio",
+    "__gmem_register_callback", "kvm_slot_gmem_register_callback",
+    "kvm_gmem_handle_folio_put", "gmem_clear_mappable", "gmem_set_mappable",
+    "kvm_gmem_fault", "kvm_gmem_punch_hole_fixed", "convert_to_private",
     "unshare_and_wait", "host_fault", "host_unmap", "host_gup", "speculative_get",
     "speculative_put",
 ]
@@ -118,7 +122,8 @@ def state_name(state: int) -> str:
 def vm_fault_name(ret: int) -> str:
     """Name the host fault handler's result: ``0x2`` -> ``'VM_FAULT_SIGBUS'``."""
     check_int("ret", ret, 0, (1 << 32) - 1)
-    return {VM_FAULT_SIGBUS: "VM_FAULT_SIGBUS", VM_FAULT_LOCKED: "VM_FAULT_LOCKED"}.get(ret, hex(ret))
+    names = {VM_FAULT_SIGBUS: "VM_FAULT_SIGBUS", VM_FAULT_LOCKED: "VM_FAULT_LOCKED"}
+    return names.get(ret, hex(ret))
 
 
 # --------------------------------------------------------------------------
@@ -131,11 +136,11 @@ def vm_fault_name(ret: int) -> str:
 #: "fix": only with the model's punch-hole fix.
 TRANSITIONS = (
     ("ALL", "GUEST", "gmem_clear_mappable",
-     "no folio, or refcount == nr_pages + 1 (only the page cache and this lookup)", "rfc"),
+     "no folio, or refcount == nr_pages + 1 (page cache and this lookup)", "rfc"),
     ("ALL", "NONE", "gmem_clear_mappable",
      "refcount > nr_pages + 1 (a host mapping or a foreign reference)", "rfc"),
     ("NONE", "GUEST", "__gmem_register_callback",
-     "not mapped, no callback pending, refcount == 1 after parking nr_pages", "rfc"),
+     "not mapped, no callback pending, refcount 1 after parking nr_pages", "rfc"),
     ("NONE", "GUEST", "kvm_gmem_handle_folio_put",
      "callback pending and the last reference is dropped", "rfc"),
     ("NONE", "ALL", "gmem_set_mappable",
@@ -144,13 +149,15 @@ TRANSITIONS = (
     ("GUEST", "NONE", "gmem_clear_mappable",
      "unshare a GUEST page again while its count is raised", "unguarded"),
     ("NONE", "GUEST", "gmem_clear_mappable",
-     "unshare a NONE page again: the count no longer includes parked references", "unguarded"),
+     "unshare a NONE page again: the count lacks the parked references",
+     "unguarded"),
     ("ALL", "GUEST", "__gmem_register_callback",
      "registering on a page shared again meanwhile (count == 1)", "unguarded"),
     ("ALL", "GUEST", "kvm_gmem_handle_folio_put",
      "a callback registered on a page shared again meanwhile fires", "unguarded"),
     ("NONE", "GUEST", "kvm_gmem_punch_hole",
-     "fix: a pending folio leaves the file, nothing of the host's remains at the offset", "fix"),
+     "fix: a pending folio leaves the file; nothing of the host's remains there",
+     "fix"),
 )
 
 _ALLOWED = {(f, t, fn) for f, t, fn, _c, _k in TRANSITIONS}
@@ -161,7 +168,8 @@ def transition_allowed(old: str, new: str, function: str) -> bool:
     check_choice("old", old, STATE_BY_NAME)
     check_choice("new", new, STATE_BY_NAME)
     if not isinstance(function, str):
-        raise TypeError(f"function must be a function name, got {type(function).__name__}")
+        raise TypeError(f"function must be a function name, "
+                        f"got {type(function).__name__}")
     return old == new or (old, new, function) in _ALLOWED
 
 
@@ -169,9 +177,9 @@ def transition_allowed(old: str, new: str, function: str) -> bool:
 # The file.
 # --------------------------------------------------------------------------
 class GmemMappableFile(GmemFile):
-    """A guest_memfd file of the RFC: the 6.17 file plus one mappability state per offset.
+    """A guest_memfd file of the RFC: the 6.17 file, a mappability state per offset.
 
-    Models: virt/kvm/guest_memfd.c: struct kvm_gmem (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: struct kvm_gmem (RFC v5)
 
     ``mappable_offsets`` is the inode's xarray of states (a tuple here).
     The model's instruments ride along: ``callbacks`` counts the runs of
@@ -181,8 +189,12 @@ class GmemMappableFile(GmemFile):
     :data:`TRANSITIONS`.
     """
 
-    _FIELDS = GmemFile._FIELDS + ("mappable_offsets", "callbacks", "oops", "history",
-                                  "bad_transitions")
+    _FIELDS = GmemFile._FIELDS + ("mappable_offsets", "callbacks", "oops",
+                                  "history", "bad_transitions")
+    _field_locations = {**GmemFile._field_locations,
+                        "mappable_offsets": ("offsets",),
+                        "callbacks": ("callbacks",), "oops": ("oops",),
+                        "history": ("history",), "bad_transitions": ("history",)}
     mappability = True
 
     def __init__(self, world, name: str, size: int, order: int = 0, state: int = 0):
@@ -201,7 +213,8 @@ class GmemMappableFile(GmemFile):
         # The states, then every folio (a truncated one too: its ledger is
         # where a miscount shows), then the instruments that are not zero.
         states = " ".join(STATE_NAMES[s] for s in self.mappable_offsets)
-        folios = "; ".join(f"{f!r}@{f.index} {f.short()}" for f in self.folios) or "no folio"
+        folios = "; ".join(f"{f!r}@{f.index} {f.short()}" for f in self.folios)
+        folios = folios or "no folio"
         text = f"{states} | {folios}"
         if self.callbacks:
             text += f" | callbacks={self.callbacks}"
@@ -210,10 +223,11 @@ class GmemMappableFile(GmemFile):
         return text
 
 
-def kvm_gmem_create(kvm, size: int, order: int = 0, state="ALL", name: str | None = None):
-    """Create a guest_memfd file whose offsets start in ``state`` (the RFC's mappable file).
+def kvm_gmem_create(kvm, size: int, order: int = 0, state="ALL",
+                    name: str | None = None):
+    """Create a guest_memfd file whose offsets start in ``state`` (the RFC's file).
 
-    Models: virt/kvm/guest_memfd.c: kvm_gmem_create() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: kvm_gmem_create() (RFC v5)
 
     ``state`` is a name (``"ALL"``...) or a value.  The RFC starts a file
     NONE unless it is created with its flag to start mappable (ALL); the
@@ -226,10 +240,12 @@ def kvm_gmem_create(kvm, size: int, order: int = 0, state="ALL", name: str | Non
     check_choice("state", state, STATE_NAMES)
     check_int("size", size, 1, 1 << 12)
     n = sum(1 for p in kvm._prims if isinstance(p, GmemFile))
-    return kvm._register(GmemMappableFile(kvm, name or f"gmem{n}", size, order, state))
+    file = GmemMappableFile(kvm, name or f"gmem{n}", size, order, state)
+    return kvm._register(file)
 
 
-def _xa_store(file: GmemMappableFile, index: int, value: int, function: str) -> None:
+def _xa_store(file: GmemMappableFile, index: int, value: int,
+              function: str) -> None:
     # The model's xa_store: store a state and record the change (plain: in a step).
     old, new = STATE_NAMES[file.mappable_offsets[index]], STATE_NAMES[value]
     offsets = list(file.mappable_offsets)
@@ -255,8 +271,9 @@ def _check_range(file, start: int, end: int) -> None:
 
 
 def _check_folio(folio) -> Folio:
-    if not isinstance(folio, Folio) or not isinstance(folio.owner, GmemMappableFile):
-        raise TypeError(f"folio must be a Folio of a GmemMappableFile, got {folio!r}")
+    if not (isinstance(folio, Folio) and isinstance(folio.owner, GmemMappableFile)):
+        raise TypeError(f"folio must be a Folio of a GmemMappableFile, "
+                        f"got {folio!r}")
     return folio
 
 
@@ -266,8 +283,8 @@ def _check_folio(folio) -> Folio:
 def _restore(folio: Folio) -> bool:
     kvm = folio.owner.world
     if folio_mapped(folio) or not folio_test_guestmem(folio):
-        kvm.warn(f"restore_pending_folio: {folio!r} "
-                 + ("is mapped" if folio_mapped(folio) else "has no callback pending"))
+        why = "is mapped" if folio_mapped(folio) else "has no callback pending"
+        kvm.warn(f"restore_pending_folio: {folio!r} {why}")
         return False
     if not folio_test_locked(folio) and folio_ref_count(folio) > 1:
         kvm.warn(f"restore_pending_folio: {folio!r} unlocked with "
@@ -278,47 +295,46 @@ def _restore(folio: Folio) -> bool:
 
 
 def __kvm_gmem_restore_pending_folio(folio: Folio):
-    """Cancel a pending callback: clear the guestmem type, give back the parked references.
+    """Cancel a pending callback: clear the type, give the parked references back.
 
-    Models: virt/kvm/guest_memfd.c: __kvm_gmem_restore_pending_folio() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: __kvm_gmem_restore_pending_folio() (RFC v5)
 
     Returns False (and records the WARN) if the folio is mapped or has no
     callback pending, as the RFC's WARN_ON_ONCE returns early.
     """
     _check_folio(folio)
-    return (yield from step("__kvm_gmem_restore_pending_folio: clear type, ref_add(nr_pages)",
-                            lambda: _restore(folio)))
+    label = "__kvm_gmem_restore_pending_folio: clear type, ref_add(nr_pages)"
+    return (yield from step(label, lambda: _restore(folio)))
 
 
 def __gmem_register_callback(file: GmemMappableFile, folio: Folio, index: int, *,
                              alternative: bool = False):
-    """Give the folio the guestmem type so that its final put calls guest_memfd.
+    """Give the folio the guestmem type, so that its final put calls guest_memfd.
 
-    Models: virt/kvm/guest_memfd.c: __gmem_register_callback() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: __gmem_register_callback() (RFC v5)
 
-    Returns 0 if no foreign reference remains (the offset is now GUEST).
-    Returns -EAGAIN in two different cases, which the posted comment
-    conflated: (a) the folio is still mapped by the host, or already has a
-    callback pending: *nothing is registered*, the caller must unmap and
-    retry; (b) foreign references remain: the callback *is* registered and
-    will store GUEST when the last one is dropped.
-
-    ``alternative=True`` models Ackerley Tng's suggestion: never store GUEST
-    here, always let the callback do it (on the caller's own final put when
-    nothing else holds the folio).
+    0: no foreign reference remains, the offset is GUEST now.  -EAGAIN in
+    two cases the posted comment conflated: the folio is still mapped or
+    already pending (*nothing* registered: unmap, call again), or foreign
+    references remain (the callback *is* registered).
+    ``alternative=True``: Ackerley Tng's suggestion, the callback always
+    stores GUEST (on the caller's own put, if nobody else holds the folio).
     """
     _check_file(file)
     _check_folio(folio)
     file.check_index(index)
     check_bool("alternative", alternative)
-    busy = yield from step("folio_mapped || folio_test_guestmem",
-                           lambda: folio_mapped(folio) or folio_test_guestmem(folio))
+    busy = yield from step(
+        "folio_mapped || folio_test_guestmem",
+        lambda: folio_mapped(folio) or folio_test_guestmem(folio))
     if busy:
         return -EAGAIN
     yield from step("__folio_set_guestmem", lambda: __folio_set_guestmem(folio))
+    # Lend the page cache's references away: 0 now means "nobody else".
+    nr = folio_nr_pages(folio)
     refcount = yield from step("folio_ref_sub_return(nr_pages)",
-                               lambda: folio_ref_sub_return(folio, folio_nr_pages(folio), FILEMAP))
-    if refcount == 1 and not alternative:
+                               lambda: folio_ref_sub_return(folio, nr, FILEMAP))
+    if refcount == 1 and not alternative:        # only our lookup is left
         yield from step(f"xa_store({index}, GUEST)",
                         lambda: _xa_store(file, index, KVM_GMEM_GUEST_MAPPABLE,
                                           "__gmem_register_callback"))
@@ -336,16 +352,17 @@ def _slot_index(kvm, slot, gfn: int) -> tuple:
     return file, gfn - slot.base_gfn + slot.gmem_pgoff
 
 
-def kvm_slot_gmem_register_callback(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
-                                    alternative: bool = False, put_after_unlock: bool = False):
-    """Register the final-put callback for the folio behind ``gfn``, under the invalidate lock.
+def kvm_slot_gmem_register_callback(kvm, slot: KvmMemorySlot, gfn: int,
+                                    who: str = "kvm", *, alternative: bool = False,
+                                    put_after_unlock: bool = False):
+    """Register the final-put callback for ``gfn``'s folio, under invalidate_lock.
 
-    Models: virt/kvm/guest_memfd.c: kvm_slot_gmem_register_callback() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: kvm_slot_gmem_register_callback() (RFC v5)
 
-    As posted, the lookup reference is dropped *before* the invalidate lock
-    is released.  If every foreign reference went away meanwhile, that put is
-    the final one: it runs the callback, which takes the same lock on the
-    same CPU.  ``put_after_unlock=True`` drops the reference after the unlock.
+    As posted, the lookup's reference is put *before* the unlock: if every
+    foreign reference went away meanwhile, that put is the final one and
+    runs the callback, which takes the same lock on the same CPU.
+    ``put_after_unlock=True`` (this book's fix) puts it after the unlock.
     """
     check_name("who", who)
     file, index = _slot_index(kvm, slot, gfn)
@@ -357,7 +374,8 @@ def kvm_slot_gmem_register_callback(kvm, slot: KvmMemorySlot, gfn: int, who: str
                         lambda: kvm.warn(f"register_callback: no folio at {index}"))
         yield from file.invalidate_lock.write_unlock()
         return -ENOENT
-    r = yield from __gmem_register_callback(file, folio, index, alternative=alternative)
+    r = yield from __gmem_register_callback(file, folio, index,
+                                            alternative=alternative)
     yield from folio_unlock(folio, who)
     if put_after_unlock:
         yield from file.invalidate_lock.write_unlock()
@@ -373,31 +391,32 @@ def _oops(folio: Folio, message: str) -> None:
 
 
 def kvm_gmem_handle_folio_put(folio: Folio):
-    """The final put of a guestmem folio: give the references back and store GUEST.
+    """The final put of a guestmem folio: give the references back, store GUEST.
 
-    Models: virt/kvm/guest_memfd.c: kvm_gmem_handle_folio_put() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: kvm_gmem_handle_folio_put() (RFC v5)
 
     mm's ``free_typed_folio`` calls it on the CPU that dropped the last
-    reference.  It first reads ``folio->mapping->host``: for a folio that
-    truncation removed from the page cache ``mapping`` is NULL: the model
-    records the NULL dereference and raises :class:`kvmmu.folio.Oops`, which
-    ends the operation on this CPU (the kernel would crash there) with the
-    locks and references it held still held.
+    reference.  A folio truncation removed has ``mapping`` NULL: the model
+    records the NULL dereference and raises :class:`kvmmu.folio.Oops`,
+    which ends this CPU's operation with what it held still held.
     """
     _check_folio(folio)
-    inode = yield from step("callback: inode = folio->mapping->host",
-                            lambda: "NULL->host" if folio.mapping is None else "inode")
+    inode = yield from step(
+        "callback: inode = folio->mapping->host",
+        lambda: "NULL->host" if folio.mapping is None else "inode")
     if inode != "inode":
         message = (f"NULL dereference in kvm_gmem_handle_folio_put({folio!r}): "
                    "folio->mapping is NULL after truncation")
-        yield from step("OOPS: NULL pointer dereference", lambda: _oops(folio, message))
+        yield from step("OOPS: NULL pointer dereference",
+                        lambda: _oops(folio, message))
         raise Oops(message)
     file = folio.owner
     yield from file.invalidate_lock.write_lock()
     yield from __kvm_gmem_restore_pending_folio(folio)
 
     def store():
-        _xa_store(file, folio.index, KVM_GMEM_GUEST_MAPPABLE, "kvm_gmem_handle_folio_put")
+        _xa_store(file, folio.index, KVM_GMEM_GUEST_MAPPABLE,
+                  "kvm_gmem_handle_folio_put")
         file.callbacks += 1
     yield from step(f"callback: xa_store({folio.index}, GUEST)", store)
     yield from file.invalidate_lock.write_unlock()
@@ -410,17 +429,15 @@ FREE_TYPED_FOLIO["PGTY_guestmem"] = kvm_gmem_handle_folio_put
 # --------------------------------------------------------------------------
 # Conversions (patch 05/15, with 06/15's change to sharing again).
 # --------------------------------------------------------------------------
-def gmem_clear_mappable(file: GmemMappableFile, start: int, end: int, who: str = "kvm", *,
-                        check_refs: bool = True):
-    """Unshare offsets ``[start, end)``: GUEST where no foreign reference shows, else NONE.
+def gmem_clear_mappable(file: GmemMappableFile, start: int, end: int,
+                        who: str = "kvm", *, check_refs: bool = True):
+    """Unshare ``[start, end)``: GUEST where no foreign reference shows, else NONE.
 
-    Models: virt/kvm/guest_memfd.c: gmem_clear_mappable() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: gmem_clear_mappable() (RFC v5)
 
-    The count is read once per folio and compared with ``nr_pages + 1`` (the
-    page cache's references plus this lookup's).  It neither unmaps the host
-    nor registers the callback: a NONE page waits for
-    :func:`kvm_slot_gmem_register_callback`.  ``check_refs=False`` is the
-    unsafe variant the RFC exists to avoid: store GUEST without looking.
+    It neither unmaps the host nor registers the callback: a NONE page
+    waits for :func:`kvm_slot_gmem_register_callback`.
+    ``check_refs=False`` is the unsafe variant the RFC exists to avoid.
     """
     check_name("who", who)
     _check_range(file, start, end)
@@ -430,8 +447,9 @@ def gmem_clear_mappable(file: GmemMappableFile, start: int, end: int, who: str =
         folio = yield from filemap_lock_folio(file, i, who)
         value = KVM_GMEM_GUEST_MAPPABLE
         if folio is not None and check_refs:
-            refcount = yield from step("folio_ref_count", lambda: folio_ref_count(folio))
-            if refcount > folio_nr_pages(folio) + 1:
+            refcount = yield from step("folio_ref_count",
+                                       lambda: folio_ref_count(folio))
+            if refcount > folio_nr_pages(folio) + 1:     # page cache + this lookup
                 value = KVM_GMEM_NONE_MAPPABLE
         yield from step(f"xa_store({i}, {STATE_NAMES[value]})",
                         lambda: _xa_store(file, i, value, "gmem_clear_mappable"))
@@ -442,10 +460,11 @@ def gmem_clear_mappable(file: GmemMappableFile, start: int, end: int, who: str =
     return 0
 
 
-def gmem_set_mappable(file: GmemMappableFile, start: int, end: int, who: str = "kvm"):
+def gmem_set_mappable(file: GmemMappableFile, start: int, end: int,
+                      who: str = "kvm"):
     """Share offsets ``[start, end)`` again: cancel pending callbacks, store ALL.
 
-    Models: virt/kvm/guest_memfd.c: gmem_set_mappable() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: gmem_set_mappable() (RFC v5)
     """
     check_name("who", who)
     _check_range(file, start, end)
@@ -457,15 +476,18 @@ def gmem_set_mappable(file: GmemMappableFile, start: int, end: int, who: str = "
         if state == "NONE":
             folio = yield from filemap_lock_folio(file, i, who)
             if folio is None:
-                yield from step("WARN_ON_ONCE(IS_ERR(folio))", lambda: file.world.warn(
-                    f"set_mappable: NONE offset {i} has no folio"))
+                yield from step("WARN_ON_ONCE(IS_ERR(folio))",
+                                lambda: file.world.warn(
+                                    f"set_mappable: NONE offset {i} has no folio"))
                 r = -ENOENT
                 break
-            pending = yield from step("folio_test_guestmem", lambda: folio_test_guestmem(folio))
+            pending = yield from step("folio_test_guestmem",
+                                      lambda: folio_test_guestmem(folio))
             if pending:
                 yield from __kvm_gmem_restore_pending_folio(folio)
         yield from step(f"xa_store({i}, ALL)",
-                        lambda: _xa_store(file, i, KVM_GMEM_ALL_MAPPABLE, "gmem_set_mappable"))
+                        lambda: _xa_store(file, i, KVM_GMEM_ALL_MAPPABLE,
+                                          "gmem_set_mappable"))
         if folio is not None:
             yield from folio_unlock(folio, who)
             yield from folio_put(folio, who)
@@ -478,9 +500,9 @@ def gmem_set_mappable(file: GmemMappableFile, start: int, end: int, who: str = "
 # --------------------------------------------------------------------------
 @cpu_code
 def kvm_gmem_fault(file: GmemMappableFile, index: int, who: str = "host"):
-    """The fault handler of the VMM's mmap of the file: ``(VM_FAULT_LOCKED, folio)`` or SIGBUS.
+    """The fault handler of the VMM's mmap: ``(VM_FAULT_LOCKED, folio)`` or SIGBUS.
 
-    Models: virt/kvm/guest_memfd.c: kvm_gmem_fault() (RFC v5 as posted)
+    Models: virt/kvm/guest_memfd.c: kvm_gmem_fault() (RFC v5)
 
     Under the shared invalidate lock: SIGBUS unless the state is ALL; a
     folio with a callback pending WARNs and SIGBUSes too.  Otherwise the
@@ -497,10 +519,12 @@ def kvm_gmem_fault(file: GmemMappableFile, index: int, who: str = "host"):
         yield from file.invalidate_lock.read_unlock()
         return VM_FAULT_SIGBUS, None
     folio = yield from kvm_gmem_get_folio(file, index, who)
-    pending = yield from step("folio_test_guestmem", lambda: folio_test_guestmem(folio))
+    pending = yield from step("folio_test_guestmem",
+                              lambda: folio_test_guestmem(folio))
     if pending:
-        yield from step("WARN_ON_ONCE(folio_test_guestmem)", lambda: file.world.warn(
-            f"kvm_gmem_fault: {folio!r} has a callback pending"))
+        yield from step("WARN_ON_ONCE(folio_test_guestmem)",
+                        lambda: file.world.warn(
+                            f"kvm_gmem_fault: {folio!r} has a callback pending"))
         yield from folio_unlock(folio, who)
         yield from folio_put(folio, who)
         yield from file.invalidate_lock.read_unlock()
@@ -520,7 +544,8 @@ def _restore_pending_range(file: GmemMappableFile, start: int, end: int, who: st
         folio = yield from filemap_lock_folio(file, index, who)
         if folio is None:
             continue
-        pending = yield from step("folio_test_guestmem", lambda: folio_test_guestmem(folio))
+        pending = yield from step("folio_test_guestmem",
+                                  lambda: folio_test_guestmem(folio))
         if pending:
             yield from __kvm_gmem_restore_pending_folio(folio)
         yield from folio_unlock(folio, who)
@@ -530,7 +555,8 @@ def _restore_pending_range(file: GmemMappableFile, start: int, end: int, who: st
 def _none_to_guest(file: GmemMappableFile, start: int, end: int) -> None:
     # The offsets left NONE have no folio any more: nothing of the host's remains.
     for i in range(start, end):
-        if file.mappable_offsets[i] == KVM_GMEM_NONE_MAPPABLE and file.folio_at(i) is None:
+        none = file.mappable_offsets[i] == KVM_GMEM_NONE_MAPPABLE
+        if none and file.folio_at(i) is None:
             _xa_store(file, i, KVM_GMEM_GUEST_MAPPABLE, "kvm_gmem_punch_hole")
 
 
@@ -538,7 +564,7 @@ def kvm_gmem_punch_hole_fixed(kvm, file: GmemMappableFile, start: int, end: int,
                               who: str = "vmm"):
     """fallocate(PUNCH_HOLE) that first restores pending folios: this book's fix.
 
-    Models: virt/kvm/guest_memfd.c: kvm_gmem_punch_hole() (this book's fix for the RFC: restore pending folios before truncating; in no kernel)
+    Models: virt/kvm/guest_memfd.c: kvm_gmem_punch_hole() (this book's fix)
 
     As :func:`kvmmu.guest_memfd.kvm_gmem_punch_hole`, plus two things under
     the invalidate lock: before truncating, a folio with a callback pending
@@ -568,7 +594,7 @@ def kvm_gmem_punch_hole_fixed(kvm, file: GmemMappableFile, start: int, end: int,
 def convert_to_private(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
                        check_refs: bool = True, alternative: bool = False,
                        put_after_unlock: bool = False):
-    """Unshare one page: clear_mappable, then register the callback if the page went NONE.
+    """Unshare one page: clear_mappable, then register the callback if it went NONE.
 
     A composition: the model's stand-in for the series' caller (the guest's
     unshare request, on arm64/pKVM), which the seed thread does not show;
@@ -579,12 +605,14 @@ def convert_to_private(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
     check_name("who", who)
     file, index = _slot_index(kvm, slot, gfn)
     check_bool("check_refs", check_refs)
-    r1 = yield from gmem_clear_mappable(file, index, index + 1, who, check_refs=check_refs)
+    r1 = yield from gmem_clear_mappable(file, index, index + 1, who,
+                                        check_refs=check_refs)
     state = yield from step("read state", lambda: file.state(index))
     if state != "NONE":
         return r1, None
-    r2 = yield from kvm_slot_gmem_register_callback(kvm, slot, gfn, who, alternative=alternative,
-                                                    put_after_unlock=put_after_unlock)
+    r2 = yield from kvm_slot_gmem_register_callback(
+        kvm, slot, gfn, who, alternative=alternative,
+        put_after_unlock=put_after_unlock)
     return r1, r2
 
 
@@ -597,7 +625,7 @@ def _may_register_again(file: GmemMappableFile, index: int) -> bool:
 def unshare_and_wait(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
                      trust_comment: bool = False, cleared: bool = False,
                      alternative: bool = False, put_after_unlock: bool = False):
-    """A caller that must see the page private before it goes on (the guest's unshare request).
+    """A caller that must see the page private before it goes on (the guest's ask).
 
     A composition.  With ``trust_comment=True`` it reads -EAGAIN the way the
     posted comment described it ("the callback has been registered") and
@@ -614,21 +642,24 @@ def unshare_and_wait(kvm, slot: KvmMemorySlot, gfn: int, who: str = "kvm", *,
     check_bool("cleared", cleared)
     variant = {"alternative": alternative, "put_after_unlock": put_after_unlock}
     if cleared:
-        r = yield from kvm_slot_gmem_register_callback(kvm, slot, gfn, who, **variant)
+        r = yield from kvm_slot_gmem_register_callback(kvm, slot, gfn, who,
+                                                       **variant)
     else:
         _, r = yield from convert_to_private(kvm, slot, gfn, who, **variant)
     seen = [r]
     while r == -EAGAIN:
         if trust_comment:
-            yield from wait_until("the callback stores GUEST",
-                                  lambda w: file.mappable_offsets[index] != KVM_GMEM_NONE_MAPPABLE)
+            yield from wait_until(
+                "the callback stores GUEST",
+                lambda w: file.mappable_offsets[index] != KVM_GMEM_NONE_MAPPABLE)
             break
         yield from wait_until("state changed, or unmapped with no callback pending",
                               lambda w: _may_register_again(file, index))
         state = yield from step("read state", lambda: file.state(index))
         if state != "NONE":
             break
-        r = yield from kvm_slot_gmem_register_callback(kvm, slot, gfn, who, **variant)
+        r = yield from kvm_slot_gmem_register_callback(kvm, slot, gfn, who,
+                                                       **variant)
         seen.append(r)
     return seen
 
@@ -665,7 +696,7 @@ def _unmap_one(file: GmemMappableFile, index: int) -> Folio:
 
 
 def host_unmap(file: GmemMappableFile, index: int):
-    """munmap of one host mapping of ``index``: remove it from the rmap, then put its reference.
+    """munmap of a host mapping of ``index``: off the rmap, then put its reference.
 
     A composition of the zap path (``folio_remove_rmap_pte``, then the
     batched ``folio_put`` after the TLB flush): two steps, so the count can
@@ -688,7 +719,7 @@ def _grab(file: GmemMappableFile, index: int, holder: str):
 
 
 def host_gup(file: GmemMappableFile, index: int, who: str = "host"):
-    """Take a GUP reference through the VMM's mapping, faulting the page in first if needed.
+    """Take a GUP reference through the VMM's mapping, faulting the page in first.
 
     A composition of ``get_user_pages()`` on the mapping: like GUP-fast the
     reference is taken only while a host page table maps the folio (checked
@@ -705,7 +736,9 @@ def host_gup(file: GmemMappableFile, index: int, who: str = "host"):
                                 lambda: _grab(file, index, holder))
         if folio is not None:
             return 0, folio
-        if attempt == 0 and (yield from host_fault(file, index, who)) != VM_FAULT_LOCKED:
+        if attempt:
+            break
+        if (yield from host_fault(file, index, who)) != VM_FAULT_LOCKED:
             break
     return -EFAULT, None
 
@@ -721,7 +754,7 @@ def _spec_get(file: GmemMappableFile, index: int, holder: str):
 
 def speculative_get(file: GmemMappableFile, index: int, who: str = "spec", *,
                     writes: bool = False):
-    """A speculative reference: found by pfn, not through guest_memfd; no state check.
+    """A speculative reference: found by pfn, not via guest_memfd; no state check.
 
     A composition around ``folio_try_get()``: pfn walkers (compaction,
     page_idle, GUP-fast before its recheck) take such references and drop
@@ -735,12 +768,12 @@ def speculative_get(file: GmemMappableFile, index: int, who: str = "spec", *,
     file.check_index(index)
     check_bool("writes", writes)
     holder = _spec_holder(who, writes)
-    return (yield from step("speculative folio_try_get" + (" (will write)" if writes else ""),
-                            lambda: _spec_get(file, index, holder)))
+    label = "speculative folio_try_get" + (" (will write)" if writes else "")
+    return (yield from step(label, lambda: _spec_get(file, index, holder)))
 
 
 def speculative_put(folio: Folio, who: str = "spec", *, writes: bool = False):
-    """Drop the speculative reference; may be the final put (and run the callback)."""
+    """Drop the speculative reference; may be the final put (runs the callback)."""
     check_name("who", who)
     _check_folio(folio)
     check_bool("writes", writes)

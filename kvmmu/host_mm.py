@@ -72,10 +72,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .bits import BIT_ULL, GENMASK_ULL
-from .checks import check_choice, check_int, check_u64
+from .checks import check_bool, check_choice, check_int, check_name, check_u64
 from .cpu import Handle, cpu_code
 from .errno import EFAULT
-from .explorer import RCU, Primitive, step
+from .explorer import RCU, Primitive, World, step
 from .levels import (KVM_PAGES_PER_HPAGE, PAGE_SHIFT, PAGE_SIZE, PG_LEVEL_1G,
                      PG_LEVEL_2M, PG_LEVEL_4K, level_name)
 
@@ -86,7 +86,8 @@ __all__ = [
     "pgd_offset", "p4d_offset", "pud_offset", "pmd_offset", "pte_offset_kernel",
     "pgd_none", "p4d_none", "p4d_present", "pud_none", "pud_present", "pud_leaf",
     "pmd_none", "pmd_present", "pmd_leaf", "pte_present", "mk_table_entry", "mk_leaf_entry",
-    "describe_entry", "check_hva", "check_hva_aligned", "host_populate", "host_translation",
+    "describe_entry", "pgd_index", "pud_index", "pmd_index", "pte_index",
+    "entry_pfn", "check_hva", "check_hva_aligned", "host_populate", "host_translation",
     "host_maps_range", "host_level_truth", "mmu_notifier_invalidate_range_start",
     "mmu_notifier_invalidate_range_end", "collapse_huge_page", "__split_huge_pmd",
     "migrate_page", "unmap_and_free_tables", "punch_hole", "table_tree",
@@ -107,6 +108,11 @@ _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIR
 #: A present, writable user leaf (the model's only kind of leaf).
 _PAGE_LEAF = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
 PTE_PFN_MASK = GENMASK_ULL(51, 12)
+
+
+def _check_pfn(name: str, pfn) -> int:
+    """A pfn an entry can hold (bits 12-51 of the entry)."""
+    return check_int(name, pfn, 0, PTE_PFN_MASK >> 12)
 #: A non-present PTE that is not none: the page is being migrated (the
 #: model's stand-in for a swap-format migration entry).
 _PAGE_MIGRATION = BIT_ULL(62)
@@ -135,11 +141,20 @@ _TABLE_PFN_BASE = 0x1000
 _DATA_PFN_BASE = 0x40000  # 1 GiB aligned, far above the tables
 
 
-class EntryPtr(NamedTuple):
-    """Where an entry lives: a table page's pfn and the index in it (a ``pXd_t *``)."""
-
+class _EntryPtrFields(NamedTuple):
     pfn: int
     index: int
+
+
+class EntryPtr(_EntryPtrFields):
+    """Where an entry lives: a table page's pfn and the index in it (a ``pXd_t *``)."""
+
+    __slots__ = ()
+
+    def __new__(cls, pfn: int, index: int):
+        _check_pfn("pfn", pfn)
+        check_int("index", index, 0, PTRS_PER_TABLE - 1)
+        return super().__new__(cls, pfn, index)
 
     def __repr__(self) -> str:
         return f"EntryPtr(pfn={self.pfn:#x}, index={self.index})"
@@ -152,6 +167,12 @@ class BadRead:
     ptr: EntryPtr
     expected: str
     found: str
+
+    def __post_init__(self):
+        if not isinstance(self.ptr, EntryPtr):
+            raise TypeError(f"ptr must be an EntryPtr, got {type(self.ptr).__name__}")
+        check_name("expected", self.expected)
+        check_name("found", self.found)
 
     def __str__(self) -> str:
         return (f"read entry {self.ptr.index} of pfn {self.ptr.pfn:#x} expecting a "
@@ -170,6 +191,15 @@ class HostPage:
 
     def __init__(self, pfn: int, kind: str, level: int, entries=None, freed: bool = False,
                  fill: int = 0):
+        _check_pfn("pfn", pfn)
+        check_choice("kind", kind, ("table", "folio"))
+        check_choice("level", level, (PTE, PMD, PUD, PGD) if kind == "table"
+                     else (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
+        check_bool("freed", freed)
+        check_u64("fill", fill)
+        self._init(pfn, kind, level, entries, freed, fill)
+
+    def _init(self, pfn, kind, level, entries, freed, fill):
         self.pfn = pfn
         self.kind = kind            # "table" or "folio"
         self.level = level          # table: PGD/PUD/PMD/PTE; folio: PG_LEVEL_4K/2M/1G
@@ -180,7 +210,9 @@ class HostPage:
 
     def replace(self, **changes) -> "HostPage":
         fields = {"entries": self.entries, "freed": self.freed, "fill": self.fill, **changes}
-        return HostPage(self.pfn, self.kind, self.level, **fields)
+        page = object.__new__(HostPage)     # a page already checked: skip the checks
+        page._init(self.pfn, self.kind, self.level, **fields)
+        return page
 
     def __eq__(self, other):
         return self is other or (type(other) is HostPage and self._hash == other._hash
@@ -220,6 +252,11 @@ class HostMemory(Primitive):
     __slots__ = ("pages", "big", "words", "_next_table", "_next_data", "bad_reads",
                  "reads", "_cache")
     _sealed = True
+    #: not state: the log of reads (for figures) and the snapshot cache
+    _fixed_fields = ("reads", "_cache")
+    #: the explorer's footprint locations: data words and bad reads apart
+    #: from the pages and tables (the rest of the memory)
+    _field_locations = {"words": ("words",), "bad_reads": ("bad_reads",)}
 
     def __init__(self, world, name: str = "host memory"):
         super().__init__(world, name)
@@ -403,24 +440,24 @@ class HostMemory(Primitive):
 # Indices, offsets and predicates (include/linux/pgtable.h, asm/pgtable.h)
 
 def pgd_index(addr: int) -> int:
-    return (addr >> PGDIR_SHIFT) & (PTRS_PER_TABLE - 1)
+    return (check_hva("addr", addr) >> PGDIR_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
 def pud_index(addr: int) -> int:
-    return (addr >> PUD_SHIFT) & (PTRS_PER_TABLE - 1)
+    return (check_hva("addr", addr) >> PUD_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
 def pmd_index(addr: int) -> int:
-    return (addr >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
+    return (check_hva("addr", addr) >> PMD_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
 def pte_index(addr: int) -> int:
-    return (addr >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
+    return (check_hva("addr", addr) >> PAGE_SHIFT) & (PTRS_PER_TABLE - 1)
 
 
 def entry_pfn(entry: int) -> int:
     """Return the pfn an entry points to (a table, or a leaf's first page)."""
-    return (entry & PTE_PFN_MASK) >> PAGE_SHIFT
+    return (check_u64("entry", entry) & PTE_PFN_MASK) >> PAGE_SHIFT
 
 
 def pgd_offset(mm: "HostMm", addr: int) -> EntryPtr:
@@ -428,7 +465,7 @@ def pgd_offset(mm: "HostMm", addr: int) -> EntryPtr:
 
     Models: include/linux/pgtable.h: pgd_offset()
     """
-    return EntryPtr(mm.pgd, pgd_index(addr))
+    return EntryPtr(_check_mm(mm).pgd, pgd_index(check_hva("addr", addr)))
 
 
 def p4d_offset(pgd: int, addr: int) -> int:
@@ -439,7 +476,8 @@ def p4d_offset(pgd: int, addr: int) -> int:
     The kernel returns a pointer to the PGD entry it was given; host_pfn_mapping_level
     gives it a pointer to its *local copy*, so "reading" the P4D touches no memory.
     """
-    return pgd
+    check_hva("addr", addr)
+    return check_u64("pgd", pgd)
 
 
 def pud_offset(p4d: int, addr: int) -> EntryPtr:
@@ -447,7 +485,7 @@ def pud_offset(p4d: int, addr: int) -> EntryPtr:
 
     Models: include/linux/pgtable.h: pud_offset()
     """
-    return EntryPtr(entry_pfn(p4d), pud_index(addr))
+    return EntryPtr(entry_pfn(check_u64("p4d", p4d)), pud_index(check_hva("addr", addr)))
 
 
 def pmd_offset(pud: int, addr: int) -> EntryPtr:
@@ -459,7 +497,7 @@ def pmd_offset(pud: int, addr: int) -> EntryPtr:
     pointer into the shared table re-reads the entry.  Here the caller must pass a
     value, so a re-read is always an explicit, visible second load.
     """
-    return EntryPtr(entry_pfn(pud), pmd_index(addr))
+    return EntryPtr(entry_pfn(check_u64("pud", pud)), pmd_index(check_hva("addr", addr)))
 
 
 def pte_offset_kernel(pmd: int, addr: int) -> EntryPtr:
@@ -467,27 +505,27 @@ def pte_offset_kernel(pmd: int, addr: int) -> EntryPtr:
 
     Models: include/linux/pgtable.h: pte_offset_kernel()
     """
-    return EntryPtr(entry_pfn(pmd), pte_index(addr))
+    return EntryPtr(entry_pfn(check_u64("pmd", pmd)), pte_index(check_hva("addr", addr)))
 
 
 def pgd_none(pgd: int) -> bool:
-    return pgd == 0
+    return check_u64("pgd", pgd) == 0
 
 
 def p4d_none(p4d: int) -> bool:
-    return p4d == 0
+    return check_u64("p4d", p4d) == 0
 
 
 def p4d_present(p4d: int) -> bool:
-    return bool(p4d & _PAGE_PRESENT)
+    return bool(check_u64("p4d", p4d) & _PAGE_PRESENT)
 
 
 def pud_none(pud: int) -> bool:
-    return pud == 0
+    return check_u64("pud", pud) == 0
 
 
 def pud_present(pud: int) -> bool:
-    return bool(pud & _PAGE_PRESENT)
+    return bool(check_u64("pud", pud) & _PAGE_PRESENT)
 
 
 def pud_leaf(pud: int) -> bool:
@@ -495,15 +533,15 @@ def pud_leaf(pud: int) -> bool:
 
     Models: arch/x86/include/asm/pgtable.h: pud_leaf()
     """
-    return bool(pud & _PAGE_PSE)
+    return bool(check_u64("pud", pud) & _PAGE_PSE)
 
 
 def pmd_none(pmd: int) -> bool:
-    return pmd == 0
+    return check_u64("pmd", pmd) == 0
 
 
 def pmd_present(pmd: int) -> bool:
-    return bool(pmd & _PAGE_PRESENT)
+    return bool(check_u64("pmd", pmd) & _PAGE_PRESENT)
 
 
 def pmd_leaf(pmd: int) -> bool:
@@ -511,25 +549,30 @@ def pmd_leaf(pmd: int) -> bool:
 
     Models: arch/x86/include/asm/pgtable.h: pmd_leaf()
     """
-    return bool(pmd & _PAGE_PSE)
+    return bool(check_u64("pmd", pmd) & _PAGE_PSE)
 
 
 def pte_present(pte: int) -> bool:
-    return bool(pte & _PAGE_PRESENT)
+    return bool(check_u64("pte", pte) & _PAGE_PRESENT)
 
 
 def mk_table_entry(table_pfn: int) -> int:
     """A non-leaf entry pointing to the table at ``table_pfn``."""
+    _check_pfn("table_pfn", table_pfn)
     return (table_pfn << PAGE_SHIFT) | _PAGE_TABLE
 
 
 def mk_leaf_entry(pfn: int, level: int) -> int:
     """A leaf entry mapping the ``level``-sized folio at ``pfn``."""
+    _check_pfn("pfn", pfn)
+    check_choice("level", level, (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
     return (pfn << PAGE_SHIFT) | _PAGE_LEAF | (_PAGE_PSE if level > PG_LEVEL_4K else 0)
 
 
 def describe_entry(entry: int, table_level: int) -> str:
     """Render an entry for people: ``'table @0x1002'``, ``'2M leaf @0x40200'``, ``'none'``."""
+    check_u64("entry", entry)
+    check_choice("table_level", table_level, (PGD, PUD, PMD, PTE))
     if entry == 0:
         return "none"
     if not entry & _PAGE_PRESENT:
@@ -556,6 +599,11 @@ class MmuNotifierOps:
     invalidate_range_start: object
     invalidate_range_end: object
 
+    def __post_init__(self):
+        for name in ("invalidate_range_start", "invalidate_range_end"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be a generator function of (mn, start, end)")
+
 
 @dataclass(frozen=True)
 class MmuNotifier:
@@ -566,6 +614,12 @@ class MmuNotifier:
 
     ops: MmuNotifierOps
     owner: object = field(compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.ops, MmuNotifierOps):
+            raise TypeError(f"ops must be an MmuNotifierOps, got {type(self.ops).__name__}")
+        if self.owner is None or isinstance(self.owner, (int, float, str)):
+            raise TypeError(f"owner must be the subscriber (a VM), got {self.owner!r}")
 
 class IrqsOff(RCU):
     """The grace period that frees replaced page tables, as a CPU with interrupts off sees it.
@@ -598,6 +652,10 @@ class HostMm(Handle):
     _key = ("mm",)
 
     def __init__(self, world, memory: HostMemory | None = None):
+        if not isinstance(world, World):
+            raise TypeError(f"world must be an explorer World, got {type(world).__name__}")
+        if memory is not None and not isinstance(memory, HostMemory):
+            raise TypeError(f"memory must be a HostMemory or None, got {type(memory).__name__}")
         self.world = world
         self.mem = memory if memory is not None else world._register(HostMemory(world))
         self.rcu = world._register(IrqsOff(world, "IRQs off (page-table freeing)"))
@@ -771,7 +829,7 @@ def host_maps_range(mm: HostMm, hva: int, npages: int, pfn: int) -> bool:
     _check_mm(mm)
     check_hva("hva", hva)
     check_int("npages", npages, 1, (TASK_SIZE_MAX + PAGE_SIZE - hva) >> PAGE_SHIFT)
-    check_int("pfn", pfn, 0)
+    _check_pfn("pfn", pfn)
     done = 0
     while done < npages:
         found = host_translation(mm, hva + (done << PAGE_SHIFT))
@@ -841,7 +899,7 @@ class Hex(int):
         return hex(self)
 
 
-class Found(NamedTuple):
+class _Found(NamedTuple):
     """The entry an mm operation is about to change: where it is and its value."""
 
     ptr: "EntryPtr | None"
@@ -865,7 +923,7 @@ def _find_entry(mm, hva: int, table_level: int, why: str, ok):
         if not ok(old):
             raise ValueError(f"{why} at {hva:#x}; found "
                              f"{_found_text(mm, hva, ptr, old, table_level)}")
-        return Found(ptr, old, table_level)
+        return _Found(ptr, old, table_level)
     return (yield from step(f"find {TABLE_NAMES[table_level]} entry", find))
 
 
@@ -995,6 +1053,7 @@ def migrate_page(mm, hva: int):
 
     Models: mm/migrate.c: migrate_pages()
     """
+    _check_mm(mm)
     check_hva_aligned("hva", hva, PG_LEVEL_4K)
     ptr, old, _ = yield from _find_entry(mm, hva, PTE, "migrate needs a present 4K mapping",
                                          lambda e: e & _PAGE_PRESENT)

@@ -213,6 +213,8 @@ class KvmFields(Primitive):
                  "mn_active_invalidate_count", "vm_dead", "warnings", "dirty", "gpc_list")
 
     _FIELDS = __slots__
+    #: each field is a location of its own for the explorer's footprints
+    _field_locations = {f: (f,) for f in __slots__}
 
     def __init__(self, world, name: str = "kvm"):
         _check_world(world)

@@ -6,6 +6,16 @@ Models: arch/x86/kvm/mmu/spte.h: SPTE_LEVEL_SHIFT(), SPTE_INDEX()
 """
 from .checks import check_int
 
+__all__ = [
+    "PAGE_SHIFT", "PAGE_SIZE", "PG_LEVEL_NONE", "PG_LEVEL_4K", "PG_LEVEL_2M",
+    "PG_LEVEL_1G", "PG_LEVEL_512G", "PG_LEVEL_NUM", "KVM_MAX_HUGEPAGE_LEVEL",
+    "KVM_NR_PAGE_SIZES", "PT64_ROOT_4LEVEL", "PT64_ROOT_MAX_LEVEL",
+    "PT32E_ROOT_LEVEL", "PT32_ROOT_LEVEL", "SPTE_LEVEL_BITS", "SPTE_ENT_PER_PAGE",
+    "LEVEL_NAMES", "check_level", "KVM_HPAGE_GFN_SHIFT", "KVM_PAGES_PER_HPAGE",
+    "KVM_HPAGE_SIZE", "SPTE_LEVEL_SHIFT", "SPTE_INDEX", "gfn_round_for_level",
+    "level_name",
+]
+
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
@@ -89,4 +99,5 @@ def gfn_round_for_level(gfn: int, level: int) -> int:
 
 def level_name(level: int) -> str:
     """Return a short human name for a level: ``PG_LEVEL_2M`` -> ``'2M'``."""
+    check_level("level", level, PG_LEVEL_NONE, PT64_ROOT_MAX_LEVEL)
     return LEVEL_NAMES.get(level, f"level {level}")

@@ -331,6 +331,9 @@ class KvmMemslotState(Primitive):
     _sealed = True
 
     __slots__ = ("sets", "active", "private")
+    #: the explorer's footprint locations: the slots (both sets and which is
+    #: active), and the PRIVATE attributes
+    _field_locations = {"sets": ("slots",), "active": ("slots",), "private": ("private",)}
 
     def __init__(self, world, name: str = "memslots", nr_as_ids: int = 1):
         if not isinstance(world, World):

@@ -74,7 +74,7 @@ from .tdp_mmu import (kvm_tdp_mmu_alloc_root, kvm_tdp_mmu_invalidate_roots, kvm_
 from .tlb import kvm_flush_remote_tlbs_range
 
 __all__ = [
-    "PfResult", "fault_inputs", "retry_wait", "kvm_mmu_load", "kvm_mmu_free_obsolete_roots",
+    "PfResult", "FoundSlot", "PfnResult", "fault_inputs", "retry_wait", "kvm_mmu_load", "kvm_mmu_free_obsolete_roots",
     "kvm_mmu_reload", "kvm_handle_noslot_fault", "kvm_handle_error_pfn",
     "__kvm_mmu_faultin_pfn", "kvm_mmu_faultin_pfn", "is_page_fault_stale",
     "kvm_mmu_finish_page_fault", "kvm_tdp_mmu_page_fault", "kvm_tdp_page_fault",
@@ -85,11 +85,22 @@ __all__ = [
 ]
 
 
-class FoundSlot(NamedTuple):
-    """What the memslot lookup step found: the slot, and the root the vCPU runs on."""
-
+class _FoundSlotFields(NamedTuple):
     slot: object
     root: int | None
+
+
+class FoundSlot(_FoundSlotFields):
+    """What the memslot lookup step found: the slot, and the root the vCPU runs on."""
+
+    __slots__ = ()
+
+    def __new__(cls, slot, root):
+        if slot is not None and not isinstance(slot, KvmMemorySlot):
+            raise TypeError(f"slot must be a KvmMemorySlot or None, got {type(slot).__name__}")
+        if root is not None:
+            check_int("root", root, 0, (1 << 40) - 1)
+        return super().__new__(cls, slot, root)
 
     def __repr__(self) -> str:
         return describe_found_slot(self.slot)
@@ -283,6 +294,10 @@ def __kvm_mmu_faultin_pfn(vcpu: KvmVcpu, fault: KvmPageFault):
 
 class PfnResult(int):
     """A pfn that prints in hex (for step labels)."""
+
+    def __new__(cls, pfn):
+        check_u64("pfn", pfn)          # a host pfn or a KVM_PFN_ERR_* value
+        return super().__new__(cls, pfn)
 
     def __repr__(self) -> str:
         return hex(self)

@@ -94,6 +94,8 @@ class GfnToPfnCache(Primitive):
                  "lock", "refresh_lock")
 
     _FIELDS = ("generation", "gpa", "uhva", "memslot", "khva", "pfn", "active", "valid")
+    #: the explorer's footprint locations: each field its own
+    _field_locations = {f: (f,) for f in _FIELDS}
 
     def __init__(self, world, name: str):
         if not isinstance(world, Kvm):

@@ -9,6 +9,10 @@ fail only when the shown code itself changes.
 import inspect
 from pathlib import Path
 
+__all__ = [
+    "SourceView", "show_source",
+]
+
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -145,6 +145,13 @@ class EptMemory(Primitive):
     """
 
     _sealed = True
+    #: not state: the SPTE masks (configuration) and the tables' snapshots (a cache)
+    _fixed_fields = ("cfg", "_frozen")
+    #: where the explorer's footprints put each field (see _footprint); a
+    #: field not listed (``tables``) is the whole memory
+    _field_locations = {"walks": ("walks",), "sps": ("sps",), "roots": ("roots",),
+                        "installed": ("ledger",), "processed": ("ledger",),
+                        "page_stats": ("ledger",)}
 
     __slots__ = ("cfg", "tables", "sps", "roots", "page_stats", "installed", "processed",
                  "walks", "_frozen")
@@ -404,6 +411,22 @@ class EptMemory(Primitive):
 
     def _why_blocked(self, kind, args, cpu):  # pragma: no cover - memory never blocks
         return "never blocks"
+
+    def _footprint(self, kind, args):
+        # One SPTE is the location (self, table pfn, index); a span reads the
+        # walks in progress and the table's page to size it, then touches its
+        # table; an allocation changes the table pages (``sps``), and the new
+        # table, which nobody else can point to yet.
+        if kind == "alloc":
+            return (), [(self, "sps")]
+        sptep = args[0]
+        if kind == "read":
+            return [(self, sptep.pt, sptep.index)], ()
+        if kind == "read_span":
+            return [(self, "walks"), (self, "sps"), (self, sptep.pt)], ()
+        if kind == "xchg_span":
+            return [(self, "walks"), (self, "sps")], [(self, sptep.pt)]
+        return (), [(self, sptep.pt, sptep.index)]      # write, xchg, try_cmpxchg
 
 
 def _ept_read(mem, args, cpu, world):

@@ -131,21 +131,24 @@ def handle_changed_spte(kvm, gfn: int, old_spte: int, new_spte: int,
     pfn_changed = spte_to_pfn(old_spte) != spte_to_pfn(new_spte)
 
     if gfn & (KVM_PAGES_PER_HPAGE(level) - 1):
-        raise KernelWarn(f"handle_changed_spte: gfn {gfn:#x} not aligned to level {level}")
+        raise KernelWarn(f"handle_changed_spte: gfn {gfn:#x} not aligned to "
+                         f"level {level}")
     # Zap, flush, then install: never one present leaf over another pfn.
     if was_leaf and is_leaf and pfn_changed:
-        raise KernelWarn(f"BUG: present leaf SPTE {old_spte:#x} replaced by {new_spte:#x}, "
-                         f"a different pfn (gfn {gfn:#x}, level {level})")
+        raise KernelWarn(f"BUG: present leaf SPTE {old_spte:#x} replaced by "
+                         f"{new_spte:#x}, a different pfn (gfn {gfn:#x}, "
+                         f"level {level})")
     if old_spte == new_spte:
         return
     if is_leaf:
         check_spte_writable_invariants(new_spte, kvm.ept.cfg)
     if not was_present and not is_present:
         # Non-present to non-present is fine only with MMIO or a freeze.
-        if not (is_mmio_spte(old_spte, kvm.ept.cfg) or is_mmio_spte(new_spte, kvm.ept.cfg)
+        cfg = kvm.ept.cfg
+        if not (is_mmio_spte(old_spte, cfg) or is_mmio_spte(new_spte, cfg)
                 or is_frozen_spte(new_spte)):
-            raise KernelWarn(f"Unexpected SPTE change: non-present {old_spte:#x} -> "
-                             f"{new_spte:#x} (gfn {gfn:#x}, level {level})")
+            raise KernelWarn(f"Unexpected SPTE change: non-present {old_spte:#x} "
+                             f"-> {new_spte:#x} (gfn {gfn:#x}, level {level})")
         return
     if is_leaf != was_leaf:
         kvm_update_page_stats(kvm, level, 1 if is_leaf else -1)
@@ -155,10 +158,10 @@ def handle_changed_spte(kvm, gfn: int, old_spte: int, new_spte: int,
             kvm.ept.processed += ((gfn, level, spte_to_pfn(old_spte)),)
     if was_present and not was_leaf and (is_leaf or not is_present or pfn_changed):
         if is_present and not is_leaf and pfn_changed:
-            raise KernelWarn(f"handle_changed_spte: table pointer changed {old_spte:#x} -> "
-                             f"{new_spte:#x}")
-        yield from handle_removed_pt(kvm, spte_to_child_pt(old_spte, level), level - 1, gfn,
-                                     shared)
+            raise KernelWarn("handle_changed_spte: table pointer changed "
+                             f"{old_spte:#x} -> {new_spte:#x}")
+        child = spte_to_child_pt(old_spte, level)
+        yield from handle_removed_pt(kvm, child, level - 1, gfn, shared)
 
 
 def tdp_mmu_unlink_sp(kvm, pt: int) -> None:
@@ -216,20 +219,22 @@ def handle_removed_pt(kvm, pt: int, level: int, base_gfn: int, shared: bool):
                 # FROZEN_SPTE: another thread owns the entry; wait until its
                 # owner writes the real value, then take that value.
                 while is_frozen_spte(old_spte) and kvm.config.spin_on_frozen_child:
-                    yield from wait_until(f"L{level}[{k:#x}] is not FROZEN_SPTE (spin)",
-                                          partial(_not_frozen, sptep=sptep))
-                    old_spte = yield from kvm_tdp_mmu_write_spte_atomic(kvm, sptep, FROZEN_SPTE)
+                    yield from wait_until(
+                        f"L{level}[{k:#x}] is not FROZEN_SPTE (spin)",
+                        partial(_not_frozen, sptep=sptep))
+                    old_spte = yield from kvm_tdp_mmu_write_spte_atomic(
+                        kvm, sptep, FROZEN_SPTE)
                 if old_spte == SHADOW_NONPRESENT_VALUE:
                     # Non-present to FROZEN_SPTE: handle_changed_spte() would
-                    # return at once (most of the 512 entries; the model's shortcut).
+                    # return at once (most of the 512 entries; a shortcut).
                     continue
             else:
                 if not is_shadow_present_pte(old_spte):
                     continue
                 old_spte = yield from kvm_tdp_mmu_write_spte(kvm, sptep, old_spte,
                                                              FROZEN_SPTE, level)
-            yield from handle_changed_spte(kvm, base_gfn + k * pages, old_spte, FROZEN_SPTE,
-                                           level, shared)
+            yield from handle_changed_spte(kvm, base_gfn + k * pages, old_spte,
+                                           FROZEN_SPTE, level, shared)
         i += len(olds)
     # call_rcu(): freed after every RCU walker has left; the model keeps it.
 
@@ -278,8 +283,9 @@ def __tdp_mmu_set_spte_atomic(kvm, it: TdpIter, new_spte: int):
     _check_it(kvm, it)
     check_u64("new_spte", new_spte)
     if it.yielded or is_frozen_spte(it.old_spte):
-        raise KernelWarn(f"__tdp_mmu_set_spte_atomic: the snapshot of {it.sptep} is "
-                         "FROZEN_SPTE; callers must check is_frozen_spte() first")
+        raise KernelWarn(f"__tdp_mmu_set_spte_atomic: the snapshot of {it.sptep} "
+                         "is FROZEN_SPTE; callers must check is_frozen_spte() "
+                         "first")
     # try_cmpxchg64(sptep, &iter->old_spte, new_spte)
     ok, current = yield from kvm.ept.try_cmpxchg(it.sptep, it.old_spte, new_spte)
     if not ok:
@@ -334,23 +340,15 @@ def tdp_mmu_iter_set_spte(kvm, it: TdpIter, new_spte: int):
 # The atomic zap, up to 6.12, and the code it replaced.
 # ---------------------------------------------------------------------------
 def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
-    """Zap an SPTE under the read lock: freeze it, flush the TLBs, then make it non-present.
+    """Zap an SPTE under the read lock: freeze it, flush the TLBs, then clear it.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic()
 
-    The function as it stood up to Linux 6.12 (read at torvalds/linux
-    @0089c055, about 6.10; REMOVED_SPTE was renamed FROZEN_SPTE in 6.11).
-    While the SPTE is frozen no other thread can install anything in it, so
-    no present SPTE can appear before the flush has removed every cached
-    copy of the old translation.  The bookkeeping runs last, after the
-    unfreeze, to keep the SPTE frozen for as short a time as possible.
-
-    Linux 6.13 removed it (commit 35ef80eb, David Matlack, "Batch TLB flushes
-    when zapping collapsible TDP MMU SPTEs"): its last user zapped SPTEs that
-    a huge page of the same memory would replace, where the translation
-    does not change, so no freeze is needed; those zaps now use
-    tdp_mmu_set_spte_atomic() and flush once, before dropping RCU and
-    mmu_lock.
+    As it stood up to Linux 6.12 (read at torvalds/linux @0089c055, about
+    6.10; 6.13 removed it, commit 35ef80eb).  While the SPTE is frozen
+    nobody can install anything in it, so no present SPTE appears before
+    the flush has removed every cached copy of the old translation.  The
+    bookkeeping runs last, so that the SPTE stays frozen briefly.
     """
     _check_it(kvm, it)
     ret = yield from __tdp_mmu_set_spte_atomic(kvm, it, FROZEN_SPTE)
@@ -360,23 +358,20 @@ def tdp_mmu_zap_spte_atomic(kvm, it: TdpIter):
     # Only the freezing thread writes a frozen SPTE: a plain store suffices.
     yield from __kvm_tdp_mmu_write_spte(kvm, it.sptep, SHADOW_NONPRESENT_VALUE)
     # (The 6.10 source passes 0 as the new value here; both are non-present.)
-    yield from handle_changed_spte(kvm, it.gfn, it.old_spte, SHADOW_NONPRESENT_VALUE,
-                                   it.level, shared=True)
+    yield from handle_changed_spte(kvm, it.gfn, it.old_spte,
+                                   SHADOW_NONPRESENT_VALUE, it.level, shared=True)
     return 0
 
 
 def tdp_mmu_zap_spte_atomic_nofreeze(kvm, it: TdpIter):
-    """UNSAFE: zap an SPTE under the read lock by making it non-present, then flush.
+    """UNSAFE: zap an SPTE under the read lock by clearing it, then flush.
 
-    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic() (before January 2021, unsafe: no freeze)
+    Models: arch/x86/kvm/mmu/tdp_mmu.c: tdp_mmu_zap_spte_atomic() (2020, no freeze)
 
-    The shape before Ben Gardon's patch "kvm: x86/mmu: Flush TLBs after zap
-    in TDP MMU PF handler" (January 2021): between the cmpxchg and the
-    flush the SPTE is non-present *and reusable*, so another thread under
-    the read lock may install a present SPTE to a different pfn while a
-    vCPU still holds the old translation.  The chapter's explorer finds that
-    interleaving.  (The same shape is safe in 6.13+ for collapsible zaps,
-    where the new mapping has the same pfn.)
+    The shape before Ben Gardon's patch of January 2021: between the
+    cmpxchg and the flush the SPTE is non-present *and reusable*, so another
+    thread may install a different pfn while a vCPU still holds the old
+    translation.  (Safe where the new mapping has the same pfn, as in 6.13.)
     """
     _check_it(kvm, it)
     ret = yield from tdp_mmu_set_spte_atomic(kvm, it, SHADOW_NONPRESENT_VALUE)
@@ -519,7 +514,7 @@ def tdp_mmu_map_handle_target_level(vcpu, fault: KvmPageFault, it: TdpIter):
 
 @cpu_code
 def kvm_tdp_mmu_map(vcpu, fault: KvmPageFault):
-    """Map the fault's gfn in the vCPU's root, under mmu_lock held for read; a RET_PF_* code.
+    """Map the fault's gfn in the vCPU's root, mmu_lock held for read; RET_PF_*.
 
     Models: arch/x86/kvm/mmu/tdp_mmu.c: kvm_tdp_mmu_map()
 
@@ -539,7 +534,8 @@ def kvm_tdp_mmu_map(vcpu, fault: KvmPageFault):
     ret = RET_PF_RETRY
     end = fault.gfn + 1
     tdp_walk_begin(kvm, fault.gfn, end)                # rcu_read_lock()
-    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_4K, fault.gfn)
+    it = yield from tdp_iter_start(kvm, root, kvm.config.root_level, PG_LEVEL_4K,
+                                   fault.gfn)
     while it.valid and it.gfn < end:
         # Someone owns this SPTE: retry rather than allocate and free a table.
         if is_frozen_spte(it.old_spte):
@@ -547,9 +543,10 @@ def kvm_tdp_mmu_map(vcpu, fault: KvmPageFault):
         if it.level == fault.goal_level:
             ret = yield from tdp_mmu_map_handle_target_level(vcpu, fault, it)
             break
-        if not (is_shadow_present_pte(it.old_spte) and not is_large_pte(it.old_spte)):
+        present = is_shadow_present_pte(it.old_spte)
+        if not (present and not is_large_pte(it.old_spte)):
             # Non-present, or a huge page to split: link a new table.
-            if is_shadow_present_pte(it.old_spte):
+            if present:
                 pt = yield from tdp_mmu_alloc_sp(kvm, it, huge_spte=it.old_spte)
                 r = yield from tdp_mmu_split_huge_page(kvm, it, pt, shared=True)
             else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .checks import check_bool, check_int
+from .cpu import check_vm
 from .explorer import Op, Primitive
 from .levels import KVM_PAGES_PER_HPAGE, PG_LEVEL_4K, gfn_round_for_level
 from .memslots import KvmMemorySlot
@@ -38,12 +39,22 @@ __all__ = ["TlbEntry", "VcpuTlbs", "kvm_flush_remote_tlbs_range", "kvm_flush_rem
 _GFN_MAX = (1 << 40) - 1
 
 
-class TlbEntry(NamedTuple):
-    """A cached translation: the host pfn, the leaf SPTE it was read from, its root."""
-
+class _TlbEntryFields(NamedTuple):
     pfn: int
     spte: int
     root: int = 0
+
+
+class TlbEntry(_TlbEntryFields):
+    """A cached translation: the host pfn, the leaf SPTE it was read from, its root."""
+
+    __slots__ = ()
+
+    def __new__(cls, pfn: int, spte: int, root: int = 0):
+        check_int("pfn", pfn, 0, (1 << 40) - 1)
+        check_int("spte", spte, 0, (1 << 64) - 1)
+        check_int("root", root, 0, (1 << 40) - 1)
+        return super().__new__(cls, pfn, spte, root)
 
     def __repr__(self):
         return f"pfn {self.pfn:#x}"
@@ -145,6 +156,25 @@ class VcpuTlbs(Primitive):
     def _why_blocked(self, kind, args, cpu):  # pragma: no cover - never blocks
         return "never blocks"
 
+    #: A flush of at most this many gfns names each entry it may drop.
+    _FLUSH_ENTRIES = 64
+
+    def _footprint(self, kind, args):
+        # An access reads the vCPU's root (the vCPUs' state), walks the live
+        # EPT on a miss and fills one entry of its own TLB; a flush drops the
+        # range's entries from every vCPU's TLB.
+        if kind == "access":
+            vcpu, gfn, _write = args
+            w = self.world
+            sources = [getattr(w, "vcpu_state", None), getattr(w, "ept", None)]
+            if not all(isinstance(p, Primitive) for p in sources):
+                return None          # a world that answers vcpu_root()/translate() otherwise
+            return sources, [(self, vcpu, gfn)]
+        start, n = args
+        if n > self._FLUSH_ENTRIES:
+            return (), [self]
+        return (), [(self, v, g) for v in range(len(self.tlb)) for g in range(start, start + n)]
+
 
 def _tlb_access(tlbs, args, cpu, world):
     return tlbs.lookup(*args)
@@ -187,6 +217,8 @@ def kvm_flush_remote_tlbs_gfn(kvm, gfn: int, level: int):
 
     Models: arch/x86/kvm/mmu/mmu_internal.h: kvm_flush_remote_tlbs_gfn()
     """
+    check_vm("kvm", kvm)
+    check_int("gfn", gfn, 0, (1 << 52) - 1)
     check_int("level", level, PG_LEVEL_4K, 5)
     yield from kvm_flush_remote_tlbs_range(kvm, gfn_round_for_level(gfn, level),
                                            KVM_PAGES_PER_HPAGE(level))

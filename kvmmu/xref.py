@@ -22,6 +22,12 @@ class XrefEntry:
     kernel_name: str
     model: str
 
+    def __post_init__(self):
+        for name in ("kernel_file", "kernel_name", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+
     @property
     def identifier(self) -> str:
         """The C identifier alone: ``make_spte`` for ``make_spte() (6.17)``, ``kvm`` for ``struct kvm``."""
@@ -106,6 +112,9 @@ def xref_table_html(entries) -> str:
     """
     from html import escape
 
+    entries = list(entries) if not isinstance(entries, (str, bytes)) else None
+    if entries is None or not all(isinstance(e, XrefEntry) for e in entries):
+        raise TypeError("entries must be an iterable of XrefEntry")
     rows, last = [], None
     for e in sorted(entries, key=lambda e: (e.kernel_file, e.kernel_name, e.model)):
         where = "" if e.kernel_file == last else escape(e.kernel_file)

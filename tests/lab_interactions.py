@@ -179,10 +179,13 @@ def race_player(page, shot: Path):
     handle = _widget(page, f"{w} .kvmmu-race-moment .noUi-handle")
     track = _widget(page, f"{w} .kvmmu-race-moment .noUi-target").bounding_box()
     box = handle.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(track["x"] - 20, box["y"] + box["height"] / 2, steps=8)
-    page.mouse.up()
+    # Live, ``page`` is the REPL's frame: the mouse belongs to its page, and
+    # bounding boxes are already in that page's coordinates.
+    mouse = page.mouse if hasattr(page, "mouse") else page.page.mouse
+    mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    mouse.down()
+    mouse.move(track["x"] - 20, box["y"] + box["height"] / 2, steps=8)
+    mouse.up()
     page.wait_for_function(f"() => document.querySelector('{out}').innerText.includes('step 0 of')",
                            timeout=15000)
     _assert_no_traceback_near(page, w)
@@ -230,4 +233,6 @@ INTERACTIONS = {
 #: and how to operate it: the same interaction as in JupyterLab, on the live REPL's frame.
 LIVE_INTERACTIONS = {
     "book/ch01_spte_format.ipynb": spte_decoder,
+    "book/ch03_frozen_spte_flush.ipynb": race_player,
+    "book/ch04_guest_memfd_folio_put.ipynb": folio_console,
 }

@@ -152,11 +152,33 @@ def test_player_shows_the_break_and_the_fix():
     assert v.ok and not v.holds and v.violation == R.NO_STALE_TRANSLATION
     assert v.value(SPTE) == f"leaf {NEW}" and v.value("vCPU 0 TLB") == f"0x100->{OLD}"
     assert [k for k, _ in v.state] == list(V.SHOWN)
+    assert v.broken_at == 22 and "BROKEN at step 22" in v.html()
     v = V.race_view(True, BREAK)
     assert v.ok and v.holds and v.value(SPTE) == "FROZEN_SPTE"
     v = V.race_view(False, BREAK, position=9)
     assert v.holds and v.value(SPTE) == "non-present"
-    assert "BROKEN" in V.race_view(False, BREAK).html()
+
+
+def test_player_says_each_thing_once_and_true():
+    # The invariant's name appears once per view; the last line says who may
+    # step or how the run ended, nothing else.
+    for view in (V.race_view(False, ""), V.race_view(False, BREAK),
+                 V.race_view(True, BREAK + "AAAB")):
+        assert repr(view).count(R.NO_STALE_TRANSLATION) == 1
+        assert view.html().count(R.NO_STALE_TRANSLATION) == 1
+        assert max(map(len, repr(view).splitlines())) <= 84
+    start = V.race_view(False, "")
+    assert start.message == "at the start: step an actor"
+    assert start.outcome == "next: A or B may step"
+    assert repr(start).splitlines()[-2:] == [
+        f"  invariant ({R.NO_STALE_TRANSLATION}): holds", "  next: A or B may step"]
+    assert V.race_view(False, BREAK).outcome == "stopped at step 22: nobody steps on"
+    done = V.race_view(True, BREAK + "AAAB")
+    assert done.outcome == ("finished: A returned True; "
+                            "B returned RET_PF_RETRY, then EPT violation")
+    assert (V.race_view(True, "A" * 9, actors=3).outcome
+            == "after step 9: A or B or C may step")
+    assert V.race_view(True, BREAK, 0).outcome == "after step 22: A or B may step"
 
 
 def test_player_refuses_illegal_steps_with_a_message():
@@ -175,7 +197,8 @@ def test_player_refuses_illegal_steps_with_a_message():
                           st.integers(), st.lists(st.text(max_size=2), max_size=3)),
        position=st.one_of(st.none(), st.integers(-5, 60), st.floats(allow_nan=True),
                           st.text(max_size=3), st.booleans()),
-       actors=st.one_of(st.sampled_from([2, 3]), st.integers(-2, 5), st.none(), st.text(max_size=2)))
+       actors=st.one_of(st.sampled_from([2, 3]), st.integers(-2, 5), st.none(),
+                        st.text(max_size=2)))
 def test_player_never_raises(fix, schedule, position, actors):
     v = V.race_view(fix, schedule, position, actors)
     assert isinstance(v, V.RaceView)
@@ -196,38 +219,82 @@ def test_player_agrees_with_the_explorer_at_every_moment(seed, fix, actors):
         assert v.holds == (not broken)
 
 
+def test_player_widget_steps_undoes_and_toggles():
+    box = V.race_player(fix=False)
+    toggle, buttons, controls, out = box.children
+    assert toggle.description == "the fix: freeze before the flush" and not toggle.indent
+    for _ in range(9):
+        buttons.children[0].click()
+    for _ in range(13):
+        buttons.children[1].click()
+    assert out.value == V.race_view(False, BREAK).html() and "BROKEN" in out.value
+    controls.children[0].click()                   # undo
+    assert "BROKEN" not in out.value
+    toggle.value = True
+    assert out.value == V.race_view(True, BREAK[:-1]).html() and "fix on" in out.value
+    controls.children[2].value = 0                 # the slider: back to the start
+    assert out.value == V.race_view(True, BREAK[:-1], 0).html()
+    controls.children[1].click()                   # reset
+    assert out.value == V.race_view(True, "").html()
+
+
+# ---------------------------------------------------------------------------
+# The table and the figure
+# ---------------------------------------------------------------------------
+def test_race_table_is_the_locking_rst_cut():
+    trace = explore(R.zap_vs_fault(False)).counterexample
+    table = V.race_table(trace)
+    steps = [(first, last, actor) for first, last, actor, *_ in table.rows]
+    # The walks fold into one row each; the steps on the SPTE keep their own.
+    assert steps == [(1, 7, "A"), (8, 8, "A"), (9, 9, "A"), (10, 10, "B"),
+                     (11, 20, "B"), (21, 21, "B"), (22, 22, "B")]
+    assert table.rows[0][3] == "lock, read x6"
+    assert table.rows[4][3] == "memslot, faultin, lock, stale?, read x6"
+    assert table.rows[2][4] == {SPTE: "non-present"}
+    assert table.rows[-1][4:] == ({SPTE: f"leaf {NEW}"}, True)
+    assert [r[5] for r in table.rows].count(True) == 1
+    text = repr(table)
+    assert max(map(len, text.splitlines())) <= 84 and "<<<" in text
+    html = table._repr_html_()
+    assert "OOPS" in html and "table-layout:fixed" in html
+    # Every step of the trace is in exactly one row.
+    covered = [n for first, last, *_ in table.rows for n in range(first, last + 1)]
+    assert covered == list(range(1, len(trace.steps) + 1))
+    with pytest.raises(ValueError, match="columns"):
+        V.race_table(trace, columns=["no such state"])
+    with pytest.raises(TypeError, match="trace"):
+        V.race_table("AAAB")
+
+
 def test_race_rows_follow_the_trace():
     trace = explore(R.zap_vs_fault(False)).counterexample
     rows = V.race_rows(trace)
     assert len(rows) == len(BREAK)
     assert rows[8][:4] == (9, "A", "cmpxchg", "non-present")
-    assert [r[2] for r in rows[9:14]] == ["EPT viol.", "slot", "faultin", "lock", "stale?"]
+    assert [r[2] for r in rows[9:14]] == ["EPT violation", "memslot", "faultin", "lock",
+                                          "stale?"]
     assert rows[-1][3:] == (f"leaf {NEW}", f"0x100->{OLD}", "-", True)
     assert [r[6] for r in rows].count(True) == 1
     with pytest.raises(TypeError, match="trace"):
         V.race_rows("AAAB")
 
 
-def test_race_figure_and_player_build():
+@pytest.mark.parametrize("schedule,fix,shown", [
+    (BREAK + "AAA", True, "FROZEN_SPTE"), (BREAK, False, "invariant broken "),
+    ("A" * 12 + "B" * 15, True, "EPT violation, fault, walk, install, TLB hit")])
+def test_race_figure_fits_the_column_and_is_legible(schedule, fix, shown):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig = V.race_figure(explore(R.zap_vs_fault(False)).counterexample)
-    assert len(fig.axes) == 1
+    from kvmmu.viz.style import COLUMN_IN, legibility
+    fig = V.race_figure(run_schedule(R.zap_vs_fault(fix), schedule), "a title")
+    assert fig.get_figwidth() == COLUMN_IN and legibility(fig) == []
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].texts)
+    assert shown in texts
     colours = {p.get_facecolor()[:3] for p in fig.axes[0].patches}
-    assert len(colours) >= 3            # white boxes, the old pfn, the new pfn
+    assert len(colours) >= 3            # boxes, the old pfn, and another state
     plt.close(fig)
-    box = V.race_player(fix=False)
-    toggle, buttons, controls, out = box.children
-    for _ in range(9):
-        buttons.children[0].click()
-    for _ in range(13):
-        buttons.children[1].click()
-    assert "BROKEN" in out.value
-    controls.children[0].click()                   # undo
-    assert "BROKEN" not in out.value
-    toggle.value = True
-    assert "fix on" in out.value
 
 
 # ---------------------------------------------------------------------------
@@ -244,29 +311,3 @@ def test_breaking_schedule_checker():
         E.breaks_unsafe_zap(None)
     with pytest.raises(ValueError, match="actors"):
         E.breaks_unsafe_zap(BREAK, actors=4)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 7, 123, 2**40])
-def test_problems_are_seeded_and_answered_by_the_model(seed):
-    p, q = E.problem(seed), E.problem(seed)
-    assert p == q and p.question.startswith(f"Seed {seed}:")
-    sched = p.question.split("After the schedule '")[1].split("'")[0]
-    fix = "fix ON" in p.question
-    actors = 3 if "C is vCPU 0" in p.question else 2
-    trace = run_schedule(R.zap_vs_fault(fix, actors), sched)
-    state = trace.steps[-1].state
-    assert p.solution().startswith(f"SPTE: {state[SPTE]}; vCPU 0 TLB: {state['vCPU 0 TLB']}; ")
-    assert ("STALE" in p.solution()) == (trace.violation is not None)
-
-
-def test_some_seeded_problem_shows_the_break():
-    # The generator's bursts are long enough for the unsafe fault to finish.
-    assert any("STALE" in E.problem(seed).solution() for seed in range(40))
-
-
-def test_problem_rejects_a_bad_seed():
-    with pytest.raises(TypeError, match="seed"):
-        E.problem("7")
-    assert E.run_length("AAAB") == "A3 B1" and E.run_length("") == "(empty)"
-    with pytest.raises(TypeError, match="schedule"):
-        E.run_length(None)

@@ -398,7 +398,7 @@ def test_a_custom_primitive_declares_one_location_per_slot():
     assert red.complete_runs == full.complete_runs == 1
 
 
-def test_without_a_footprint_hook_a_custom_step_conflicts_with_everything():
+def _boxes(enabled=None):
     class Box(Primitive):
         __slots__ = ("v",)
 
@@ -416,7 +416,8 @@ def test_without_a_footprint_hook_a_custom_step_conflicts_with_everything():
             return str(self.v)
 
         def bump(self):
-            return (yield Op(self, "bump", (), lambda p, a, c, w: setattr(p, "v", p.v + 1)))
+            return (yield Op(self, "bump", (), lambda p, a, c, w: setattr(p, "v", p.v + 1),
+                             enabled))
 
     class W(World):
         def __init__(self):
@@ -428,9 +429,28 @@ def test_without_a_footprint_hook_a_custom_step_conflicts_with_everything():
             yield from w.boxes[i].bump()
             yield from w.boxes[i].bump()
         return actor
-    sc = Scenario("boxes", W, [Actor("A", "a", bumper(0)), Actor("B", "b", bumper(1))],
-                  invariants=[Invariant("t", lambda w: True, reads=())])
-    red = explore(sc, stop_at_first=False)
+    return Scenario("boxes", W, [Actor("A", "a", bumper(0)), Actor("B", "b", bumper(1))],
+                    invariants=[Invariant("t", lambda w: True, reads=())])
+
+
+def test_without_a_footprint_hook_a_custom_step_is_watched():
+    # Nothing says what bump touches: the memo engine watches its runs (each
+    # reads and writes only its own box), so the two actors commute.
+    red = explore(_boxes(), stop_at_first=False)
+    assert (red.states, red.transitions, red.search) == (5, 4, "partial-order reduced")
+
+
+def test_a_custom_step_that_may_block_is_watched_where_it_waits_too():
+    # Its enabled() is watched each time it is asked (reading nothing here).
+    red = explore(_boxes(lambda p, a, c, w: True), stop_at_first=False)
+    assert (red.states, red.transitions, red.search) == (5, 4, "partial-order reduced")
+
+
+def test_a_custom_step_whose_wait_writes_conflicts_with_everything():
+    # Its enabled() writes (the same value back, here): the watch cannot
+    # bound what a predicate with side effects changes.
+    red = explore(_boxes(lambda p, a, c, w: (setattr(p, "v", p.v), True)[1]),
+                  stop_at_first=False)
     assert (red.states, red.transitions, red.search) == (9, 12, "full")
 
 

@@ -14,7 +14,6 @@ from kvmmu import guest_memfd as G
 from kvmmu import guest_memfd_rfc as R
 from kvmmu.cpu import ModelHang, run_alone
 from kvmmu.errno import EAGAIN, EFAULT, RET_PF_FIXED
-from kvmmu.exercises.guest_memfd import KINDS, problem
 from kvmmu.kvm_main import kvm_create_vm
 from kvmmu.scenarios import guest_memfd as S
 from kvmmu.viz import guest_memfd as V
@@ -498,51 +497,81 @@ def test_console_says_when_an_action_would_wait_forever():
     assert "OOPS" in dict(v.fields)
 
 
-# ---------------------------------------------------------------- exercises
-@pytest.mark.parametrize("seed", range(25))
-def test_problems_are_reproducible_and_computed(seed):
-    p = problem(seed)
-    assert p.question.startswith(f"Seed {seed}:")
-    assert p.kind in KINDS
-    assert problem(seed) == p
-    assert "Answer:" in p.solution() or "kvm_slot_gmem_register_callback ->" in p.solution()
+# ---------------------------------------------------------------- figures and tables
+def _fixed_run():
+    """The fix, B's whole unshare first, then A's put (the final one)."""
+    from kvmmu.explorer import run_schedule
+    sc = S.scenario_pin(put_after_unlock=True, vcpu=False)
+    whole = next(k for k in range(1, 60) if "B" in run_schedule(sc, "B" * k).results)
+    return run_schedule(sc, "B" * whole, complete=True)
 
 
-def test_sequence_problem_answer_matches_replay():
-    from kvmmu.exercises.guest_memfd import _describe
-    for seed in range(40):
-        p = problem(seed, "sequence")
-        actions = p.question.split("actions: ", 1)[1].split(". What", 1)[0].split(", ")
-        order = int(p.question.split("order-", 1)[1].split(" ", 1)[0])
-        kvm = S.replay(actions, size=1 << order, order=order)
-        assert p.solution().endswith(f"Answer: {_describe(kvm)}.")
-
-
-def test_problem_bad_input():
-    with pytest.raises(TypeError, match="seed"):
-        problem("7")
-    with pytest.raises(ValueError, match="kind"):
-        problem(7, "essay")
-
-
-# ---------------------------------------------------------------- figures
-def test_figures_draw():
+def test_figures_are_drawn_for_the_column_and_legible():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from kvmmu.explorer import run_schedule
+    from kvmmu.viz.style import COLUMN_IN, DPI, legibility
 
-    fig = V.state_machine_figure()
-    assert len(fig.axes) == 2
-    sc = S.scenario_pin(put_after_unlock=True, vcpu=False)
-    whole = next(k for k in range(1, 60) if "B" in run_schedule(sc, "B" * k).results)
-    trace = run_schedule(sc, "B" * whole, complete=True)        # B first, then A
+    trace = _fixed_run()
     rows = V.refcount_timeline_rows(trace)
     assert rows[0][3] == 2 and rows[-1][3] == 1 and rows[-1][4] == "GUEST"
     assert min(r[3] for r in rows) == 0                  # the final put
-    fig2 = V.refcount_timeline(trace)
-    assert fig2.axes
+    for fig in (V.state_machine_figure(), V.state_machine_figure(False),
+                V.refcount_timeline(trace)):
+        assert (fig.get_figwidth(), fig.dpi) == (COLUMN_IN, DPI)
+        assert legibility(fig) == []
     plt.close("all")
+
+
+def test_transition_key_numbers_every_row_and_fits():
+    key = V.transition_key()
+    assert max(map(len, key.splitlines())) <= 84
+    heads = [line for line in key.splitlines() if not line.startswith(" " * 6)]
+    assert [int(h.split()[0]) for h in heads] == list(range(1, len(R.TRANSITIONS) + 1))
+    assert "[unguarded]" in key and "[this book's fix]" in key
+    with pytest.raises(ValueError, match="width"):
+        V.transition_key(10)
+
+
+def test_race_table_shows_only_what_changed_and_fits():
+    from kvmmu.explorer import explore
+    trace = explore(S.scenario_pin(vcpu=False, from_none=True)).counterexample
+    rows = V.race_rows(trace)
+    assert rows[0][:3] == (0, "", "At the beginning")
+    assert "ref 2 [filemap=1 gup:host=1]" in rows[0][3] and "state NONE" in rows[0][3]
+    by_label = {label: changed for _n, _a, label, changed in rows[1:]}
+    assert by_label["write_lock(invalidate_lock)"] == "lock: write B"
+    assert by_label["folio_ref_sub_return(nr_pages) -> 2"] == "ref 2 (-filemap)"
+    assert by_label["folio->mapping == mapping -> True"] == ""
+    for sc in (S.scenario_pin(), S.scenario_truncate_pending(), S.scenario_naive_unshare()):
+        table = V.race_table(explore(sc).counterexample)
+        text = repr(table)
+        assert max(map(len, text.splitlines())) <= 84 and "OOPS" in text
+        assert "overflow-wrap:anywhere" in table._repr_html_()
+    with pytest.raises(TypeError, match="trace"):
+        V.race_rows("BBA")
+
+
+def test_verdict_table_wraps_and_rejects_bad_rows():
+    rows = [("a check whose description is much too long for its column to hold", 3,
+             "deadlock, references accounted", 1316), ("short", 2, "holds", 24)]
+    text = V.verdict_table(rows)
+    assert max(map(len, text.splitlines())) <= 84
+    assert text.splitlines()[2].split()[-1] == "1316"
+    with pytest.raises(TypeError, match="rows"):
+        V.verdict_table([("x", "3", "holds", 1)])
+    with pytest.raises(TypeError, match="rows"):
+        V.verdict_table("rows")
+
+
+def test_every_check_of_the_registry_has_its_verdict():
+    checks = S.check_all(["gmem-naive-unshare", "gmem-speculative"])
+    assert [(n, cpus, S.verdict(r)) for n, _e, cpus, r in checks] == [
+        ("gmem-naive-unshare", 2, "private is private"), ("gmem-speculative", 2, "holds")]
+    with pytest.raises(ValueError, match="names"):
+        S.check_all(["no-such-check"])
+    with pytest.raises(TypeError, match="result"):
+        S.verdict("holds")
 
 
 def test_file_column_reads_what_the_file_shows():

@@ -144,7 +144,7 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="vcpu_id"):
         next(R.touch(kvm, 2, G))
     with pytest.raises(ValueError, match="actors"):
-        R.zap_vs_fault(actors=4)
+        R.zap_vs_fault(actors=5)
     with pytest.raises(TypeError, match="same_pfn"):
         R.race_world(same_pfn=1)
     with pytest.raises(TypeError, match="fn"):

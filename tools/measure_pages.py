@@ -9,6 +9,7 @@ and answers visible without a click (solution text or a solution cell's
 output outside a closed dropdown).
 
     .venv/bin/python tools/measure_pages.py _build/html     # prints the table
+    .venv/bin/python tools/measure_pages.py _build/html book/appendix_kernel_xref.html
 
 tests/test_browser_measure.py runs :func:`measure` on the book the test
 session builds and fails past the goals of issue 12.
@@ -185,7 +186,10 @@ def main(argv) -> int:
     html = Path(argv[1] if len(argv) > 1 else ROOT / "_build" / "html")
     sys.path.insert(0, str(ROOT / "tools"))
     from toc import chapter_notebooks
-    pages = [nb[: -len(".ipynb")] + ".html" for nb in chapter_notebooks()]
+    # Pages named after the build directory (book/appendix_kernel_xref.html) are
+    # measured instead of the chapters.
+    named = [a for a in argv[2:] if a.endswith(".html")]
+    pages = named or [nb[: -len(".ipynb")] + ".html" for nb in chapter_notebooks()]
     pages = [p for p in pages if (html / p).exists()]
     results = measure(html, pages)
     print(table(results))

@@ -25,7 +25,13 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..checks import check_int
+from ..checks import check_bool, check_int, check_name
+
+__all__ = [
+    "SEED_LIMIT", "WIDTH", "check_seed", "Field", "IntField", "BoolField", "ChoiceField",
+    "ChoiceListField", "AnswerForm", "Verdict", "wrap", "format_question", "Problem",
+    "show_value",
+]
 
 #: Seeds are 32-bit: enough for every class, short enough to read out.
 SEED_LIMIT = 1 << 32
@@ -58,6 +64,11 @@ class Field:
     #: names): graded tests then check it only where the student cannot see.
     guessable: ClassVar[bool] = True
 
+    def __post_init__(self):
+        check_name("name", self.name)
+        if not isinstance(self.help, str):
+            raise TypeError(f"help must be a string, got {type(self.help).__name__}")
+
     def shape(self) -> str:
         raise NotImplementedError
 
@@ -78,6 +89,11 @@ class IntField(Field):
     lo: int = 0
     hi: int = (1 << 64) - 1
     guessable: ClassVar[bool] = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("lo", self.lo)
+        check_int("hi", self.hi, self.lo)
 
     def shape(self) -> str:
         return "<int>"
@@ -119,9 +135,18 @@ class BoolField(Field):
         return not value
 
 
+def _check_options(options) -> None:
+    if not isinstance(options, tuple) or len(options) < 2:
+        raise ValueError(f"options must be a tuple of at least two choices, got {options!r}")
+
+
 @dataclass(frozen=True)
 class ChoiceField(Field):
     options: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_options(self.options)
 
     def shape(self) -> str:
         return "<one of " + ", ".join(repr(o) for o in self.options) + ">"
@@ -142,6 +167,11 @@ class ChoiceField(Field):
 class ChoiceListField(Field):
     options: tuple = ()
     count: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_options(self.options)
+        check_int("count", self.count, 1, 64)
 
     def shape(self) -> str:
         return f"<list of {self.count}, each one of " + ", ".join(repr(o) for o in self.options) + ">"
@@ -170,6 +200,11 @@ class AnswerForm:
     """The fields of an answer, in the order a student writes them."""
 
     fields: tuple
+
+    def __post_init__(self):
+        if (not isinstance(self.fields, tuple) or not self.fields
+                or not all(isinstance(f, Field) for f in self.fields)):
+            raise TypeError(f"fields must be a non-empty tuple of Field, got {self.fields!r}")
 
     def names(self) -> tuple:
         return tuple(f.name for f in self.fields)
@@ -210,6 +245,10 @@ class Verdict:
     passed: bool
     feedback: str
 
+    def __post_init__(self):
+        check_bool("passed", self.passed)
+        check_name("feedback", self.feedback)
+
     def __bool__(self) -> bool:
         return self.passed
 
@@ -224,6 +263,9 @@ def wrap(text: str, hang: str = "") -> str:
 
     Continuation lines get the line's indent plus ``hang``.
     """
+    for name, value in (("text", text), ("hang", hang)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     out = []
     for line in text.split("\n"):
         indent = line[:len(line) - len(line.lstrip())]
@@ -260,6 +302,19 @@ class Problem:
     form: AnswerForm | None = None
     expected: dict | None = None
     params: tuple = field(default=())
+
+    def __post_init__(self):
+        check_seed(self.seed)
+        check_name("question", self.question)
+        for name in ("solution_text", "kind"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string")
+        if self.form is not None and not isinstance(self.form, AnswerForm):
+            raise TypeError(f"form must be an AnswerForm or None, got {type(self.form).__name__}")
+        if self.expected is not None and not isinstance(self.expected, dict):
+            raise TypeError("expected must be a dict or None")
+        if not isinstance(self.params, tuple):
+            raise TypeError("params must be a tuple of (name, value) pairs")
 
     @classmethod
     def make(cls, seed: int, kind: str, module: str, params, text: str, form: AnswerForm,

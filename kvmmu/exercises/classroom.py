@@ -27,8 +27,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import check_int
+from ..checks import check_int, check_name
 from .base import Problem, Verdict
+
+__all__ = [
+    "student_seed", "current_student_id", "Slot", "Assignment", "Handout",
+]
 
 
 def student_seed(student_id: str, assignment: str, number: int) -> int:
@@ -42,6 +46,7 @@ def student_seed(student_id: str, assignment: str, number: int) -> int:
 
 def current_student_id(assignment: str) -> str:
     """Return the nbgrader id of the student whose notebook this is (see the module docstring)."""
+    check_name("assignment", assignment)
     if os.environ.get("NBGRADER_EXECUTION") == "autograde":
         here = Path.cwd()
         if here.name != assignment or here.parent.parent.name != "autograded":
@@ -62,6 +67,10 @@ class Slot:
     kind: str
     points: int = 1
 
+    def __post_init__(self):
+        check_name("kind", self.kind)
+        check_int("points", self.points, 1, 100)
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -70,6 +79,14 @@ class Assignment:
     chapter: str
     module: str
     slots: tuple
+
+    def __post_init__(self):
+        check_name("chapter", self.chapter)
+        if not isinstance(self.module, str) or not self.module.startswith("kvmmu.exercises."):
+            raise ValueError(f"module must name a kvmmu.exercises module, got {self.module!r}")
+        if (not isinstance(self.slots, tuple) or not self.slots
+                or not all(isinstance(s, Slot) for s in self.slots)):
+            raise TypeError(f"slots must be a non-empty tuple of Slot, got {self.slots!r}")
 
     def topic(self):
         return importlib.import_module(self.module)
@@ -96,6 +113,13 @@ class Handout:
     assignment: Assignment
     student_id: str
     problems: list
+
+    def __post_init__(self):
+        if not isinstance(self.assignment, Assignment):
+            raise TypeError(f"assignment must be an Assignment, got {type(self.assignment).__name__}")
+        check_name("student_id", self.student_id)
+        if not isinstance(self.problems, list) or not all(isinstance(p, Problem) for p in self.problems):
+            raise TypeError("problems must be a list of Problem")
 
     def problem(self, number: int) -> Problem:
         check_int("number", number, 1, len(self.problems))

@@ -278,7 +278,7 @@ from .primitives import (Primitive, Word, _Primitive, _word_cmpxchg, _word_read,
 from .rcu import (RCU, SRCU, _srcu_read_lock, _srcu_read_unlock,  # noqa: F401
                   _srcu_sync_begin, _srcu_sync_done, _srcu_sync_end)
 from .memo import _MemoEngine  # noqa: F401
-from .por import Reducer, enablers, op_footprint  # noqa: F401
+from .por import _enablers_of, _op_footprint, _Reducer  # noqa: F401
 from .replay import _ReplayEngine  # noqa: F401
 from .run import (_NOOP_KIND, _Run, _as_op, _final_verdict, _first_line,  # noqa: F401
                   _run_checked, _schedule_index, state_key)

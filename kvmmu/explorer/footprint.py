@@ -19,6 +19,11 @@ from __future__ import annotations
 
 from .primitives import _Primitive
 
+__all__ = [
+    "Footprint", "conflict", "declared", "from_hook", "location", "writes_into", "EVERYTHING",
+    "NOTHING", "READS_EVERYTHING",
+]
+
 _COVERS = {"w": frozenset("rws"), "s": frozenset("s"), "r": frozenset("r")}
 
 
@@ -73,8 +78,21 @@ def _overlap(a: tuple, b: tuple) -> bool:
     return _prefix(a, b) or _prefix(b, a)
 
 
+def _check_footprint(name: str, fp) -> None:
+    if type(fp) is not Footprint:
+        raise TypeError(f"{name} must be a Footprint, got {type(fp).__name__}")
+
+
+def _check_what(what) -> None:
+    if not isinstance(what, str):
+        raise TypeError(f"what must be a string (the label of messages), got {type(what).__name__}")
+
+
 def conflict(a: Footprint, b: Footprint) -> bool:
     """Whether steps with footprints ``a`` and ``b`` may not commute."""
+    if type(a) is not Footprint or type(b) is not Footprint:
+        _check_footprint("a", a)
+        _check_footprint("b", b)
     if a.visible and b.visible:
         return True
     if not (a.writes or b.writes):
@@ -92,6 +110,9 @@ def conflict(a: Footprint, b: Footprint) -> bool:
 
 def writes_into(fp: Footprint, reads: Footprint) -> bool:
     """Whether ``fp`` writes (or updates) a location ``reads`` reads."""
+    if type(fp) is not Footprint or type(reads) is not Footprint:
+        _check_footprint("fp", fp)
+        _check_footprint("reads", reads)
     for la, ma in fp.items:
         if ma == "r":
             continue
@@ -103,6 +124,7 @@ def writes_into(fp: Footprint, reads: Footprint) -> bool:
 
 def location(x, what: str) -> tuple:
     """A location as a tuple whose first element is a name (see the module docstring)."""
+    _check_what(what)
     if isinstance(x, _Primitive):
         return (x.name,)
     if isinstance(x, str):
@@ -141,6 +163,7 @@ def _locations(xs, what: str):
 
 def declared(reads=None, writes=None, what: str = "footprint") -> Footprint | None:
     """The footprint of a step declaring ``reads`` and ``writes`` (None if neither is given)."""
+    _check_what(what)
     if reads is None and writes is None:
         return None
     items = [(loc, "r") for loc in _locations(reads or (), f"{what} reads")]
@@ -150,6 +173,7 @@ def declared(reads=None, writes=None, what: str = "footprint") -> Footprint | No
 
 def from_hook(value, what: str) -> Footprint:
     """A custom primitive's ``_footprint`` answer: None (everything) or ``(reads, writes)``."""
+    _check_what(what)
     if value is None:
         return EVERYTHING
     if isinstance(value, Footprint):

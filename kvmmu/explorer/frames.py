@@ -11,12 +11,16 @@ values they received instead).  The primitives' own methods are
 from __future__ import annotations
 
 import gc
+import types
 
+from . import freeze as _freeze_mod
 from .freeze import _freeze
 from .locks import Mutex, RWLock, SpinLock
 from .primitives import Word
 from .rcu import RCU, SRCU
 from .world import step, wait_until
+
+__all__ = []
 
 
 def _gen_key(gen):
@@ -72,4 +76,5 @@ _TRANSPARENT = frozenset(
         RWLock.write_unlock, SRCU.read_lock, SRCU.read_unlock, SRCU.synchronize,
         RCU.read_lock, RCU.read_unlock, RCU.synchronize, step, wait_until))
 
+_freeze_mod._TYPE_FREEZERS[types.GeneratorType] = _gen_key
 _FRAMES_OK = _probe_frames()

@@ -15,6 +15,8 @@ from dataclasses import fields, is_dataclass
 from enum import Enum
 from functools import partial
 
+__all__ = []
+
 _ITER_TYPES = frozenset(type(x) for x in (
     iter([]), iter(()), iter(range(1)), iter(""), iter({}), iter({}.values()),
     iter({}.items()), iter(set()), reversed([]), reversed(range(1)),
@@ -90,13 +92,16 @@ def _type_name(t) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
+#: Freezers the modules above this one register for their own types
+#: (generators: :mod:`kvmmu.explorer.frames`), so that this module imports
+#: none of them.
+_TYPE_FREEZERS: dict = {}
+
+
 def _freezer_for(t):
-    # Imported here, once per new type (the result is cached in _FREEZE): the
-    # world, primitives, ops and frames modules all freeze through this one.
-    from .frames import _gen_key
-    from .ops import Op
-    from .primitives import _Primitive
-    from .world import World
+    own = _TYPE_FREEZERS.get(t)
+    if own is not None:
+        return own
     if t is bool:
         return lambda x: ("bool", x)
     if t is float:
@@ -122,8 +127,6 @@ def _freezer_for(t):
         return lambda x: ("method", _freeze(x.__self__), x.__func__.__qualname__)
     if t is types.BuiltinFunctionType or t is types.BuiltinMethodType:
         return _freeze_builtin
-    if t is types.GeneratorType:
-        return _gen_key
     if t is partial:
         return lambda x: ("partial", _freeze(x.func), _freeze(x.args), _freeze(x.keywords))
     if t is type or issubclass(t, type):
@@ -140,12 +143,11 @@ def _freezer_for(t):
             # A range iterator holds only numbers: nothing to guard or to check for aliases.
             return it if name == "range_iterator" else _guarded(it)
         return _guarded(lambda x: ("iter", name, _freeze(x.__reduce__())))
-    if issubclass(t, World):
-        return lambda x: ("world",)
-    if issubclass(t, _Primitive):
-        return lambda x: ("prim", x.name)
-    if t is Op:
-        return lambda x: x.key()
+    keyed = getattr(t, "_freeze_key", None)
+    if keyed is not None:
+        # The world ("world"), a primitive (its name), an Op (its key): their
+        # classes say how they enter a key (their contents are elsewhere in it).
+        return keyed
     if issubclass(t, Enum):
         return lambda x: ("enum", _type_name(type(x)), x.name)
     if issubclass(t, BaseException):

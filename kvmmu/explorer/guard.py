@@ -7,13 +7,19 @@ at the world.  While it runs, the world and its primitives are switched to
 watching subclasses (``__class__`` assignment, undone afterwards) that note
 every read or write of their state: a plain attribute of the world (not one
 that only holds primitives), a field of a primitive (``Word.value``, a lock's
-holder...; their ``name`` and ``world`` are references, not state).  Methods
-are not state: what they read through ``self`` is seen in turn.
+holder...).  Not state: a primitive's ``name`` and ``world``, a field that
+holds another primitive (a file's ``invalidate_lock``: a reference), and the
+fields a primitive class lists in ``_fixed_fields`` (configuration set when
+it was built and left out of its ``_state()``, such as the EPT's SPTE
+masks).  Methods are not state either: what they read through ``self`` is
+seen in turn.
 """
 from __future__ import annotations
 
 from .primitives import _Primitive
 from .world import _WORLD_INTERNALS, _only_primitives
+
+__all__ = []
 
 _SEEN: list = []       # what the code being watched touched: (verb, "world" | primitive, name)
 _CLASSES: dict = {}    # original class -> watching subclass (None: cannot be watched)
@@ -33,7 +39,10 @@ def _watch_world_class(cls):
         return object.__getattribute__(self, name)
 
     def __setattr__(self, name, value):
-        _SEEN.append(("writes", "world", name))
+        # A property (kvm.mmu_invalidate_seq) stores into a primitive: its
+        # setter's accesses are seen in turn.
+        if not isinstance(getattr(cls, name, None), property):
+            _SEEN.append(("writes", "world", name))
         cls.__setattr__(self, name, value)
 
     def __delattr__(self, name):
@@ -44,27 +53,38 @@ def _watch_world_class(cls):
                                        "__module__": cls.__module__})
 
 
+def _fixed_fields(cls) -> frozenset:
+    """Fields a primitive class declares fixed (``_fixed_fields``), over its MRO."""
+    names = set(_REFERENCE_FIELDS)
+    for klass in cls.__mro__:
+        names.update(klass.__dict__.get("_fixed_fields", ()))
+    return frozenset(names)
+
+
 def _state_fields(cls) -> frozenset:
     names = set()
     for klass in cls.__mro__:
         for s in getattr(klass, "__slots__", ()):
             if isinstance(s, str):
                 names.add(s)
-    return frozenset(names - _REFERENCE_FIELDS)
+    return frozenset(names - _fixed_fields(cls))
 
 
 def _watch_prim_class(cls):
     fields = _state_fields(cls)
+    fixed = _fixed_fields(cls)
     has_dict = hasattr(cls, "__dictoffset__") and cls.__dictoffset__ != 0
 
     def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
         if name in fields:
-            _SEEN.append(("reads", object.__getattribute__(self, "name"), name))
-        elif has_dict and name not in _REFERENCE_FIELDS:
-            d = object.__getattribute__(self, "__dict__")
-            if name in d:
+            if not isinstance(value, _Primitive):
                 _SEEN.append(("reads", object.__getattribute__(self, "name"), name))
-        return object.__getattribute__(self, name)
+        elif has_dict and name not in fixed:
+            d = object.__getattribute__(self, "__dict__")
+            if name in d and not isinstance(value, _Primitive):
+                _SEEN.append(("reads", object.__getattribute__(self, "name"), name))
+        return value
 
     def __setattr__(self, name, value):
         _SEEN.append(("writes", object.__getattribute__(self, "name"), name))
@@ -86,7 +106,7 @@ def _watcher(obj):
     return w
 
 
-class Watch:
+class _Watch:
     """Switch ``world`` and ``prims`` to watching classes; ``stop()`` switches back.
 
     ``ok`` is False when some object cannot be watched (its class cannot be

@@ -17,6 +17,8 @@ from __future__ import annotations
 from .ops import Op, Violation
 from .primitives import _Primitive
 
+__all__ = ["SpinLock", "Mutex", "RWLock"]
+
 
 class SpinLock(_Primitive):
     """A lock with one holder; a CPU spinning for it is not runnable."""

@@ -40,22 +40,23 @@ from dataclasses import fields, is_dataclass
 from enum import Enum
 
 from . import freeze as _freeze_mod
-from .footprint import EVERYTHING
+from .footprint import EVERYTHING, NOTHING, Footprint
 from .frames import _FRAMES_OK, _gen_key
 from .freeze import _freeze
-from .guard import Watch
+from .guard import _Watch
 from .ops import Op, Violation, _Diverged
-from .por import _RUN_MODES, _BUILTIN_ENABLED, enablers, op_footprint
+from .por import _BUILTIN_ENABLED, _RUN_MODES, _declared_footprint, _enablers_of, _op_footprint
 from .primitives import _Primitive
 from .run import _as_op, _final_verdict, _first_line
-from .world import World, _immutable
+from .world import _WORLD_INTERNALS, World, _immutable
+
+__all__ = []
 
 _DIRTY = object()       # the live world's plain attributes are in no known state
-_NO_MEMO = object()     # _resume: do not remember this continuation
 
 
 class _Unwatched:
-    """A Watch that watches nothing (for steps whose code is run live anyway)."""
+    """A _Watch that watches nothing (for steps whose code is run live anyway)."""
 
     ok = True
 
@@ -67,6 +68,8 @@ class _Unwatched:
 
 
 _UNWATCHED = _Unwatched()
+_UNSEEN = ("unseen",)          # what code run unwatched touched: anything
+_NO_PRIMS = frozenset()
 
 
 class _Copy:
@@ -87,7 +90,8 @@ class _Rec:
 
     __slots__ = ("key", "op", "result", "parent", "recv", "pool", "memo", "closed",
                  "touch", "tainted", "fp", "learned", "base_fp", "simple", "pure", "done",
-                 "enabled")
+                 "enabled", "origin", "cont", "opm", "auto", "static", "seen_op", "pred",
+                 "watch_pred")
 
     def __init__(self, key, op, result, parent, recv):
         self.key = key
@@ -108,6 +112,32 @@ class _Rec:
         self.simple = False       # its frames hold no mutable object at all
         self.pure = False         # no code on the way here touched the world: a rebuild
         #                           needs no check
+        self.origin = None        # (ps, saved): the world the code that led here ran in,
+        #                           when it touched the world (a rebuild puts it back)
+        self.cont = None          # what the code after this step was seen to touch
+        self.opm = None           # _Keyed: the step's outcomes, by the states it touched
+        self.auto = False         # its footprint is what its runs were seen to touch
+        self.static = None        # the footprint its primitive or a declaration gives
+        self.seen_op = None       # what its runs were seen to touch (auto), None: not yet
+        self.pred = None          # what its enabled() was seen to read (auto), None: not yet
+        self.watch_pred = False   # auto, and it may block: watch its enabled() too
+
+
+class _Keyed:
+    """The continuations of one ``(local state, value)`` whose code touched primitives.
+
+    That code is a function of the frames, the value and the state of the
+    primitives it touched (``touch``, their indices): ``table`` maps those
+    states to ``(next _Rec, writes)``, ``writes`` the new states of the
+    primitives it changed, as ``(index, state)``.
+    """
+
+    __slots__ = ("touch", "touchset", "table")
+
+    def __init__(self, touch):
+        self.touch = touch
+        self.touchset = frozenset(touch)
+        self.table = {}
 
 
 class _MemoEngine:
@@ -128,7 +158,8 @@ class _MemoEngine:
         self.finals: dict = {}        # state key -> final verdict (final checks run once)
         self._ample: dict = {}        # (actor states, runnable) -> actors to step
         self._ample_gen = -1
-        self.reducer = None           # the Reducer of a reduced search running, else None
+        self.reducer = None           # the _Reducer of a reduced search running, else None
+        self.grew = False             # a footprint grew since the search last looked
         self.demoted = 0              # local states whose step became live (see _demote)
         self.varying: set = set()     # world attributes some state changed
         self.assumed: set = set()     # world attributes read between steps, taken as constant
@@ -147,8 +178,13 @@ class _MemoEngine:
         w._seal()
         self.prims = list(w._prims)
         self.prim_index = {id(p): k for k, p in enumerate(self.prims)}
-        self.watch = Watch(w, self.prims)
+        self.prim_by_name = {p.name: k for k, p in enumerate(self.prims)}
+        self.watch = _Watch(w, self.prims)
         self.watch.stop()
+        # Attributes the world leaves out of its state (``_extras``) are never
+        # saved or restored, so they cannot change: configuration and handles.
+        self.fixed_attrs = frozenset(k for k in vars(w) if k not in _WORLD_INTERNALS) \
+            - frozenset(w._extras())
         gens = []
         for a in sc.actors:
             g = a.fn(w)
@@ -160,6 +196,7 @@ class _MemoEngine:
         recs = []
         watch = self.watch
         for i, g in enumerate(gens):
+            before = (tuple([p._state() for p in self.prims]), w._save_extras())
             watch.start()
             try:
                 y = next(g)
@@ -178,7 +215,7 @@ class _MemoEngine:
             # in another world, when the actor is rebuilt: check those rebuilds.
             pure = not watch.stop() and watch.ok
             op = _as_op(y, sc, i)
-            rec = self._intern(i, g, op, None, None, None, pure)
+            rec = self._intern(i, g, op, None, None, None, pure, None if pure else before)
             self._pool(rec, g, op)
             recs.append(rec)
         ps = tuple([p._state() for p in self.prims])
@@ -198,11 +235,12 @@ class _MemoEngine:
         return (ps, ekey, recs), None
 
     # -- actor states ------------------------------------------------------
-    def _intern(self, i, g, op, result, parent, recv, pure):
+    def _intern(self, i, g, op, result, parent, recv, pure, origin=None):
         """The _Rec of actor i in the state just reached (g suspended at op, or done).
 
         ``parent``/``recv``: the state it came from and the value it received;
-        ``pure``: no code on that path touched the world.
+        ``pure``: no code on that path touched the world; ``origin``: the
+        world that code ran in, if it touched it (kept for exact rebuilds).
         """
         if op is None:
             key = ("done", _freeze(result))
@@ -215,6 +253,7 @@ class _MemoEngine:
         rec = _Rec(key, None, result, parent, recv)
         rec.simple = simple
         rec.pure = pure
+        rec.origin = origin
         rec.done = op is None
         if op is None:
             pass
@@ -224,7 +263,7 @@ class _MemoEngine:
             rec.closed = True
             rec.op = op
             rec.touch = self.prim_index.get(id(op.prim), -1)
-            rec.base_fp = op_footprint(op)
+            rec.base_fp = rec.static = _op_footprint(op)
         else:
             shared = self._shared_ids()
             rec.tainted = tainted
@@ -234,7 +273,18 @@ class _MemoEngine:
             if rec.closed and op.prim is not None and op.run in _RUN_MODES \
                     and op.enabled in _BUILTIN_ENABLED:
                 rec.touch = self.prim_index.get(id(op.prim), -1)
-            rec.base_fp = EVERYTHING if tainted else op_footprint(op)
+            elif rec.closed:
+                rec.opm = _Keyed(())
+            declared = None if tainted else _declared_footprint(op)
+            if declared is None and rec.closed:
+                # Nothing says what it touches: watch it (see _run_op and
+                # _runnable_now, which watches what a blocking step waits on).
+                rec.auto = True
+                rec.watch_pred = op.enabled is not None
+                rec.base_fp = None
+            else:
+                rec.static = EVERYTHING if tainted else _op_footprint(op)
+                rec.base_fp = rec.static
         if rec.op is not None and rec.op.enabled is not None:
             rec.enabled = (rec.op.enabled, rec.op.prim, rec.op.args)
         self.ids[i][key] = rec
@@ -263,7 +313,7 @@ class _MemoEngine:
                     raise _Diverged(
                         f"actor {a.letter} ({a.title}) keeps a {type(obj).__name__} that lives "
                         "inside the world across a step, which a restore would replace")
-                if id(obj) in top or _is_handle(obj):
+                if id(obj) in top or (_is_handle(obj) and not _is_value(obj)):
                     tainted = True
         return key, tainted, not met
 
@@ -280,12 +330,13 @@ class _MemoEngine:
             self.pooled += 1
 
     def _history(self, rec):
-        hist = []
+        """The actor's first path to ``rec``: the _Recs from its first one, in order."""
+        chain = [rec]
         while rec.parent is not None:
-            hist.append(rec.recv)
             rec = rec.parent
-        hist.reverse()
-        return hist
+            chain.append(rec)
+        chain.reverse()
+        return chain
 
     def _generator(self, i, rec):
         """(generator, its Op) suspended in ``rec``: pooled, or rebuilt from its history."""
@@ -295,10 +346,16 @@ class _MemoEngine:
             return rec.pool.pop()
         self.res.rebuilds += 1
         a = self.sc.actors[i]
+        # Each piece of code on the way runs in the world it first ran in, if
+        # it touched the world: the rebuild is then exact, whatever it reads.
+        chain = self._history(rec)
         try:
+            self._put_back(chain[0].origin)
             g = a.fn(self.world)
             y = next(g)
-            for v in self._history(rec):
+            for link in chain[1:]:
+                self._put_back(link.origin)
+                v = link.recv
                 y = g.send(copy.deepcopy(v.value) if type(v) is _Copy else v)
             op = _as_op(y, self.sc, i)
             same = rec.pure or self._actor_key(i, g, op)[0] == rec.key
@@ -313,6 +370,12 @@ class _MemoEngine:
                 "rebuilt from the values it received: does it read or write shared state "
                 "between two steps (outside step(), wait_until() or a primitive's method)?")
         return g, op
+
+    def _put_back(self, origin):
+        # The world a rebuilt actor's code ran in the first time (None: any).
+        if origin is not None:
+            self._dirty()
+            self._load(*origin)
 
     # -- the world ---------------------------------------------------------
     def _load(self, ps, saved):
@@ -387,30 +450,25 @@ class _MemoEngine:
         ps, saved, ekey, recs, _ = payload
         self._load(ps, saved)
         rec = recs[i]
-        cpu = self.letters[i]
-        w = self.world
         if rec.closed:
-            op = rec.op
-            try:
-                r = op.run(op.prim, op.args, cpu, w)
-            except Violation as bad:
-                self._dirty()
-                return bad.name
+            out = self._run_op(i, rec, ps, saved, ekey)
+            if type(out) is str:
+                return out
+            r, nps, nsaved, nkey = out
             fr = r if r is None or type(r) is int else _freeze(r)
-            nxt = rec.memo.get(fr)
-            if nxt is not None:
-                k = rec.touch
-                if k >= 0:
-                    nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
-                    self.cur_ps = nps
-                    nsaved, nkey = saved, ekey
-                else:
-                    nps, nsaved, nkey = self._capture(ps, saved, ekey)
-            else:
-                out = self._continue_closed(i, rec, r, fr, payload)
+            entry = rec.memo.get(fr)
+            out = None
+            if type(entry) is _Rec:
+                out = entry, nps, nsaved, nkey
+            elif entry is not None:
+                hit = entry.table.get(tuple([nps[j] for j in entry.touch]))
+                if hit is not None:
+                    out = (hit[0], self._apply(nps, hit[1]), nsaved, nkey)
+            if out is None:
+                out = self._continue_closed(i, rec, r, fr, (nps, nsaved, nkey))
                 if type(out) is str:
                     return out
-                nxt, nps, nsaved, nkey = out
+            nxt, nps, nsaved, nkey = out
         else:
             out = self._step_live(i, rec, payload)
             if type(out) is str:
@@ -421,11 +479,87 @@ class _MemoEngine:
         self._runnable = None
         return (nps, nkey, nrecs)
 
-    def _continue_closed(self, i, rec, r, fr, payload):
-        # First time (rec, r): run the actor on from a live generator.
-        ps, saved, ekey, _recs, _ = payload
+    def _run_op(self, i, rec, ps, saved, ekey):
+        """Take ``rec``'s step in the loaded world ``ps``: ``(r, ps, saved, key)`` after it.
+
+        A built-in primitive's step changes its primitive alone.  Any other
+        step is watched the first time it runs in a world like this one (the
+        same states of the primitives it touched) and remembered: it is a
+        function of those states, so the next time its outcome is loaded,
+        not computed.  A step that touched something the watch does not see
+        is run every time.  Returns a violation's name if the step raises one.
+        """
         op = rec.op
-        cpu = self.letters[i]
+        k = rec.touch
+        if k >= 0:
+            try:
+                r = op.run(op.prim, op.args, self.letters[i], self.world)
+            except Violation as bad:
+                self._dirty()
+                return bad.name
+            nps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
+            self.cur_ps = nps
+            return r, nps, saved, ekey
+        opm = rec.opm
+        if opm is not None:
+            hit = opm.table.get(tuple([ps[j] for j in opm.touch]))
+            if hit is not None:
+                return hit[0], self._apply(ps, hit[1]), saved, ekey
+            watch = self.watch
+        else:
+            watch = _UNWATCHED
+        watch.start()
+        try:
+            r = op.run(op.prim, op.args, self.letters[i], self.world)
+        except Violation as bad:
+            watch.stop()
+            self._dirty()
+            return bad.name
+        except BaseException:
+            watch.stop()
+            raise
+        seen = watch.stop()
+        if not watch.ok:
+            seen = _UNSEEN
+        nps, nsaved, nkey = self._capture(ps, saved, ekey)
+        if opm is None:
+            return r, nps, nsaved, nkey
+        kind, touched, fp = self._classify(seen)
+        changed = [j for j in range(len(ps)) if nps[j] is not ps[j] and nps[j] != ps[j]]
+        if kind != "dirty" and nkey == ekey and _shareable(r) \
+                and all(j in touched for j in changed):
+            self._remember(rec.opm, touched, ps, r, tuple((j, nps[j]) for j in changed))
+            if rec.auto:
+                fp = self._written(fp, changed)
+                if rec.seen_op is None or not rec.seen_op.covers(fp):
+                    rec.seen_op = fp if rec.seen_op is None else rec.seen_op.union(fp)
+                    self._set_base(i, rec)
+        else:
+            # It cannot be remembered: run it every time, and it may touch anything.
+            rec.opm = None
+            if rec.auto:
+                rec.auto = False
+                rec.static = EVERYTHING
+                self._set_base(i, rec)
+        return r, nps, nsaved, nkey
+
+    def _apply(self, ps, writes):
+        """Load the primitive states a remembered continuation wrote; the new world tuple."""
+        if not writes:
+            return ps
+        now = list(ps)
+        prims = self.prims
+        for j, st in writes:
+            prims[j]._load(st)
+            now[j] = st
+        ps = tuple(now)
+        self.cur_ps = ps
+        return ps
+
+    def _continue_closed(self, i, rec, r, fr, after_op):
+        # First time (rec, r) in a world like this one: run the actor on from
+        # a live generator, and remember what its code did.
+        before_ps, before_saved, before_key = after_op
         if rec.pool:
             g = rec.pool.pop()[0]
             self.pooled -= 1
@@ -435,39 +569,118 @@ class _MemoEngine:
             # its history leaves the world (after the step) alone.
             g = self._generator(i, rec)[0]
         else:
-            # A rebuild runs the actor's code against the live world: put the
-            # state before the step back around it, then take the step again.
-            self._dirty()
-            self._load(ps, saved)
+            # A rebuild runs the actor's code in the worlds it first ran in:
+            # then put the state after the step back.
             g = self._generator(i, rec)[0]
             self._dirty()
-            self._load(ps, saved)
-            try:
-                r = op.run(op.prim, op.args, cpu, self.world)
-            except Violation as bad:        # pragma: no cover - it did not fail before
-                self._dirty()
-                return bad.name
-        k = rec.touch
-        if k >= 0:
-            before_ps = ps[:k] + (self.prims[k]._state(),) + ps[k + 1:]
-            self.cur_ps = before_ps
-            before_saved, before_key = saved, ekey
-        else:
-            before_ps, before_saved, before_key = self._capture(ps, saved, ekey)
-        out = self._resume(i, rec, g, r, fr)
+            self._load(before_ps, before_saved)
+        out = self._resume(i, rec, g, r, (before_ps, before_saved))
         if type(out) is str:
             return out
-        nxt, clean = out
-        if clean and rec.simple and (r is None or type(r) is int or _immutable(r)):
-            # Nothing but the watched world and primitives was in its reach:
-            # what they saw is all it did.
-            return nxt, before_ps, before_saved, before_key
-        after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
-        if not clean or after_ps != before_ps or after_key != before_key:
-            rec.memo.pop(fr, None)
-            nxt.pure = False
-            self._demote(i, rec)
+        nxt, seen = out
+        kind, touched, fp = self._classify(seen)
+        plain_r = r is None or type(r) is int or _immutable(r)
+        if kind == "clean":
+            if rec.simple and plain_r:
+                # Nothing but the watched world and primitives was in its reach:
+                # what they saw is all it did.
+                rec.memo[fr] = nxt
+                return nxt, before_ps, before_saved, before_key
+            after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
+            if after_ps == before_ps and after_key == before_key:
+                rec.memo[fr] = nxt
+                return nxt, before_ps, before_saved, before_key
+        elif kind == "keyed":
+            if rec.simple and plain_r:
+                # Only what the watch saw can have changed.
+                after = list(before_ps)
+                for j in touched:
+                    st = self.prims[j]._state()
+                    if st != after[j]:
+                        after[j] = st
+                after_ps, after_saved, after_key = tuple(after), before_saved, before_key
+                self.cur_ps = after_ps
+            else:
+                after_ps, after_saved, after_key = self._capture(before_ps, before_saved,
+                                                                 before_key)
+            changed = [j for j in range(len(before_ps)) if after_ps[j] is not before_ps[j]
+                       and after_ps[j] != before_ps[j]]
+            if after_key == before_key and all(j in touched for j in changed):
+                self._remember_cont(rec, fr, touched, before_ps, nxt,
+                                    tuple((j, after_ps[j]) for j in changed))
+                self._widen(i, rec, fp, changed)
+                return nxt, after_ps, after_saved, after_key
+        else:
+            after_ps, after_saved, after_key = self._capture(before_ps, before_saved, before_key)
+        rec.memo.pop(fr, None)
+        nxt.pure = False
+        self._demote(i, rec)
         return nxt, after_ps, after_saved, after_key
+
+    def _remember_cont(self, rec, fr, touched, before_ps, nxt, writes):
+        """Remember a continuation that touched the primitives ``touched`` (see _Keyed)."""
+        entry = rec.memo.get(fr)
+        if type(entry) is not _Keyed:
+            entry = rec.memo[fr] = _Keyed(())
+        self._remember(entry, touched, before_ps, nxt, writes)
+
+    def _remember(self, entry, touched, before_ps, outcome, writes):
+        # What the code reads can depend on what it read: key every outcome
+        # in ``entry`` on all it was ever seen to touch.
+        if not touched <= entry.touchset:
+            entry.touch = tuple(sorted(touched.union(entry.touch)))
+            entry.touchset = frozenset(entry.touch)
+            entry.table = {}
+        entry.table[tuple([before_ps[j] for j in entry.touch])] = (outcome, writes)
+
+    def _written(self, fp, changed):
+        # A changed primitive counts as written wherever the code looked into
+        # it (a change in place shows only as a read of the field holding it).
+        if not changed:
+            return fp
+        names = {self.prims[j].name for j in changed}
+        return Footprint((loc, "w" if loc[0] in names else m) for loc, m in fp.items)
+
+    def _widen(self, i, rec, fp, changed):
+        """Add what the code after ``rec``'s step touched to the step's footprint.
+
+        That code runs atomically with the step.
+        """
+        fp = self._written(fp, changed)
+        cont = rec.cont
+        if cont is not None and cont.covers(fp):
+            return
+        rec.cont = fp if cont is None else cont.union(fp)
+        self._set_base(i, rec)
+
+    def _set_base(self, i, rec):
+        """The step's footprint: its own (given, or seen) and its continuation's."""
+        own = rec.seen_op if rec.auto else rec.static
+        if own is not None and rec.auto and rec.watch_pred:
+            own = None if rec.pred is None else own.union(rec.pred)
+        if own is None:
+            rec.base_fp = None            # not run yet: see _footprint_of
+            return
+        base = own if rec.cont is None or own is EVERYTHING else own.union(rec.cont)
+        old = rec.base_fp
+        rec.base_fp = base
+        if old is None or old is base or (old is not EVERYTHING and old.covers(base)
+                                          and base.covers(old)):
+            return
+        self._refootprint(i, rec)
+
+    def _refootprint(self, i, rec):
+        # The step's footprint grew: a reduced search that has already counted
+        # on the smaller one expands its reduced states fully (``grew``).
+        rec.fp = None
+        rec.learned = False
+        self._ample.clear()
+        reducer = self.reducer
+        if reducer is not None:
+            rec.fp = reducer.effective(rec.base_fp)
+            rec.learned = True
+            reducer.learn(i, rec.fp)
+            self.grew = True
 
     def _step_live(self, i, rec, payload):
         # A step that may change the actor's own objects: run it from a live
@@ -478,8 +691,6 @@ class _MemoEngine:
             self.pooled -= 1
             self.res.pool_hits += 1
         else:
-            self._dirty()
-            self._load(ps, saved)
             g, gop = self._generator(i, rec)
             self._dirty()
             self._load(ps, saved)
@@ -488,26 +699,32 @@ class _MemoEngine:
         except Violation as bad:
             self._dirty()
             return bad.name
+        before = self._capture(ps, saved, ekey)
         if rec.base_fp is EVERYTHING:
             # Conflicts with everything and is never reused: what its code
             # between the steps touches is simply part of the step.
-            out = self._resume(i, rec, g, r, _NO_MEMO, _UNWATCHED)
+            out = self._resume(i, rec, g, r, before[:2], _UNWATCHED)
             if type(out) is str:
                 return out
-            return (out[0],) + self._capture(ps, saved, ekey)
-        before = self._capture(ps, saved, ekey)
-        out = self._resume(i, rec, g, r, _NO_MEMO)
+            return (out[0],) + self._capture(*before)
+        out = self._resume(i, rec, g, r, before[:2])
         if type(out) is str:
             return out
-        nxt, clean = out
+        nxt, seen = out
         after_ps, after_saved, after_key = self._capture(*before)
-        if not clean or after_ps != before[0] or after_key != before[2]:
+        kind, touched, fp = self._classify(seen)
+        changed = [j for j in range(len(after_ps)) if after_ps[j] is not before[0][j]
+                   and after_ps[j] != before[0][j]]
+        if kind == "dirty" or after_key != before[2] or not all(j in touched for j in changed):
             nxt.pure = False
             self._demote(i, rec)
+        elif kind == "keyed":
+            # Run live anyway: only the footprint must cover what its code touched.
+            self._widen(i, rec, fp, changed)
         return nxt, after_ps, after_saved, after_key
 
     def _demote(self, i, rec):
-        """Code after ``rec``'s step touched the world: run that step live from now on.
+        """Code after ``rec``'s step touched the world unseen: run that step live from now on.
 
         Live, the code runs in the right world each time, as the legacy
         engine runs it, and the step conflicts with every other: a reduced
@@ -517,32 +734,49 @@ class _MemoEngine:
         rec.closed = False
         rec.touch = -1
         rec.memo.clear()
+        rec.opm = None
         if rec.base_fp is not EVERYTHING:
-            rec.base_fp = EVERYTHING
-            rec.fp = None
-            rec.learned = False
-            self._ample.clear()
-            reducer = self.reducer
-            if reducer is not None:
-                rec.fp = reducer.effective(EVERYTHING)
-                rec.learned = True
-                reducer.learn(i, rec.fp)
-                if self.res.reduced_expansions:
-                    raise _Restart
+            rec.auto = False
+            rec.static = EVERYTHING
+            self._set_base(i, rec)
 
-    def _clean(self, seen) -> bool:
-        """Whether what code between two steps touched (``seen``) still lets it be reused.
+    def _classify(self, seen):
+        """What code between two steps touched (``seen``): ``(kind, primitives, footprint)``.
 
-        Reading a plain attribute of the world that no state has changed so
-        far (a configuration) is fine: it is taken as constant, and if a
-        later state changes it the search starts over.
+        ``kind`` is "clean" (nothing, or world attributes that are
+        configuration), "keyed" (fields of primitives, whose indices come
+        second: the code is remembered keyed on their states) or "dirty"
+        (anything else, or code that ran unwatched: the step is demoted).  A
+        plain attribute of the world that no state has changed so far is
+        taken as constant (configuration); if a later state changes it the
+        search starts over.
         """
+        if not seen:
+            return "clean", _NO_PRIMS, NOTHING
+        if seen is _UNSEEN:
+            return "dirty", _NO_PRIMS, EVERYTHING
+        fixed = self.fixed_attrs
+        touched = set()
+        items = set()
+        by_name = self.prim_by_name
         for verb, where, name in seen:
-            if verb != "reads" or where != "world" or not self._may_assume(name):
-                return False
-        for _verb, _where, name in seen:
-            self.assumed.add(name)
-        return True
+            if where == "world":
+                if verb != "reads":
+                    return "dirty", _NO_PRIMS, EVERYTHING
+                if name not in fixed and not self._may_assume(name):
+                    return "dirty", _NO_PRIMS, EVERYTHING
+                continue
+            j = by_name.get(where)
+            if j is None:
+                return "dirty", _NO_PRIMS, EVERYTHING
+            touched.add(j)
+            items.add((self.prims[j]._field_location(name), "r" if verb == "reads" else "w"))
+        for _verb, where, name in seen:
+            if where == "world" and name not in fixed:
+                self.assumed.add(name)
+        if not touched:
+            return "clean", _NO_PRIMS, NOTHING
+        return "keyed", frozenset(touched), Footprint(items)
 
     def _may_assume(self, name) -> bool:
         root = self.root_items
@@ -560,12 +794,13 @@ class _MemoEngine:
             ok = self._assumable[name] = not any(_is_handle(x) for x in met)
         return ok
 
-    def _resume(self, i, rec, g, r, fr, watch=None):
-        """Send ``r`` to g under watch: (next _Rec, whether it kept off the world), or a violation.
+    def _resume(self, i, rec, g, r, before, watch=None):
+        """Send ``r`` to g under watch: ``(next _Rec, what the code touched)``, or a violation.
 
-        With ``fr`` (the frozen ``r``), a continuation that kept off the world
-        is remembered as ``(rec, fr) -> next`` (the caller withdraws it if the
-        world turns out changed all the same).
+        ``before`` is the world the code runs in, kept as the new state's
+        origin when the code touched the world (an exact rebuild puts it
+        back); what was touched is a list of ``(verb, where, name)``, or
+        ``_UNSEEN`` when the code ran unwatched.
         """
         cpu = self.letters[i]
         t = type(r)
@@ -573,18 +808,20 @@ class _MemoEngine:
         # wrapped so that a rebuild sends a fresh copy of it.
         kept = r if (t is int or r is None or t is bool or t is str or _immutable(r)) \
             else _Copy(copy.deepcopy(r))
+        unwatched = watch is _UNWATCHED
         watch = watch or self.watch
         watch.start()
         try:
             y = g.send(r)
         except StopIteration as stop:
             seen = watch.stop()
-            clean = not seen or self._clean(seen)
-            nxt = self._intern(i, None, None, stop.value, rec, kept,
-                               rec.pure and rec.closed and clean)
-            if fr is not _NO_MEMO and clean:
-                rec.memo[fr] = nxt
-            return nxt, clean
+            if unwatched or not watch.ok:
+                seen = _UNSEEN
+            quiet = self._classify(seen)[0] == "clean"
+            pure = rec.pure and rec.closed and quiet
+            nxt = self._intern(i, None, None, stop.value, rec, kept, pure,
+                               None if quiet else before)
+            return nxt, seen
         except AssertionError as e:
             watch.stop()
             self._dirty()
@@ -595,13 +832,14 @@ class _MemoEngine:
                        f"scenario {self.sc.name!r}")
             raise
         seen = watch.stop()
-        clean = watch.ok and (not seen or self._clean(seen))
+        if unwatched or not watch.ok:
+            seen = _UNSEEN
         op = _as_op(y, self.sc, i)
-        nxt = self._intern(i, g, op, None, rec, kept, rec.pure and rec.closed and clean)
+        quiet = self._classify(seen)[0] == "clean"
+        pure = rec.pure and rec.closed and quiet
+        nxt = self._intern(i, g, op, None, rec, kept, pure, None if quiet else before)
         self._pool(nxt, g, op)
-        if fr is not _NO_MEMO and clean:
-            rec.memo[fr] = nxt
-        return nxt, clean
+        return nxt, seen
 
     # -- verdicts and payloads ---------------------------------------------
     def _runnable_now(self, recs):
@@ -611,10 +849,37 @@ class _MemoEngine:
         for rec in recs:
             if not rec.done:
                 en = rec.enabled
-                if en is None or en[0](en[1], en[2], letters[j], w):
+                if en is None:
+                    out.append(j)
+                elif rec.watch_pred:
+                    if self._watched_enabled(j, rec):
+                        out.append(j)
+                elif en[0](en[1], en[2], letters[j], w):
                     out.append(j)
             j += 1
         return tuple(out)
+
+    def _watched_enabled(self, i, rec) -> bool:
+        """Evaluate the enabled() of ``rec``'s step watched, learning what it reads."""
+        en = rec.enabled
+        watch = self.watch
+        watch.start()
+        try:
+            ok = en[0](en[1], en[2], self.letters[i], self.world)
+        finally:
+            seen = watch.stop()
+        if not watch.ok:
+            seen = _UNSEEN
+        kind, _touched, fp = self._classify(seen)
+        if kind == "dirty" or fp.writes:
+            # It reads what the watch cannot see, or writes: anything.
+            rec.watch_pred = rec.auto = False
+            rec.static = EVERYTHING
+            self._set_base(i, rec)
+        elif rec.pred is None or not rec.pred.covers(fp):
+            rec.pred = fp if rec.pred is None else rec.pred.union(fp)
+            self._set_base(i, rec)
+        return bool(ok)
 
     def verdict(self, key):
         """(violation or None, every actor finished) for the state just reached."""
@@ -654,7 +919,7 @@ class _MemoEngine:
 
     # -- what the reduction needs ------------------------------------------
     def ample(self, payload, reducer):
-        """The actors the reduced search steps in ``payload``'s state (see ``Reducer.ample``)."""
+        """The actors the reduced search steps in ``payload``'s state (see ``_Reducer.ample``)."""
         recs, run = payload[3], payload[4]
         ck = (recs, run)
         amp = self._ample.get(ck)
@@ -679,36 +944,59 @@ class _MemoEngine:
             if rec.op is None:
                 continue
             status[j] = 2
-            fp = rec.fp
-            if fp is None:
-                fp = rec.fp = reducer.effective(rec.base_fp)
-            fps[j] = fp
+            fps[j] = self._footprint_of(j, rec, payload, reducer)
+        self._load(ps, saved)
         for j in run:
             status[j] = 1
         w, letters, index = self.world, self.letters, self.sc._index
 
         def nes(j):
-            return enablers(recs[j].op, letters[j], w, index)
+            return _enablers_of(recs[j].op, letters[j], w, index)
         return status, fps, nes
+
+    def _footprint_of(self, i, rec, payload, reducer):
+        """The effective footprint of ``rec``'s step, pending in ``payload``'s state.
+
+        A step whose footprint comes from watching it and that never ran is
+        run once here, in this state, watched (and remembered), and the world
+        put back.
+        """
+        fp = rec.fp
+        if fp is not None:
+            return fp
+        if rec.base_fp is None:
+            ps, saved, ekey = payload[0], payload[1], payload[2]
+            self._load(ps, saved)
+            try:
+                if rec.watch_pred and rec.pred is None:
+                    self._watched_enabled(i, rec)
+                out = self._run_op(i, rec, ps, saved, ekey) if rec.seen_op is None else 0
+            except Exception:       # the search meets it, if it matters
+                out = None
+            if rec.base_fp is None or type(out) is str or out is None:
+                # It failed, or could not be remembered: it may touch anything.
+                rec.auto = False
+                rec.static = EVERYTHING
+                rec.base_fp = EVERYTHING
+            self._dirty()
+            self._load(ps, saved)
+        fp = rec.fp = reducer.effective(rec.base_fp)
+        return fp
 
     def stepped(self, i, reducer):
         """The effective footprint of actor i's pending step in the state just reached."""
-        rec = self._next[3][i]
+        nxt = self._next
+        rec = nxt[3][i]
         if rec.op is None or rec.learned:
             return None
-        fp = rec.fp
-        if fp is None:
-            fp = rec.fp = reducer.effective(rec.base_fp)
-        return fp
+        return self._footprint_of(i, rec, nxt, reducer)
 
     def stepped_in(self, payload, i, reducer):
         """The effective footprint of actor i's pending step in ``payload`` (None: done)."""
         rec = payload[3][i]
         if rec.op is None:
             return None
-        if rec.fp is None:
-            rec.fp = reducer.effective(rec.base_fp)
-        return rec.fp
+        return self._footprint_of(i, rec, payload, reducer)
 
     def mark_learned(self, i):
         self._next[3][i].learned = True
@@ -717,7 +1005,7 @@ class _MemoEngine:
         """Teach ``reducer`` the footprint of every local state met so far (before a restart)."""
         for i, ids in enumerate(self.ids):
             for rec in ids.values():
-                if rec.op is not None and not rec.learned:
+                if rec.op is not None and not rec.learned and rec.base_fp is not None:
                     if rec.fp is None:
                         rec.fp = reducer.effective(rec.base_fp)
                     reducer.learn(i, rec.fp)
@@ -747,6 +1035,24 @@ def _is_handle(obj) -> bool:
         return copy.deepcopy(obj) is obj
     except Exception:
         return True
+
+
+def _shareable(r) -> bool:
+    """Whether one object ``r`` may be handed to every actor that gets this result."""
+    t = type(r)
+    if r is None or t is int or t is bool or t is str or t is float or t is bytes:
+        return True
+    if isinstance(r, tuple):
+        return all(map(_shareable, r))
+    if isinstance(r, (Enum, frozenset)) or _is_value(r):
+        return True
+    return _is_handle(r)
+
+
+def _is_value(obj) -> bool:
+    """A frozen dataclass: a value, whatever its deepcopy returns (its fields are frozen too)."""
+    params = getattr(type(obj), "__dataclass_params__", None)
+    return params is not None and params.frozen
 
 
 def _closed(op, shared) -> bool:

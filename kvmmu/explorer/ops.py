@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from .freeze import _freeze
 
+__all__ = ["Op", "Violation"]
+
 
 class Violation(Exception):
     """Raised by an operation to end the run with a named violation.
@@ -24,6 +26,16 @@ class Violation(Exception):
     def __init__(self, name: str):
         super().__init__(name)
         self.name = name
+
+
+def _refuse_op(prim, kind, args, run):
+    # Off the hot path: only a bad Op gets here.
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must be a non-empty string, got {kind!r}")
+    if not isinstance(args, tuple):
+        raise TypeError(f"args must be a tuple, got {type(args).__name__}")
+    if not callable(run):
+        raise TypeError(f"run must be callable as run(prim, args, cpu, world), got {run!r}")
 
 
 class Op:
@@ -41,6 +53,8 @@ class Op:
     __slots__ = ("prim", "kind", "args", "run", "enabled", "footprint")
 
     def __init__(self, prim, kind: str, args, run, enabled=None, footprint=None):
+        if type(kind) is not str or type(args) is not tuple or not callable(run):
+            _refuse_op(prim, kind, args, run)
         self.prim = prim
         self.kind = kind
         self.args = args
@@ -56,6 +70,8 @@ class Op:
             if type(a) is not int and type(a) is not str:
                 return (name, self.kind, None, _freeze(args))
         return (name, self.kind, args)       # plain ints and strings: already a key
+
+    _freeze_key = key          # how freeze.py keys an Op met inside a value
 
     def what(self) -> str:
         """What the step will do, before it runs: ``write_lock(mmu_lock)``."""

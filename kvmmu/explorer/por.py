@@ -3,7 +3,7 @@
 The argument is in the package docstring (:mod:`kvmmu.explorer`); this module
 holds its pieces:
 
-- ``op_footprint``: what a pending step touches.  The built-in primitives
+- ``_op_footprint``: what a pending step touches.  The built-in primitives
   know theirs (keyed by the function that performs the step, so a subclass
   that replaces a step gets no borrowed footprint); a custom primitive may
   answer ``_footprint(kind, args)``; ``step``/``wait_until`` may declare
@@ -11,7 +11,7 @@ holds its pieces:
 - ``enablers``: for a blocked step, the actors at least one of which must
   step before it can be enabled (the holder of a spinlock, ...), or None
   when that is not known.
-- ``Reducer``: the actors' lifetime footprints (learned during the search),
+- ``_Reducer``: the actors' lifetime footprints (learned during the search),
   the visibility of steps to the invariants, and ``ample(...)``: the
   stubborn set of a state.
 """
@@ -27,6 +27,8 @@ from .rcu import (RCU, SRCU, _srcu_read_lock, _srcu_read_unlock, _srcu_sync_begi
                   _srcu_sync_done, _srcu_sync_end)
 from .world import _noop, _wait_enabled
 
+__all__ = []
+
 #: How each built-in step touches its own primitive: "r" reads, "w" writes,
 #: "s" commutes with the other "s" steps of the same primitive (two CPUs'
 #: read_lock of one rwlock or srcu domain: the holders are a sorted tuple and
@@ -38,11 +40,11 @@ _RUN_MODES = {
     _srcu_read_lock: "s", _srcu_read_unlock: "s", _srcu_sync_begin: "w", _srcu_sync_end: "r",
 }
 _BUILTIN_ENABLED = frozenset({None, _lock_free, _rw_no_writer, _rw_unheld, _srcu_sync_done})
-_EXACT_BUILTINS = frozenset({Word, SpinLock, Mutex, RWLock, SRCU, RCU})
+_BUILTIN_CLASSES = (SpinLock, RWLock, SRCU)     # Mutex is a SpinLock, RCU an SRCU
 _OWN: dict = {}      # (primitive name, mode) -> its footprint
 
 
-def op_footprint(op) -> Footprint:
+def _op_footprint(op) -> Footprint:
     """What the pending ``op`` reads and writes (see the module docstring)."""
     fp = op.footprint
     if fp is not None:
@@ -66,7 +68,25 @@ def op_footprint(op) -> Footprint:
     return EVERYTHING
 
 
-def enablers(op, letter: str, world, index: dict):
+def _declared_footprint(op) -> Footprint | None:
+    """What says what ``op`` touches: its declaration, its primitive; None if nothing does."""
+    fp = op.footprint
+    if fp is not None:
+        return fp
+    prim = op.prim
+    if prim is None:
+        if op.run is _noop and op.enabled is None:
+            return NOTHING                # a bare yield
+        return None
+    if op.run in _RUN_MODES and op.enabled in _BUILTIN_ENABLED:
+        return _op_footprint(op)
+    hook = getattr(type(prim), "_footprint", None)
+    if hook is not None and hook is not _Primitive._footprint:
+        return _op_footprint(op)
+    return None
+
+
+def _enablers_of(op, letter: str, world, index: dict):
     """Actors (indices) one of which must step before the blocked ``op`` can run; None: unknown.
 
     An empty set means nobody can: the step stays blocked for good.
@@ -76,7 +96,9 @@ def enablers(op, letter: str, world, index: dict):
         return "writers"                  # the caller knows who may write what it reads
     if prim is None:
         return None
-    if type(prim) in _EXACT_BUILTINS:
+    if en in _BUILTIN_ENABLED and isinstance(prim, _BUILTIN_CLASSES):
+        # The built-in enabled() functions read only the lock's or domain's
+        # own fields, whatever a subclass renames (IRQs off is an RCU).
         if en is _lock_free:
             return _held_by(prim.holder, letter, index)
         if en is _rw_no_writer:
@@ -114,7 +136,7 @@ def _one_of(holders, letter, index):
     return frozenset()
 
 
-class Reducer:
+class _Reducer:
     """The reduction's state for one scenario: visibility, lifetime footprints, ample sets.
 
     ``lifetime[j]`` is the union of the footprints of every step actor j was

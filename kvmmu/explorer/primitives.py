@@ -13,13 +13,10 @@ reordering, no barriers); each access is one step.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..checks import check_u64
 from .ops import Op, _Diverged
 
-if TYPE_CHECKING:
-    from .world import World
+__all__ = ["Primitive", "Word"]
 
 _U64_MAX = (1 << 64) - 1     # checked inline first: actors step these methods very often
 
@@ -29,7 +26,10 @@ class _Primitive:
 
     __slots__ = ("world", "name")
 
-    def __init__(self, world: "World", name: str):
+    def __init__(self, world, name: str):
+        # ``world`` is a World (not imported here: the world module builds on this one).
+        if not callable(getattr(world, "_register", None)):
+            raise TypeError(f"world must be a kvmmu.explorer.World, got {world!r}")
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.world = world
@@ -37,6 +37,10 @@ class _Primitive:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}: {self._show()}>"
+
+    def _freeze_key(self):
+        # In a key a primitive is its name: its state is in the world's part.
+        return ("prim", self.name)
 
     def _load(self, st):
         # A primitive that cannot be put back: explore() replays instead.
@@ -57,6 +61,17 @@ class _Primitive:
         (None: anyone), which lets the reduction leave a blocked CPU alone.
         """
         return None
+
+    #: Locations of parts of this primitive's state, by field: the code an
+    #: actor runs between two steps is watched field by field, and what it
+    #: touched joins the step's footprint under these names (a field not
+    #: listed: the whole primitive).  Values are location suffixes, tuples.
+    _field_locations: dict = {}
+
+    def _field_location(self, field: str) -> tuple:
+        """The location of this primitive's field ``field`` (see ``_field_locations``)."""
+        suffix = self._field_locations.get(field)
+        return (self.name,) if suffix is None else (self.name,) + suffix
 
 
 #: The public name for building a custom primitive (the model does, for its

@@ -19,6 +19,8 @@ from ..checks import check_int
 from .ops import Op, Violation
 from .primitives import _Primitive
 
+__all__ = ["SRCU", "RCU"]
+
 
 class SRCU(_Primitive):
     """An SRCU domain: read sections and grace periods.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from .ops import Violation
 from .run import _Run
 
+__all__ = []
+
 
 class _ReplayEngine:
     """Reach a state by re-running its schedule from a fresh world."""

@@ -15,6 +15,8 @@ from .ops import Op, Violation
 from .scenario import Scenario
 from .world import World, _noop
 
+__all__ = ["state_key"]
+
 _NOOP_KIND = "noop"
 
 

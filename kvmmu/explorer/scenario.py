@@ -12,6 +12,8 @@ from typing import Any, Callable
 from .footprint import declared
 from .world import World
 
+__all__ = ["Actor", "Invariant", "Scenario"]
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -20,6 +22,15 @@ class Actor:
     letter: str
     title: str
     fn: Callable[["World"], Any]
+
+    def __post_init__(self):
+        # One letter or digit: Scenario checks that (and that letters differ).
+        if not isinstance(self.letter, str) or not self.letter:
+            raise ValueError(f"letter must be one letter or digit, got {self.letter!r}")
+        if not isinstance(self.title, str):
+            raise TypeError(f"title must be a string, got {type(self.title).__name__}")
+        if not callable(self.fn):
+            raise TypeError(f"fn must be a generator function taking the world, got {self.fn!r}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,10 @@ class Invariant:
     reads: Any = field(default=None, compare=False)
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if not callable(self.fn):
+            raise TypeError(f"fn must be a predicate over the world, got {self.fn!r}")
         if self.reads is not None:
             declared(self.reads, (), f"invariant {self.name!r}")   # check it early
 

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..checks import check_bool
+from ..checks import check_bool, check_choice
 from .scenario import Actor, Scenario
 from .world import World
+
+__all__ = [
+    "CounterWorld", "MemslotsWorld", "TwoLockWorld", "POISON", "abba_deadlock", "inc_cmpxchg",
+    "inc_read_write", "lost_update", "srcu_grace_period", "srcu_reader", "srcu_updater",
+    "take_both",
+]
+
+
+def _check_world(w, kind):
+    if not isinstance(w, kind):
+        raise TypeError(f"w must be a {kind.__name__}, got {type(w).__name__}")
 
 
 class CounterWorld(World):
@@ -24,6 +35,7 @@ class CounterWorld(World):
 
 def inc_read_write(w: CounterWorld):
     """counter++ as a load and a store: two steps, so an update can be lost."""
+    _check_world(w, CounterWorld)
     v = yield from w.counter.read()
     yield from w.counter.write(v + 1)
     return v + 1
@@ -31,6 +43,7 @@ def inc_read_write(w: CounterWorld):
 
 def inc_cmpxchg(w: CounterWorld):
     """counter++ with a try_cmpxchg loop: a lost race retries from the value found."""
+    _check_world(w, CounterWorld)
     old = yield from w.counter.read()
     while True:
         ok, old = yield from w.counter.try_cmpxchg(old, old + 1)
@@ -65,6 +78,11 @@ class TwoLockWorld(World):
 
 def take_both(first: str, second: str):
     """An actor taking two locks in the order given, then releasing them."""
+    check_choice("first", first, ("L1", "L2"))
+    check_choice("second", second, ("L1", "L2"))
+    if first == second:
+        raise ValueError(f"second must be the other lock than first ({first!r})")
+
     def actor(w: TwoLockWorld):
         a, b = w.primitive(first), w.primitive(second)
         yield from a.lock()
@@ -113,6 +131,7 @@ class MemslotsWorld(World):
 
 def srcu_reader(w: MemslotsWorld):
     """A vCPU: enter SRCU, read the memslots pointer, use the array, leave."""
+    _check_world(w, MemslotsWorld)
     idx = yield from w.srcu.read_lock()
     which = yield from w.memslots.read()
     slot = w.old if which == 1 else w.new
@@ -123,6 +142,8 @@ def srcu_reader(w: MemslotsWorld):
 
 def srcu_updater(w: MemslotsWorld, synchronize: bool = True):
     """Publish the new array, wait for readers (if ``synchronize``), free the old one."""
+    _check_world(w, MemslotsWorld)
+    check_bool("synchronize", synchronize)
     yield from w.memslots.write(2)
     if synchronize:
         yield from w.srcu.synchronize()

@@ -21,11 +21,13 @@ from collections import deque
 from ..checks import check_bool, check_choice, check_int
 from .memo import _MemoEngine, _Restart
 from .ops import _Diverged
-from .por import Reducer
+from .por import _Reducer
 from .replay import _ReplayEngine
 from .scenario import Scenario
 from .snapshot import _SnapshotEngine
 from .trace import Trace, run_schedule
+
+__all__ = ["METHODS", "Result", "explore"]
 
 METHODS = ("snapshot", "snapshot-legacy", "replay")
 
@@ -34,6 +36,13 @@ class Result:
     """The outcome of ``explore``: verdict, counterexample, counts."""
 
     def __init__(self, scenario, order, preemption_bound, max_steps):
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+        if order not in ("bfs", "dfs"):
+            raise ValueError(f"order must be 'bfs' or 'dfs', got {order!r}")
+        if preemption_bound is not None:
+            check_int("preemption_bound", preemption_bound, 0)
+        check_int("max_steps", max_steps, 1)
         self.scenario = scenario.name
         self.order = order
         self.preemption_bound = preemption_bound
@@ -184,7 +193,7 @@ def _explore_memo(args, reduce: bool) -> Result:
     engine = _MemoEngine(args[0])
     if not reduce:
         return _finish(_until_done(engine, args, None), args[0], True, args[2])
-    reducer = Reducer(args[0])
+    reducer = _Reducer(args[0])
     _probe(engine, reducer, args[0], args[2])
     res = _until_done(engine, args, reducer)
     if not res.violations or not res.reduced:
@@ -205,7 +214,7 @@ def _reduced_search(scenario, *, stop_at_first=False, order="bfs", max_steps=100
     """The partial-order reduced search alone, its violations not re-derived (for the tests)."""
     args = (scenario, None, max_steps, stop_at_first, order, max_states, record_states)
     engine = _MemoEngine(scenario)
-    reducer = Reducer(scenario)
+    reducer = _Reducer(scenario)
     _probe(engine, reducer, scenario, max_steps)
     return _finish(_until_done(engine, args, reducer), scenario, True, max_steps)
 
@@ -282,6 +291,7 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
     res = Result(scenario, order, preemption_bound, max_steps)
     engine.res = res
     engine.reducer = reducer
+    engine.grew = False
     res.method = engine.method
     res.reduced = reducer is not None
     letters = scenario.letters
@@ -368,8 +378,8 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
                     if fp is not None:
                         # A step outside the actor's lifetime footprint: the
                         # states reduced so far may have relied on it.
-                        if reducer.learn(i, fp) and res.reduced_expansions:
-                            raise _Restart
+                        if reducer.learn(i, fp):
+                            engine.grew = True
                         engine.mark_learned(i)
                 status = classify(k, (node, letters[i]))
                 if status == EXPAND:
@@ -393,6 +403,25 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
             children.append((node, depth + 1, k, i, cost, payload_of()))
         return old
 
+    reduced = []         # (node, the actors stepped there) of the states reduced so far
+    ever = False
+
+    def complete():
+        # A footprint grew: the states reduced so far may have relied on the
+        # smaller one.  Expanding them fully now is always allowed, and what
+        # is reduced from here on uses the grown footprint.
+        while engine.grew and not stop:
+            engine.grew = False
+            done, reduced[:] = list(reduced), []
+            for node, who in done:
+                rest = [j for j in node[5][4] if j not in who]
+                extra = []
+                expand(node, rest, extra)
+                frontier.extend(extra)
+                if stop:
+                    break
+            res.reduced_expansions = 0
+
     while frontier and not stop:
         node = frontier.popleft() if bfs else frontier.pop()
         if node[1] >= max_steps:
@@ -414,11 +443,17 @@ def _search(engine, scenario, preemption_bound, max_steps, stop_at_first, order,
                 expand(node, [j for j in runnable if j not in who], children)
             else:
                 res.reduced_expansions += 1
+                reduced.append((node, who))
+                ever = True
         frontier.extend(children)
+        if engine.grew:
+            complete()
     res.exhaustive = not stop
     res.states = len(seen)
-    # A reduced search that reduced no state is the full search, state for state.
-    res.reduced = res.reduced_expansions > 0
+    # A reduced search that reduced no state is the full search, state for
+    # state (one that expanded its reduced states fully afterwards reached
+    # the same states, in another order: its violations are re-derived too).
+    res.reduced = ever
     res.demoted = engine.demoted
     res.seconds = time.perf_counter() - started
     if record_states:

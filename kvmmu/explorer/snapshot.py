@@ -20,6 +20,8 @@ from .ops import Op, Violation, _Diverged
 from .run import _as_op, _final_verdict, _first_line
 from .world import World, _immutable, _noop, _wait_enabled
 
+__all__ = []
+
 
 def _detached(op):
     # A wait_until predicate is evaluated while its actor is suspended, so its

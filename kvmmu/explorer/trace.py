@@ -17,19 +17,38 @@ from .run import _Run, _schedule_index
 from .scenario import Scenario
 from .world import _text
 
+__all__ = ["Step", "Trace", "TraceView", "run_random", "run_schedule"]
 
-class Step(NamedTuple):
-    """One row of a trace: who stepped, what it did, the shared state after."""
 
+class _StepRow(NamedTuple):
     actor: str
     label: str
     state: dict
+
+
+class Step(_StepRow):
+    """One row of a trace: who stepped, what it did, the shared state after."""
+
+    __slots__ = ()
+
+    def __new__(cls, actor: str, label: str, state: dict):
+        if not (isinstance(actor, str) and len(actor) == 1):
+            raise ValueError(f"actor must be one schedule letter, got {actor!r}")
+        if not isinstance(label, str):
+            raise TypeError(f"label must be a string, got {type(label).__name__}")
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of shown values, got {type(state).__name__}")
+        return super().__new__(cls, actor, label, state)
 
 
 class Trace:
     """One run: the steps in time order, the outcome, and its renderings."""
 
     def __init__(self, scenario: Scenario, initial: dict):
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+        if not isinstance(initial, dict):
+            raise TypeError(f"initial must be a dict of shown values, got {type(initial).__name__}")
         self.scenario = scenario.name
         self.actors = [(a.letter, a.title) for a in scenario.actors]
         self.initial = initial
@@ -249,6 +268,10 @@ class TraceView:
     """A trace with its shared-state columns chosen, for ``display()``."""
 
     def __init__(self, trace: Trace, columns):
+        if not isinstance(trace, Trace):
+            raise TypeError(f"trace must be a Trace, got {type(trace).__name__}")
+        if columns is not None and not isinstance(columns, (list, tuple)):
+            raise TypeError(f"columns must be a list of column names or None, got {columns!r}")
         self.trace, self.columns = trace, columns
 
     def __repr__(self) -> str:

@@ -25,6 +25,8 @@ from .ops import Op
 from .primitives import Word, _Primitive
 from .rcu import RCU, SRCU
 
+__all__ = ["World", "step", "wait_until"]
+
 _BUILTIN_PRIMITIVES = frozenset({Word, SpinLock, Mutex, RWLock, SRCU, RCU})
 
 _WORLD_INTERNALS = frozenset({"_prims", "_prim_names", "_refs", "_fast"})
@@ -43,6 +45,10 @@ class World:
     def __init__(self):
         self._prims = []
         self._prim_names = {}
+
+    def _freeze_key(self):
+        # In a key the world is a mark: its contents are the key's world part.
+        return ("world",)
 
     def _register(self, prim):
         if prim.name in self._prim_names:

@@ -31,6 +31,17 @@ class ScenarioEntry:
     #: what the book expects of an exhaustive check: "holds" or "violated"
     expect: str = "holds"
 
+    def __post_init__(self):
+        if not callable(self.build):
+            raise TypeError(f"build must be callable, got {type(self.build).__name__}")
+        if not isinstance(self.chapter, int) or isinstance(self.chapter, bool) \
+                or not 1 <= self.chapter <= 99:
+            raise ValueError(f"chapter must be a chapter number in [1, 99], got {self.chapter!r}")
+        if not isinstance(self.summary, str) or not self.summary:
+            raise TypeError(f"summary must be a non-empty string, got {self.summary!r}")
+        if self.expect not in ("holds", "violated"):
+            raise ValueError(f"expect must be 'holds' or 'violated', got {self.expect!r}")
+
 
 def scenario_modules() -> list:
     """The scenario modules, in name order."""

@@ -1,4 +1,4 @@
-"""Chapter 4's races: guest_memfd's in-place conversion (Fuad Tabba's RFC v5) on the one VM.
+"""Chapter 4's races: guest_memfd's in-place conversion (RFC v5) on the one VM.
 
 The world is one :class:`kvmmu.kvm_host.Kvm` with a vCPU, one guest_memfd
 file of the RFC (:func:`kvmmu.guest_memfd_rfc.kvm_gmem_create`) and a
@@ -25,14 +25,15 @@ from ..checks import KernelWarn, check_bool, check_choice, check_int
 from ..cpu import run_alone
 from ..errno import EAGAIN, errno_name, ret_pf_name
 from ..explorer import Actor, Invariant, Scenario, explore
-from ..folio import (FILEMAP, PTE, Oops, _check_folio, folio_mapped, folio_nr_pages, folio_put,
-                     folio_test_guestmem, put_page)
+from ..folio import (FILEMAP, PTE, Oops, _check_folio, folio_mapped, folio_nr_pages,
+                     folio_put, folio_test_guestmem, put_page)
 from ..guest_memfd import folio_unlock, kvm_gmem_get_folio, kvm_gmem_punch_hole
-from ..guest_memfd_rfc import (VM_FAULT_LOCKED,
-                               convert_to_private, gmem_clear_mappable, gmem_set_mappable,
-                               host_fault, host_gup, host_unmap, kvm_gmem_create,
-                               kvm_gmem_punch_hole_fixed, kvm_slot_gmem_register_callback,
-                               speculative_get, speculative_put, unshare_and_wait, vm_fault_name)
+from ..guest_memfd_rfc import (VM_FAULT_LOCKED, convert_to_private,
+                               gmem_clear_mappable, gmem_set_mappable, host_fault,
+                               host_gup, host_unmap,
+                               kvm_gmem_create, kvm_gmem_punch_hole_fixed,
+                               kvm_slot_gmem_register_callback, speculative_get,
+                               speculative_put, unshare_and_wait, vm_fault_name)
 from ..kvm_host import Kvm, _check_kvm
 from ..kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from ..levels import PAGE_SHIFT
@@ -42,12 +43,15 @@ from ..pferr import PFERR_GUEST_FINAL_MASK, PFERR_PRIVATE_ACCESS
 from . import ScenarioEntry
 
 __all__ = [
-    "SLOT", "GPA", "GFN", "HVA", "FILE", "ZOOM", "ACTIONS", "SETUP_CLEAR", "gmem_world",
-    "gmem_file", "gmem_slot", "register_note", "apply_action", "replay", "host_access", "private_is_private",
-    "refs_accounted", "no_oops", "transitions_follow_table", "INVARIANTS", "check_invariants",
-    "at_baseline", "guest_mapped", "host_unpin", "host_refault_then_release", "host_munmap",
-    "speculative_ref", "unshare", "register_only", "unshare_waiting", "vcpu_fault", "punch",
-    "share_again", "ends_private", "ends_truncated", "explore_outcomes", "scenario_naive_unshare",
+    "SLOT", "GPA", "GFN", "HVA", "FILE", "ZOOM", "ACTIONS", "SETUP_CLEAR",
+    "gmem_world", "gmem_file", "gmem_slot", "register_note", "apply_action",
+    "replay", "host_access",
+    "private_is_private", "refs_accounted", "no_oops", "transitions_follow_table",
+    "INVARIANTS", "check_invariants", "at_baseline", "guest_mapped", "host_unpin",
+    "host_refault_then_release", "host_munmap", "speculative_ref", "unshare",
+    "register_only", "unshare_waiting", "vcpu_fault", "punch", "share_again",
+    "ends_private", "ends_truncated", "explore_outcomes", "verdict", "check_all",
+    "scenario_naive_unshare",
     "scenario_pin", "scenario_comment", "scenario_speculative",
     "scenario_host_fault_during_none", "scenario_truncate_pending",
     "scenario_share_again_vs_final_put", "SCENARIOS",
@@ -65,7 +69,8 @@ FILE = "gmem0"
 #: 3) and the invalidation a punched hole brackets its truncation with
 #: (chapter 2).  Neither waits in this chapter's worlds: only a punched hole
 #: takes mmu_lock for write, and never while a vCPU faults.
-ZOOM = frozenset({"kvm_tdp_mmu_map", "kvm_gmem_invalidate_begin", "kvm_gmem_invalidate_end"})
+ZOOM = frozenset({"kvm_tdp_mmu_map", "kvm_gmem_invalidate_begin",
+                  "kvm_gmem_invalidate_end"})
 
 #: A private read of the gfn, as the x86 exit handler passes it for a
 #: software-protected VM's private memory.
@@ -88,12 +93,13 @@ def gmem_slot(kvm: Kvm):
 
 
 def guest_mapped(kvm: Kvm, index: int = 0) -> bool:
-    """Whether the vCPU's root maps the gfn of file offset ``index`` (an SPTE is present)."""
+    """Whether the vCPU's root maps the gfn of file offset ``index``."""
     _check_kvm(kvm)
     check_int("index", index, 0, gmem_file(kvm).size - 1)
     gfn = GFN + index
     root = kvm.vcpus[0].root
-    return root is not None and any(g == gfn for g, _lv, _pfn in kvm.ept.live_leaves(root))
+    return root is not None and any(g == gfn
+                                    for g, _lv, _pfn in kvm.ept.live_leaves(root))
 
 
 def _populate(kvm: Kvm, file) -> None:
@@ -108,8 +114,8 @@ def _build(setup: tuple, size: int, order: int) -> Kvm:
     kvm = kvm_create_vm(zoom=ZOOM)
     vcpu = kvm_vm_ioctl_create_vcpu(kvm)
     file = kvm_gmem_create(kvm, size, order, "ALL", name=FILE)
-    r = set_memory_region(kvm, SLOT, GPA, size << PAGE_SHIFT, HVA, flags=KVM_MEM_GUEST_MEMFD,
-                          guest_memfd=file.name)
+    r = set_memory_region(kvm, SLOT, GPA, size << PAGE_SHIFT, HVA,
+                          flags=KVM_MEM_GUEST_MEMFD, guest_memfd=file.name)
     assert r == 0, errno_name(r)
     kvm.memslot_state.private = frozenset(range(GFN, GFN + size))
     kvm_mmu_reload(vcpu)
@@ -129,7 +135,7 @@ SETUP_CLEAR = "clear mappable"
 
 
 def gmem_world(*setup: str, size: int = 1, order: int = 0):
-    """A world factory for a :class:`kvmmu.explorer.Scenario`: a fresh VM with ``setup`` applied.
+    """A world factory for a :class:`kvmmu.explorer.Scenario`: a VM, ``setup`` done.
 
     ``setup``: console actions (:data:`ACTIONS`) or :data:`SETUP_CLEAR`,
     run on one CPU in order.  ``size`` pages in folios of ``order``.
@@ -158,14 +164,15 @@ def _held(file, holder: str, what: str):
 
 
 def register_note(ret, was_mapped: bool, was_pending: bool) -> str:
-    """Say what the register call's return means, given what the folio was before it."""
+    """Say what the register call's return means, given the folio before it."""
     check_int("ret", ret, -4095, 0)
     check_bool("was_mapped", was_mapped)
     check_bool("was_pending", was_pending)
     if ret == 0:
         return "0: no foreign reference, the page is GUEST now"
     if ret == -EAGAIN and was_mapped:
-        return "-EAGAIN: still mapped by the host, NO callback registered (unmap, then retry)"
+        return ("-EAGAIN: still mapped by the host, NO callback registered "
+                "(unmap, then retry)")
     if ret == -EAGAIN and was_pending:
         return "-EAGAIN: a callback is already pending, nothing new registered"
     if ret == -EAGAIN:
@@ -198,15 +205,18 @@ def _run_action(kvm: Kvm, action: str, variant: dict):
         return ret, f"put_page -> refcount {ret}"
     if action == "spec get":
         got = run_alone(kvm, speculative_get(file, 0, "S"))
-        return got is not None, f"speculative folio_try_get -> {got is not None}" + (
-            "" if got is not None else " (count 0 or no folio)")
+        note = "" if got is not None else " (count 0 or no folio)"
+        return (got is not None,
+                f"speculative folio_try_get -> {got is not None}{note}")
     if action == "spec put":
-        ret = run_alone(kvm, speculative_put(_held(file, "spec:S", "speculative"), "S"))
+        held = _held(file, "spec:S", "speculative")
+        ret = run_alone(kvm, speculative_put(held, "S"))
         return ret, f"speculative folio_put -> refcount {ret}"
     if action == "convert to private":
         was_mapped = folio is not None and folio_mapped(folio)
         was_pending = folio is not None and folio_test_guestmem(folio)
-        extra = {k: v for k, v in variant.items() if k in ("alternative", "put_after_unlock")}
+        extra = {k: v for k, v in variant.items()
+                 if k in ("alternative", "put_after_unlock")}
         ret = run_alone(kvm, convert_to_private(kvm, slot, GFN, "kvm", **extra))
         msg = f"gmem_clear_mappable -> {errno_name(ret[0])}"
         if ret[1] is None:
@@ -221,8 +231,9 @@ def _run_action(kvm: Kvm, action: str, variant: dict):
         return ret, f"guest fault -> {ret}" + (
             ": mapped in the guest" if ret == "RET_PF_FIXED"
             else ": state NONE, the vCPU retries later" if ret == "-EAGAIN" else "")
-    punch = kvm_gmem_punch_hole_fixed if variant.get("fix_pending") else kvm_gmem_punch_hole
-    ret = run_alone(kvm, punch(kvm, file, 0, 1, "vmm"))
+    hole = (kvm_gmem_punch_hole_fixed if variant.get("fix_pending")
+            else kvm_gmem_punch_hole)
+    ret = run_alone(kvm, hole(kvm, file, 0, 1, "vmm"))
     return ret, "fallocate(PUNCH_HOLE) -> 0: folio removed from the page cache"
 
 
@@ -240,24 +251,26 @@ def apply_action(kvm: Kvm, action: str, **variant) -> tuple:
     _check_kvm(kvm)
     check_choice("action", action, ACTIONS)
     for name, value in variant.items():
-        check_choice("variant", name, ("alternative", "put_after_unlock", "fix_pending"))
+        check_choice("variant", name,
+                     ("alternative", "put_after_unlock", "fix_pending"))
         check_bool(name, value)
     file = gmem_file(kvm)
     callbacks, freed = file.callbacks, sum(f.freed for f in file.folios)
     try:
         ret, msg = _run_action(kvm, action, variant)
     except Oops as exc:         # this CPU died; what it held stays held
-        return "oops", ("the final put ran kvm_gmem_handle_folio_put on this CPU, which "
-                        f"crashed: OOPS: {exc} (whatever it held stays held)")
+        return "oops", ("the final put ran kvm_gmem_handle_folio_put on this CPU, "
+                        f"which crashed: OOPS: {exc} (whatever it held stays held)")
     if file.callbacks > callbacks:
-        msg += f"; the final put ran kvm_gmem_handle_folio_put: state {file.state(0)}"
+        msg += ("; the final put ran kvm_gmem_handle_folio_put: "
+                f"state {file.state(0)}")
     if sum(f.freed for f in file.folios) > freed:
         msg += "; a folio went back to the page allocator"
     return ret, msg
 
 
 def replay(actions, size: int = 1, order: int = 0, **variant) -> Kvm:
-    """A fresh VM (folio present, state ALL) with ``actions`` applied in order on one CPU.
+    """A VM (folio present, state ALL) with ``actions`` applied in order, one CPU.
 
     Raises like :func:`apply_action` if one of them is illegal.
     """
@@ -281,7 +294,7 @@ def _real_holder(holder: str) -> bool:
 
 
 def host_access(folio) -> list[str]:
-    """The host's ways into the folio's data: mappings and data-touching references."""
+    """The host's ways into the folio's data: mappings, data-touching references."""
     _check_folio(folio)
     out = [f"{folio.mapcount} host mapping(s)"] if folio.mapcount else []
     out += [f"{h} x{n}" for h, n in sorted(folio.holders.items())
@@ -290,7 +303,7 @@ def host_access(folio) -> list[str]:
 
 
 def private_is_private(kvm: Kvm) -> bool:
-    """Invariant: a GUEST offset's folio has no host mapping and no data-touching host reference.
+    """Invariant: a GUEST offset's folio has no host mapping or data-touching ref.
 
     GUEST is where the guest may map the page as private memory; the RFC
     exists so that the host can no longer read or write it then.
@@ -307,7 +320,7 @@ def private_is_private(kvm: Kvm) -> bool:
 
 
 def refs_accounted(kvm: Kvm) -> bool:
-    """Invariant: every folio's count equals the references someone holds, none negative."""
+    """Invariant: each folio's count is the references someone holds, none < 0."""
     _check_kvm(kvm)
     for folio in gmem_file(kvm).folios:
         if folio.refcount < 0 or any(n < 0 for n in folio.holders.values()):
@@ -324,7 +337,7 @@ def no_oops(kvm: Kvm) -> bool:
 
 
 def transitions_follow_table(kvm: Kvm) -> bool:
-    """Invariant: every state change so far is a row of the RFC's transition table."""
+    """Invariant: every state change so far is a row of the RFC's transitions."""
     _check_kvm(kvm)
     return not gmem_file(kvm).bad_transitions
 
@@ -355,21 +368,22 @@ def at_baseline(kvm: Kvm) -> str | None:
         others = {h: n for h, n in folio.holders.items() if n and h != FILEMAP}
         if others or folio.mapping is None:
             continue
-        if folio_test_guestmem(folio) or folio.refcount != folio_nr_pages(folio) or folio.locked_by:
+        off = folio.refcount != folio_nr_pages(folio) or folio.locked_by
+        if folio_test_guestmem(folio) or off:
             return (f"{folio!r} not at baseline: refcount {folio.refcount}, type "
                     f"{'guestmem' if folio_test_guestmem(folio) else 'none'}")
     return None
 
 
 def _invariants():
-    return [Invariant(name, fn) for name, fn in INVARIANTS]
+    return [Invariant(name, fn, reads=(FILE,)) for name, fn in INVARIANTS]
 
 
 # --------------------------------------------------------------------------
 # The cast
 # --------------------------------------------------------------------------
 def _folio0(kvm: Kvm):
-    # The handle of the folio the set-up populated at offset 0 (its id never changes).
+    # The handle of the folio the set-up put at offset 0 (its id never changes).
     return gmem_file(kvm).folio(0)
 
 
@@ -380,7 +394,7 @@ def host_unpin(kvm: Kvm):
 
 
 def host_refault_then_release(kvm: Kvm):
-    """Actor: the host touches the page again (a fault), then unmaps and drops its GUP reference."""
+    """Actor: the host touches the page (a fault), unmaps, drops its GUP ref."""
     _check_kvm(kvm)
     file = gmem_file(kvm)
     ret = yield from host_fault(file, 0, "host")
@@ -397,7 +411,7 @@ def host_munmap(kvm: Kvm):
 
 
 def speculative_ref(kvm: Kvm, writes: bool = False):
-    """Actor: a pfn walker takes a speculative reference and drops it (optionally writing)."""
+    """Actor: a pfn walker takes a speculative reference and drops it."""
     _check_kvm(kvm)
     check_bool("writes", writes)
     folio = yield from speculative_get(gmem_file(kvm), 0, "S", writes=writes)
@@ -409,14 +423,15 @@ def speculative_ref(kvm: Kvm, writes: bool = False):
 def unshare(kvm: Kvm, **variant):
     """Actor: the unshare of the page (clear_mappable, then register if NONE)."""
     _check_kvm(kvm)
-    return (yield from convert_to_private(kvm, gmem_slot(kvm), GFN, "kvm", **variant))
+    return (yield from convert_to_private(kvm, gmem_slot(kvm), GFN, "kvm",
+                                          **variant))
 
 
 def register_only(kvm: Kvm, **variant):
     """Actor: the register call alone, on a page the set-up already stored NONE."""
     _check_kvm(kvm)
-    return (yield from kvm_slot_gmem_register_callback(kvm, gmem_slot(kvm), GFN, "kvm",
-                                                       **variant))
+    return (yield from kvm_slot_gmem_register_callback(kvm, gmem_slot(kvm), GFN,
+                                                       "kvm", **variant))
 
 
 def unshare_waiting(kvm: Kvm, **variant):
@@ -432,7 +447,8 @@ def vcpu_fault(kvm: Kvm):
     ``"-EAGAIN"`` (NONE: retry later)...
     """
     _check_kvm(kvm)
-    r, _level = yield from kvm_mmu_do_page_fault(kvm.vcpus[0], GPA, _PRIVATE_READ, False)
+    r, _level = yield from kvm_mmu_do_page_fault(kvm.vcpus[0], GPA, _PRIVATE_READ,
+                                                 False)
     return ret_pf_name(r)
 
 
@@ -479,11 +495,12 @@ def _ends_private_callback_iff_pending(kvm: Kvm, results: dict):
 
 
 def ends_truncated(kvm: Kvm, results: dict):
-    """Final check: every truncated folio is freed and nothing else is off baseline."""
+    """Final check: every truncated folio is freed, nothing else is off baseline."""
     _check_kvm(kvm)
     for folio in gmem_file(kvm).folios:
         if folio.mapping is None and not folio.freed:
-            return f"{folio!r} left the file but was never freed (refcount {folio.refcount})"
+            return (f"{folio!r} left the file but was never freed "
+                    f"(refcount {folio.refcount})")
     return at_baseline(kvm) or True
 
 
@@ -495,46 +512,59 @@ def _baseline_only(kvm: Kvm, results: dict):
 # The scenarios: the thread's questions, the reviewers' bugs
 # --------------------------------------------------------------------------
 def _tag(**on) -> str:
-    return ", ".join(name.replace("_", " ") for name, flag in on.items() if flag) or "as posted"
+    tags = [name.replace("_", " ") for name, flag in on.items() if flag]
+    return ", ".join(tags) or "as posted"
 
 
 def scenario_naive_unshare() -> Scenario:
-    """Break it: unsharing without looking at the count while the host holds a GUP reference."""
+    """Break it: unsharing without looking at the count while the host holds GUP."""
     return Scenario(
-        "unshare without the refcount check", gmem_world("host map", "get ref", "host unmap"),
+        "unshare without the refcount check",
+        gmem_world("host map", "get ref", "host unmap"),
         [Actor("A", "host: I/O done, unpin", host_unpin),
          Actor("B", "unshare (no check)", partial(unshare, check_refs=False))],
         _invariants(), ends_private,
-        description="The host still holds a GUP reference when the guest takes the page private.")
+        description="The host holds a GUP reference when the page goes private.")
 
 
 def scenario_pin(put_after_unlock: bool = False, alternative: bool = False,
-                 vcpu: bool = True, from_none: bool = False) -> Scenario:
+                 vcpu: bool = True, from_none: bool = False,
+                 walker: bool = False) -> Scenario:
     """A GUP reference held across the unshare, a vCPU faulting meanwhile.
 
     ``from_none=True``: the set-up has already run ``gmem_clear_mappable``
     (state NONE) and B only makes the register call (a shorter trace).
+    ``walker=True`` adds a fourth CPU, D: a pfn walker whose speculative
+    reference comes and goes (:func:`speculative_ref`).
     """
-    for name, flag in (("put_after_unlock", put_after_unlock), ("alternative", alternative),
-                       ("vcpu", vcpu), ("from_none", from_none)):
+    flags = {"put_after_unlock": put_after_unlock, "alternative": alternative,
+             "vcpu": vcpu, "from_none": from_none, "walker": walker}
+    for name, flag in flags.items():
         check_bool(name, flag)
-    setup = ("host map", "get ref", "host unmap") + ((SETUP_CLEAR,) if from_none else ())
+    setup = ("host map", "get ref", "host unmap") + (SETUP_CLEAR,) * from_none
     variant = {"put_after_unlock": put_after_unlock, "alternative": alternative}
-    b = (Actor("B", "unshare: register callback", partial(register_only, **variant))
-         if from_none else Actor("B", "unshare", partial(unshare, **variant)))
+    if from_none:
+        b = Actor("B", "unshare: register callback",
+                  partial(register_only, **variant))
+    else:
+        b = Actor("B", "unshare", partial(unshare, **variant))
     actors = [Actor("A", "host: I/O done, unpin", host_unpin), b]
     if vcpu:
         actors.append(Actor("C", "vCPU: guest fault", vcpu_fault))
+    if walker:
+        actors.append(Actor("D", "pfn walker: try_get, put", speculative_ref))
     return Scenario(
-        f"GUP reference across unshare ({_tag(**variant)})", gmem_world(*setup),
-        actors, _invariants(), _ends_private_callback_iff_pending,
-        description="The page may become GUEST only after the host's reference is gone.")
+        f"GUP reference across unshare ({_tag(**variant, walker=walker)})",
+        gmem_world(*setup), actors, _invariants(),
+        _ends_private_callback_iff_pending,
+        description="The page may be GUEST only once the host's reference is gone.")
 
 
-def scenario_comment(trust_comment: bool = True, from_none: bool = False) -> Scenario:
-    """The -EAGAIN that registers nothing: a caller that trusts the posted comment waits forever.
+def scenario_comment(trust_comment: bool = True,
+                     from_none: bool = False) -> Scenario:
+    """The -EAGAIN that registers nothing: a caller trusting the comment hangs.
 
-    ``from_none=True``: the set-up has already stored NONE; B starts at the register call.
+    ``from_none=True``: the set-up has stored NONE; B starts at the register call.
     """
     check_bool("trust_comment", trust_comment)
     check_bool("from_none", from_none)
@@ -544,19 +574,20 @@ def scenario_comment(trust_comment: bool = True, from_none: bool = False) -> Sce
         f"unshare while still mapped (caller {how})", gmem_world(*setup),
         [Actor("A", "host: munmap", host_munmap),
          Actor("B", f"unshare, {how}",
-               partial(unshare_waiting, trust_comment=trust_comment, put_after_unlock=True,
-                       cleared=from_none))],
+               partial(unshare_waiting, trust_comment=trust_comment,
+                       put_after_unlock=True, cleared=from_none))],
         _invariants(), ends_private,
-        description="register_callback returns -EAGAIN while the host still maps the page.")
+        description="register_callback returns -EAGAIN while the host maps it.")
 
 
 def scenario_speculative(writes: bool = False, put_after_unlock: bool = True,
                          alternative: bool = False) -> Scenario:
-    """Ackerley Tng's question: the refcount check racing a speculative reference."""
+    """Ackerley Tng's question: the refcount check races a speculative reference."""
     for name, flag in (("writes", writes), ("put_after_unlock", put_after_unlock),
                        ("alternative", alternative)):
         check_bool(name, flag)
-    tag = _tag(writing=writes, put_after_unlock=put_after_unlock, alternative=alternative)
+    tag = _tag(writing=writes, put_after_unlock=put_after_unlock,
+               alternative=alternative)
     return Scenario(
         f"speculative reference vs unshare ({tag})", gmem_world(),
         [Actor("A", "pfn walker: try_get, put" + (" (writes)" if writes else ""),
@@ -564,13 +595,14 @@ def scenario_speculative(writes: bool = False, put_after_unlock: bool = True,
          Actor("B", "unshare", partial(unshare, put_after_unlock=put_after_unlock,
                                         alternative=alternative))],
         _invariants(), _ends_private_callback_iff_pending,
-        description="Does the callback still fire when a speculative reference comes and goes?")
+        description="Does the callback fire when a speculative ref comes and goes?")
 
 
 def scenario_host_fault_during_none() -> Scenario:
-    """The transient NONE state: the host tries to fault the page in while it drains."""
+    """The transient NONE state: the host faults the page in as it drains."""
     return Scenario(
-        "host fault during the unshare", gmem_world("host map", "get ref", "host unmap"),
+        "host fault during the unshare",
+        gmem_world("host map", "get ref", "host unmap"),
         [Actor("A", "host: touch, unmap, unpin", host_refault_then_release),
          Actor("B", "unshare, retry on -EAGAIN",
                partial(unshare_waiting, put_after_unlock=True))],
@@ -582,23 +614,24 @@ def scenario_truncate_pending(fix_pending: bool = False) -> Scenario:
     """PUNCH_HOLE while the callback is pending (the bug found in review)."""
     check_bool("fix_pending", fix_pending)
     return Scenario(
-        "punch hole while a callback is pending" + (" (fixed)" if fix_pending else ""),
+        "punch hole while a callback is pending" + (" (fixed)" * fix_pending),
         gmem_world("host map", "get ref", "host unmap", "convert to private"),
         [Actor("A", "host: I/O done, unpin", host_unpin),
-         Actor("B", "VMM: fallocate(PUNCH_HOLE)", partial(punch, fix_pending=fix_pending))],
+         Actor("B", "VMM: fallocate(PUNCH_HOLE)",
+               partial(punch, fix_pending=fix_pending))],
         _invariants(), ends_truncated,
-        description="Truncation removes a folio whose page-cache references are parked.")
+        description="Truncation removes a folio whose page-cache refs are lent.")
 
 
 def scenario_share_again_vs_final_put() -> Scenario:
-    """Share again racing the final put: the page-cache lookup meets a folio at count 0."""
+    """Share again racing the final put: the page-cache lookup meets count 0."""
     return Scenario(
         "share again vs the final put",
         gmem_world("host map", "get ref", "host unmap", "convert to private"),
         [Actor("A", "host: I/O done, unpin", host_unpin),
          Actor("B", "guest: share again", share_again)],
         _invariants(), _baseline_only,
-        description="The callback sleeps on the invalidate lock; a lookup under it spins on count 0.")
+        description="The callback sleeps on invalidate_lock; lookups spin.")
 
 
 def explore_outcomes(scenario: Scenario, **kwargs):
@@ -608,7 +641,8 @@ def explore_outcomes(scenario: Scenario, **kwargs):
     ``(actor results, final state of offset 0, callbacks run)``.
     """
     if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+        raise TypeError(f"scenario must be a Scenario, "
+                        f"got {type(scenario).__name__}")
     seen = set()
     check = scenario.final_check
 
@@ -617,10 +651,38 @@ def explore_outcomes(scenario: Scenario, **kwargs):
         seen.add((tuple(sorted((k, _plain(v)) for k, v in results.items())),
                   file.state(0), file.callbacks))
         return True if check is None else check(kvm, results)
-    wrapped = Scenario(scenario.name, scenario.world, scenario.actors, scenario.invariants,
-                       record, scenario.description)
+    wrapped = Scenario(scenario.name, scenario.world, scenario.actors,
+                       scenario.invariants, record, scenario.description)
     result = explore(wrapped, **kwargs)
     return result, sorted(seen, key=repr)
+
+
+def verdict(result) -> str:
+    """What an exhaustive check found: ``"holds"``, or the names of what broke."""
+    if not hasattr(result, "violations") or not hasattr(result, "exhaustive"):
+        raise TypeError(f"result must be an explorer Result, "
+                        f"got {type(result).__name__}")
+    return ", ".join(name for name, _schedule in result.violations) or "holds"
+
+
+def check_all(names=None) -> list[tuple]:
+    """Explore each check of :data:`SCENARIOS` (or ``names``), every interleaving.
+
+    Returns ``(name, entry, cpus, result)`` per check, in registry order;
+    every search runs to the end (``stop_at_first=False``).
+    """
+    if names is None:
+        names = list(SCENARIOS)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError("names must be a list of the chapter's check names")
+    for name in names:
+        check_choice("names", name, tuple(SCENARIOS))
+    out = []
+    for name in names:
+        sc = SCENARIOS[name].build()
+        out.append((name, SCENARIOS[name], len(sc.actors),
+                    explore(sc, stop_at_first=False)))
+    return out
 
 
 def _plain(v):
@@ -635,21 +697,24 @@ def _entry(build, summary: str, expect: str) -> ScenarioEntry:
     return ScenarioEntry(build, 4, summary, expect)
 
 
-#: The chapter's exhaustive checks, by name.
+#: The chapter's exhaustive checks, by name; each summary says what it varies.
 SCENARIOS = {
     "gmem-naive-unshare": _entry(
         scenario_naive_unshare, "unshare without the refcount check", "violated"),
     "gmem-pin": _entry(
-        scenario_pin, "GUP reference across the unshare, as posted", "violated"),
+        scenario_pin, "a GUP reference across the unshare, as posted", "violated"),
     "gmem-pin-put-after-unlock": _entry(
         partial(scenario_pin, put_after_unlock=True),
-        "GUP reference across the unshare, put after unlock", "holds"),
+        "the same, put after unlock (the fix)", "holds"),
+    "gmem-pin-walker-put-after-unlock": _entry(
+        partial(scenario_pin, put_after_unlock=True, walker=True),
+        "the fix, and a pfn walker as a fourth CPU", "holds"),
     "gmem-pin-alternative": _entry(
         partial(scenario_pin, alternative=True),
-        "the reviewer's alternative, posted lock order", "violated"),
+        "the reviewer's alternative, as posted", "violated"),
     "gmem-pin-alternative-put-after-unlock": _entry(
         partial(scenario_pin, alternative=True, put_after_unlock=True),
-        "the reviewer's alternative, put after unlock", "holds"),
+        "the alternative, put after unlock", "holds"),
     "gmem-comment-trusting": _entry(
         partial(scenario_comment, trust_comment=True),
         "a caller trusting the posted -EAGAIN comment", "violated"),
@@ -658,26 +723,28 @@ SCENARIOS = {
         "a caller that retries on -EAGAIN", "holds"),
     "gmem-speculative-posted": _entry(
         partial(scenario_speculative, put_after_unlock=False),
-        "a speculative reference vs the unshare, as posted", "violated"),
+        "a speculative reference, as posted", "violated"),
     "gmem-speculative": _entry(
-        scenario_speculative, "a speculative reference vs the unshare, put after unlock",
-        "holds"),
+        scenario_speculative, "a speculative reference, put after unlock", "holds"),
     "gmem-speculative-writes": _entry(
         partial(scenario_speculative, writes=True),
         "a speculative reference that writes", "violated"),
     "gmem-speculative-alternative": _entry(
         partial(scenario_speculative, alternative=True),
-        "the alternative vs a speculative reference", "holds"),
+        "the alternative, a speculative reference", "holds"),
     "gmem-speculative-writes-alternative": _entry(
         partial(scenario_speculative, alternative=True, writes=True),
-        "the alternative vs a speculative reference that writes", "violated"),
+        "the alternative, a reference that writes", "violated"),
     "gmem-host-fault-during-none": _entry(
-        scenario_host_fault_during_none, "a host fault during the NONE state", "holds"),
+        scenario_host_fault_during_none, "a host fault while the page is NONE",
+        "holds"),
     "gmem-truncate-pending": _entry(
-        scenario_truncate_pending, "PUNCH_HOLE while a callback is pending", "violated"),
+        scenario_truncate_pending, "PUNCH_HOLE while a callback is pending",
+        "violated"),
     "gmem-truncate-pending-fixed": _entry(
         partial(scenario_truncate_pending, fix_pending=True),
-        "PUNCH_HOLE while pending, this book's fix", "violated"),
+        "the same, with this book's truncation fix", "violated"),
     "gmem-share-again-vs-final-put": _entry(
-        scenario_share_again_vs_final_put, "share again vs the final put", "violated"),
+        scenario_share_again_vs_final_put, "share again races the final put",
+        "violated"),
 }

@@ -228,9 +228,11 @@ def no_kernel_warnings(w: Kvm) -> bool:
     return not _check_world(w).warnings
 
 
-NO_BAD_READS = Invariant("no bad page-table read", no_bad_reads)
-KVM_MATCHES_HOST = Invariant("KVM maps what the host maps", kvm_maps_what_host_maps)
-NO_WARNINGS = Invariant("no kernel warning", no_kernel_warnings)
+NO_BAD_READS = Invariant("no bad page-table read", no_bad_reads,
+                         reads=[("host memory", "bad_reads")])
+KVM_MATCHES_HOST = Invariant("KVM maps what the host maps", kvm_maps_what_host_maps,
+                             reads=["EPT", ("memslots", "slots"), "host memory"])
+NO_WARNINGS = Invariant("no kernel warning", no_kernel_warnings, reads=[("kvm", "warnings")])
 
 
 # --------------------------------------------------------------------------

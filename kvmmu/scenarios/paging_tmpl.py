@@ -327,8 +327,10 @@ def ad_race_scenario(variant: str = "6.17", access: int = PFERR_WRITE_MASK, *,
         lambda: race_world(rom_upper=rom_upper, rfc=rfc),
         [Actor("A", f"KVM walk, {variant}", kvm_walk_actor(variant, access)),
          Actor("B", "guest vCPU", guest_unmap_actor)],
-        invariants=[Invariant(RACE_INVARIANTS[0], _never_resurrected),
-                    Invariant(RACE_INVARIANTS[1], _no_use_after_free)],
+        invariants=[Invariant(RACE_INVARIANTS[0], _never_resurrected,
+                              reads=("race watch", "memslots", "host memory", "gmem0")),
+                    Invariant(RACE_INVARIANTS[1], _no_use_after_free,
+                              reads=[("host memory", "bad_reads"), ("kvm", "warnings")])],
         final_check=_final_backed)
 
 
@@ -353,7 +355,8 @@ def gpc_race_scenario(variant: str = "rfc-fixed", *, private_tables: bool = True
                            rfc=True),
         [Actor("A", f"KVM walk, {variant}", kvm_walk_actor(variant, access)),
          Actor("B", f"VMM punch hole ({where})", vmm_punch_hole_actor)],
-        invariants=[Invariant(RACE_INVARIANTS[1], _no_use_after_free)],
+        invariants=[Invariant(RACE_INVARIANTS[1], _no_use_after_free,
+                              reads=[("host memory", "bad_reads"), ("kvm", "warnings")])],
         final_check=_final_backed)
 
 
@@ -382,8 +385,10 @@ def gpc_refresh_scenario() -> Scenario:
         "gpc refresh vs invalidation", _refresh_world,
         [Actor("A", "kvm_gpc_activate + refresh", _refresh_actor),
          Actor("B", "VMM punch hole", vmm_punch_hole_actor)],
-        invariants=[Invariant("a valid cache maps the page the VMM maps", _coherent),
-                    Invariant(RACE_INVARIANTS[1], _no_use_after_free)])
+        invariants=[Invariant("a valid cache maps the page the VMM maps", _coherent,
+                              reads=("gpc", "host memory")),
+                    Invariant(RACE_INVARIANTS[1], _no_use_after_free,
+                              reads=[("host memory", "bad_reads"), ("kvm", "warnings")])])
 
 
 SCENARIOS = {

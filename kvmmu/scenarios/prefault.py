@@ -439,7 +439,8 @@ def maps_only_slots_host_pages(kvm: Kvm) -> bool:
 
 def _invariant() -> Invariant:
     return Invariant("no SPTE outside the memslots or off the host's page",
-                     maps_only_slots_host_pages)
+                     maps_only_slots_host_pages,
+                     reads=[("memslots", "slots"), "EPT", "host memory"])
 
 
 class OutcomeTally:

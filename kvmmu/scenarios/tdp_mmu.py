@@ -1,4 +1,4 @@
-"""Chapter 3's races on the TDP MMU: the atomic zap under the read lock, and removed tables.
+"""Chapter 3's races on the TDP MMU: the atomic zap under the read lock; removals.
 
 The kernel code the actors run is modelled, with its ``Models:`` lines, in
 :mod:`kvmmu.tdp_mmu`, :mod:`kvmmu.tdp_iter`, :mod:`kvmmu.tlb` and the fault
@@ -9,7 +9,7 @@ from and the checks, no kernel function:
   read, with the freeze (the code up to 6.12) or without it (the code before
   Ben Gardon's January 2021 patch), against a vCPU that touches the gfn and,
   on an EPT violation, faults it in through the one fault path and touches
-  it again;
+  it again (and, with four actors, a second zap of the same SPTE);
 - :func:`removers_collide`: the zap of a leaf against the removal of its
   table (``handle_removed_pt``), optionally with a fault inside the table;
 - :func:`fault_into_removed_table`: a fault installing into a table that is
@@ -62,10 +62,10 @@ from ..x86 import vcpu_run
 from . import ScenarioEntry
 
 __all__ = [
-    "RACE_GFN", "OLD_PFN", "NEW_PFN", "HVA", "ROOT", "ZOOM", "NO_STALE_TRANSLATION", "SPTE_KEY",
-    "TABLE_KEY", "race_world", "zap_gfn_shared", "touch", "actor", "translations",
-    "stale_gfns", "no_stale_translation", "bookkeeping_ok", "zap_vs_fault",
-    "removers_collide", "fault_into_removed_table", "SCENARIOS",
+    "RACE_GFN", "OLD_PFN", "NEW_PFN", "HVA", "ROOT", "ZOOM", "NO_STALE_TRANSLATION",
+    "SPTE_KEY", "TABLE_KEY", "race_world", "zap_gfn_shared", "touch", "actor",
+    "translations", "stale_gfns", "no_stale_translation", "bookkeeping_ok",
+    "zap_vs_fault", "removers_collide", "fault_into_removed_table", "SCENARIOS",
 ]
 
 #: The gfn the races are about (the memslot holds it and the next one).
@@ -94,9 +94,11 @@ TABLE_KEY = f"{level_name(PG_LEVEL_2M)} SPTE of {RACE_GFN:#x}"
 # ---------------------------------------------------------------------------
 def _replace_host_page(kvm: Kvm, hva: int) -> int:
     # Set-up only: point the host PTE of ``hva`` at a new page, as the host
-    # would after migrating it, but without the MMU notifier (module docstring).
+    # would after migrating it, but without the MMU notifier (see the module
+    # docstring).
     mm = kvm.mm
-    new = mm.mem.alloc_folio(PG_LEVEL_4K, color=pte_index(hva), fill=GUEST_DATA_WORD)
+    new = mm.mem.alloc_folio(PG_LEVEL_4K, color=pte_index(hva),
+                             fill=GUEST_DATA_WORD)
     mm.mem.store(mm.entry_ptr(hva, PTE), mk_leaf_entry(new, PG_LEVEL_4K))
     return new
 
@@ -130,11 +132,11 @@ def race_world(*, same_pfn: bool = False, spin_on_frozen_child: bool = True,
     kvm_mmu_reload(vcpu1)                              # the same root
     if not same_pfn:
         new = _replace_host_page(kvm, HVA)
-        if new != NEW_PFN:                             # pragma: no cover - set-up guard
-            raise RuntimeError(f"the host gave page {new:#x}, not NEW_PFN {NEW_PFN:#x}")
-    if hit != f"hit {OLD_PFN:#x}" or vcpu1.root != ROOT:  # pragma: no cover - set-up guard
-        raise RuntimeError(f"vCPU 0's first touch gave {hit!r}, not OLD_PFN {OLD_PFN:#x}, "
-                           f"on root {vcpu1.root}")
+        if new != NEW_PFN:                      # pragma: no cover - set-up guard
+            raise RuntimeError(f"the host gave page {new:#x}, not {NEW_PFN:#x}")
+    if hit != f"hit {OLD_PFN:#x}" or vcpu1.root != ROOT:  # pragma: no cover
+        raise RuntimeError(f"vCPU 0's first touch gave {hit!r}, not OLD_PFN "
+                           f"{OLD_PFN:#x}, on root {vcpu1.root}")
     _watch_spte(kvm, ROOT, RACE_GFN, PG_LEVEL_4K)
     if watch_table:
         _watch_spte(kvm, ROOT, RACE_GFN, PG_LEVEL_2M)
@@ -149,7 +151,8 @@ def _show_tlb(kvm: Kvm, vcpu: int) -> str:
 
 def _check_kvm(kvm) -> Kvm:
     if not isinstance(kvm, Kvm):
-        raise TypeError(f"kvm must be a Kvm (kvmmu.kvm_main.kvm_create_vm), got {type(kvm).__name__}")
+        raise TypeError("kvm must be a Kvm (kvmmu.kvm_main.kvm_create_vm), got "
+                        f"{type(kvm).__name__}")
     return kvm
 
 
@@ -158,12 +161,12 @@ def _check_kvm(kvm) -> Kvm:
 # ---------------------------------------------------------------------------
 def zap_gfn_shared(kvm: Kvm, root: int, gfn: int, level: int = PG_LEVEL_4K,
                    freeze: bool = True):
-    """Zap the SPTE mapping ``gfn`` at ``level`` under mmu_lock held for read; True if zapped.
+    """Zap the SPTE of ``gfn`` at ``level``, mmu_lock held for read; True if done.
 
     The chapter's zapper: the shared-mode zap loop of the kernel (as in
     ``__tdp_mmu_zap_root()``) reduced to the SPTE of one gfn at one level,
-    zapping it with :func:`~kvmmu.tdp_mmu.tdp_mmu_zap_spte_atomic` (the <= 6.12
-    freeze) or, with ``freeze=False``, the unsafe
+    zapping it with :func:`~kvmmu.tdp_mmu.tdp_mmu_zap_spte_atomic` (the
+    <= 6.12 freeze) or, with ``freeze=False``, the unsafe
     :func:`~kvmmu.tdp_mmu.tdp_mmu_zap_spte_atomic_nofreeze`.  An entry that
     is not present is skipped (a FROZEN_SPTE is not present: its owner is
     zapping it already); on -EBUSY the refreshed snapshot is looked at again.
@@ -195,7 +198,7 @@ def zap_gfn_shared(kvm: Kvm, root: int, gfn: int, level: int = PG_LEVEL_4K,
 
 
 def touch(kvm: Kvm, vcpu_id: int, gfn: int):
-    """vCPU ``vcpu_id`` reads ``gfn``; on an EPT violation KVM handles the fault, and it reads again.
+    """vCPU ``vcpu_id`` reads ``gfn``; on an EPT violation: the fault, a reread.
 
     The access is the CPU's (one step: a TLB hit, or the hardware's walk of
     the live EPT); the fault is the one fault path,
@@ -210,9 +213,11 @@ def touch(kvm: Kvm, vcpu_id: int, gfn: int):
     hit = yield from kvm.tlbs.access(vcpu_id, gfn)
     if hit is not None:
         return f"hit {hit.pfn:#x}"
-    r = yield from kvm_mmu_page_fault(vcpu, gfn << PAGE_SHIFT, PFERR_GUEST_FINAL_MASK)
+    r = yield from kvm_mmu_page_fault(vcpu, gfn << PAGE_SHIFT,
+                                      PFERR_GUEST_FINAL_MASK)
     hit = yield from kvm.tlbs.access(vcpu_id, gfn)
-    return f"{ret_pf_name(r)}, then " + (f"hit {hit.pfn:#x}" if hit else "EPT violation")
+    return f"{ret_pf_name(r)}, then " + (f"hit {hit.pfn:#x}" if hit
+                                         else "EPT violation")
 
 
 def _guard(fn, args, kvm):
@@ -225,11 +230,12 @@ def _guard(fn, args, kvm):
 
 
 def actor(letter: str, title: str, fn, *args) -> Actor:
-    """An explorer Actor running ``fn(kvm, *args)``; a KernelWarn becomes a violation."""
+    """An explorer Actor running ``fn(kvm, *args)``; a KernelWarn is a violation."""
     if not isinstance(letter, str) or not isinstance(title, str):
         raise TypeError("letter and title must be strings")
     if not callable(fn):
-        raise TypeError(f"fn must be CPU code (a generator function), got {type(fn).__name__}")
+        raise TypeError("fn must be CPU code (a generator function), got "
+                        f"{type(fn).__name__}")
     return Actor(letter, title, partial(_guard, fn, args))
 
 
@@ -237,7 +243,7 @@ def actor(letter: str, title: str, fn, *args) -> Actor:
 # The checks
 # ---------------------------------------------------------------------------
 def translations(kvm: Kvm, gfn: int) -> dict[str, int]:
-    """Every pfn ``gfn`` translates to now: per vCPU TLB, and the live EPT of each valid root."""
+    """Every pfn ``gfn`` translates to now: in each vCPU's TLB, each valid root."""
     _check_kvm(kvm)
     check_int("gfn", gfn, 0, (1 << 40) - 1)
     out = {}
@@ -258,7 +264,7 @@ def stale_gfns(kvm: Kvm) -> list[int]:
 
 
 def no_stale_translation(kvm: Kvm) -> bool:
-    """The architectural invariant: a gfn never translates to two different pfns at once.
+    """The architectural invariant: a gfn never translates to two pfns at once.
 
     Across every vCPU's TLB and the live EPT.  Equivalently: once a zap has
     completed and a different present SPTE is installed for a gfn, no vCPU
@@ -268,11 +274,12 @@ def no_stale_translation(kvm: Kvm) -> bool:
 
 
 def _leaves(kvm: Kvm) -> list[tuple[int, int, int]]:
-    return sorted(leaf for root in kvm.ept.roots for leaf in kvm.ept.live_leaves(root))
+    return sorted(leaf for root in kvm.ept.roots
+                  for leaf in kvm.ept.live_leaves(root))
 
 
 def bookkeeping_ok(kvm: Kvm, results=None) -> bool | str:
-    """The final check: each leaf processed once, stats match, removed tables frozen, lock free.
+    """The final check: leaves processed once, stats right, removed tables frozen.
 
     - each leaf that ever appeared is either still reachable from a root or
       was processed exactly once;
@@ -296,7 +303,8 @@ def bookkeeping_ok(kvm: Kvm, results=None) -> bool | str:
     for _, level, _ in live:
         reach[level] += 1
     if kvm.ept.page_stats != reach:
-        return f"page stats {kvm.ept.page_stats} but the tables hold {reach} leaves"
+        return (f"page stats {kvm.ept.page_stats} but the tables hold {reach} "
+                "leaves")
     left = kvm.ept.removed_tables_not_frozen()
     if left:
         sptep = left[0]
@@ -310,31 +318,40 @@ def bookkeeping_ok(kvm: Kvm, results=None) -> bool | str:
 
 
 def _checks(**kw) -> dict:
-    return dict(invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation)],
+    return dict(invariants=[Invariant(NO_STALE_TRANSLATION, no_stale_translation, reads=("TLBs", "EPT"))],
                 final_check=bookkeeping_ok, **kw)
 
 
 # ---------------------------------------------------------------------------
 # The chapter's scenarios
 # ---------------------------------------------------------------------------
-def zap_vs_fault(freeze: bool = True, actors: int = 2, same_pfn: bool = False) -> Scenario:
-    """Chapter 3's race: a read-lock zap of RACE_GFN against a vCPU that faults it back in.
+def _zap(letter: str, title: str, level: int, freeze: bool = True) -> Actor:
+    return actor(letter, title, zap_gfn_shared, ROOT, RACE_GFN, level, freeze)
+
+
+def zap_vs_fault(freeze: bool = True, actors: int = 2,
+                 same_pfn: bool = False) -> Scenario:
+    """Chapter 3's race: a read-lock zap of RACE_GFN against a vCPU faulting it in.
 
     A zaps the 4K SPTE of RACE_GFN under mmu_lock held for read, with the
     freeze (``freeze=True``, the fix) or without it (the 2020 code).  B is
     vCPU 1 touching RACE_GFN: on an EPT violation it faults, which maps
     NEW_PFN (OLD_PFN with ``same_pfn``), and touches it again.  vCPU 0
     starts with the old translation in its TLB; with ``actors=3``, C is
-    vCPU 0 doing what B does.
+    vCPU 0 doing what B does; with ``actors=4``, D is a second thread
+    zapping the same SPTE the same way (one of the two loses its
+    compare-exchange and looks at the refreshed snapshot).
     """
     check_bool("freeze", freeze)
-    check_int("actors", actors, 2, 3)
+    check_int("actors", actors, 2, 4)
     check_bool("same_pfn", same_pfn)
     how = "freeze, flush, non-present" if freeze else "non-present, then flush"
-    cast = [actor("A", f"zap ({how})", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_4K, freeze),
+    cast = [_zap("A", f"zap ({how})", PG_LEVEL_4K, freeze),
             actor("B", "vCPU 1 touches gfn", touch, 1, RACE_GFN)]
-    if actors == 3:
+    if actors >= 3:
         cast.append(actor("C", "vCPU 0 touches gfn", touch, 0, RACE_GFN))
+    if actors == 4:
+        cast.append(_zap("D", "a second zap, the same way", PG_LEVEL_4K, freeze))
     pfn = ", same pfn" if same_pfn else ""
     return Scenario(
         f"zap vs fault ({'fixed' if freeze else 'unsafe'}, {actors} actors{pfn})",
@@ -355,16 +372,16 @@ def removers_collide(spin: bool = True, fault: bool = False) -> Scenario:
     """
     check_bool("spin", spin)
     check_bool("fault", fault)
-    cast = [actor("A", "zap the 4K leaf", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_4K, True),
-            actor("B", "zap its table", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_2M, True)]
+    cast = [_zap("A", "zap the 4K leaf", PG_LEVEL_4K),
+            _zap("B", "zap its table", PG_LEVEL_2M)]
     if fault:
         cast.append(actor("C", "vCPU 1 touches gfn", touch, 1, RACE_GFN))
     return Scenario(
         f"two removers collide ({'spin' if spin else 'no spin'}"
         f"{', and a fault' if fault else ''})",
         partial(race_world, spin_on_frozen_child=spin, watch_table=True), cast,
-        **_checks(description="Every old value of a child is processed exactly once; "
-                              "the table ends frozen."))
+        **_checks(description="Every old value of a child is processed exactly "
+                              "once; the table ends frozen."))
 
 
 def fault_into_removed_table() -> Scenario:
@@ -377,31 +394,35 @@ def fault_into_removed_table() -> Scenario:
     return Scenario(
         "fault into a removed table",
         partial(race_world, watch_table=True),
-        [actor("A", "zap the table", zap_gfn_shared, ROOT, RACE_GFN, PG_LEVEL_2M, True),
+        [_zap("A", "zap the table", PG_LEVEL_2M),
          actor("B", "vCPU 1 touches a new gfn", touch, 1, RACE_GFN + 1)],
-        **_checks(description="A mapping installed in a table after it was scanned "
-                              "would live on unseen."))
+        **_checks(description="A mapping installed in a table after it was "
+                              "scanned would live on unseen."))
 
 
 SCENARIOS = {
     "zap-vs-fault": ScenarioEntry(
-        zap_vs_fault, 3, "the atomic zap with the freeze (<= 6.12) against a vCPU's fault"),
+        zap_vs_fault, 3,
+        "the atomic zap with the freeze (<= 6.12) against a vCPU's fault"),
     "zap-vs-fault-nofreeze": ScenarioEntry(
         partial(zap_vs_fault, False), 3,
-        "the zap before January 2021: non-present, then flush; a fault installs a new pfn "
-        "while a TLB holds the old one", "violated"),
+        "the zap before January 2021: non-present, then flush; a fault installs "
+        "a new pfn while a TLB holds the old one", "violated"),
     "zap-vs-fault-same-pfn": ScenarioEntry(
         partial(zap_vs_fault, False, same_pfn=True), 3,
-        "the unfrozen zap when the new mapping has the same pfn (Matlack, 6.13): safe"),
+        "the unfrozen zap when the new mapping has the same pfn (Matlack, 6.13): "
+        "safe"),
     "removers-collide": ScenarioEntry(
-        removers_collide, 3, "a leaf's zap against its table's removal: handle_removed_pt spins"),
+        removers_collide, 3,
+        "a leaf's zap against its table's removal: handle_removed_pt spins"),
     "removers-collide-nospin": ScenarioEntry(
         partial(removers_collide, False), 3,
-        "handle_removed_pt without the spin (the model's variant): a removed entry is "
-        "written after the scan", "violated"),
+        "handle_removed_pt without the spin (the model's variant): a removed "
+        "entry is written after the scan", "violated"),
     "removers-collide-fault": ScenarioEntry(
         partial(removers_collide, True, True), 3,
         "the two removers and a vCPU faulting inside the table"),
     "fault-into-removed-table": ScenarioEntry(
-        fault_into_removed_table, 3, "a fault installing into a table being removed"),
+        fault_into_removed_table, 3,
+        "a fault installing into a table being removed"),
 }
