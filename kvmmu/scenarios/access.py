@@ -12,7 +12,7 @@ memslot update (:mod:`kvmmu.kvm_main`) and the host's mm
   ``backing="2M"`` backs the slot with transparent huge pages,
   ``prefault`` maps gpa ranges with ``KVM_PRE_FAULT_MEMORY`` first;
 - :func:`run_access`: the guest's load under ``KVM_RUN``, recorded step by
-  step (:class:`AccessStep`: layer, kernel function, what changed);
+  step (:class:`_AccessStep`: layer, kernel function, what changed);
 - :func:`move_race`: a vCPU's access, the host releasing a page
   (``MADV_DONTNEED``: an MMU-notifier invalidation) and userspace moving the
   memslot that maps it, with or without the memslot swap's wait for
@@ -40,7 +40,7 @@ from .prefault import (MOVE_TO_GFN, RACE_HVA, RACE_NPAGES, RACE_SLOT, ZOOM, Outc
                        maps_only_slots_host_pages, prefault, race_vm)
 
 __all__ = ["SLOT_PAGES", "TABLE_GFNS", "GVA", "DATA_GPA", "VALUE", "BACKINGS", "LAYERS",
-           "access_vm", "AccessStep", "layer_of", "run_access", "AccessRun",
+           "access_vm", "layer_of", "run_access",
            "RACE_ZOOM", "RACE_GPA", "move_race", "SCENARIOS"]
 
 #: The guest's one RAM slot: 1024 pages (4 MiB) at gfn 0, at HOST in the VMM.
@@ -98,7 +98,7 @@ def access_vm(backing: str = "4K", prefault_ranges=()):
     return vcpu
 
 
-class AccessStep(NamedTuple):
+class _AccessStep(NamedTuple):
     """One step of the access: where it ran and what it changed."""
 
     n: int
@@ -154,7 +154,7 @@ def _changes(before: dict, after: dict) -> tuple:
     return tuple(out)
 
 
-class AccessRun(NamedTuple):
+class _AccessRun(NamedTuple):
     """A recorded access: what KVM_RUN ended with, and every step."""
 
     result: object
@@ -172,7 +172,7 @@ class AccessRun(NamedTuple):
                      if "-> EPT violation" in s.label)
 
 
-def run_access(vcpu, gva: int = GVA) -> AccessRun:
+def run_access(vcpu, gva: int = GVA) -> _AccessRun:
     """Run ``KVM_RUN`` with the guest's load from ``gva``, recording every step."""
     load = guest_load(vcpu, gva)           # checks vcpu and gva
     steps = []
@@ -181,12 +181,12 @@ def run_access(vcpu, gva: int = GVA) -> AccessRun:
     def on_step(label, chain):
         after = _snapshot(vcpu)
         layer, function = layer_of(chain)
-        steps.append(AccessStep(len(steps), layer, function, label,
+        steps.append(_AccessStep(len(steps), layer, function, label,
                                 _changes(state["before"], after)))
         state["before"] = after
 
     result = run_alone(vcpu.kvm, vcpu_run(vcpu, guest=load), on_step=on_step)
-    return AccessRun(result, tuple(steps))
+    return _AccessRun(result, tuple(steps))
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import html
 from typing import NamedTuple
 
 from ..checks import check_choice
-from ..scenarios.access import BACKINGS, DATA_GPA, LAYERS, TABLE_GFNS, AccessRun, access_vm
+from ..scenarios.access import BACKINGS, DATA_GPA, LAYERS, TABLE_GFNS, access_vm
+from ..scenarios.access import _AccessRun  # the type run_access() returns
 from ..scenarios.access import run_access
 
 __all__ = ["PREFAULTS", "recorded_access", "AccessView", "access_view", "access_stepper_widget",
@@ -33,7 +34,7 @@ PREFAULTS = {
 
 
 @functools.lru_cache(maxsize=8)
-def recorded_access(backing: str = "4K", prefault: str = "nothing") -> AccessRun:
+def recorded_access(backing: str = "4K", prefault: str = "nothing") -> _AccessRun:
     """The guest's load on a fresh VM, recorded once per (backing, prefault)."""
     check_choice("backing", backing, BACKINGS)
     check_choice("prefault", prefault, tuple(PREFAULTS))
@@ -167,12 +168,12 @@ def access_stepper_widget(backing: str = "4K", prefault: str = "nothing"):
     return box
 
 
-def access_path_figure(run: AccessRun):
+def access_path_figure(run: _AccessRun):
     """One lane per layer, one tick per step; bands where KVM handles an EPT violation."""
     from .style import column_figure
 
-    if not isinstance(run, AccessRun):
-        raise TypeError(f"run must be an AccessRun, got {type(run).__name__}")
+    if not isinstance(run, _AccessRun):
+        raise TypeError(f"run must be an _AccessRun, got {type(run).__name__}")
     names = [name for name, _ in LAYERS]
     lane = {name: len(names) - 1 - i for i, name in enumerate(names)}
     fig = column_figure(3.2)
