@@ -29,8 +29,8 @@ import inspect
 
 from .explorer import Op, World
 
-__all__ = ["ModelHang", "ZoomError", "run_alone", "cpu_code", "world_of", "Handle", "step_when",
-           "check_vm", "check_vcpu"]
+__all__ = ["ModelHang", "ZoomError", "call_chain", "run_alone", "cpu_code", "world_of",
+           "Handle", "step_when", "check_vm", "check_vcpu"]
 
 
 class ModelHang(RuntimeError):
@@ -65,12 +65,32 @@ def _perform(op: Op, cpu: str, world, error=ModelHang):
     return op.run(op.prim, op.args, cpu, world)
 
 
-def run_alone(world, gen, cpu: str = "A", *, trace: list | None = None, _error=ModelHang):
+def call_chain(gen) -> tuple:
+    """The CPU code a suspended generator is in, outermost first: ``(module, function)`` pairs.
+
+    Follows ``yield from`` down to the innermost generator (a primitive's
+    method or ``step()``), so a step's place in the code can be named.
+    """
+    if not hasattr(gen, "gi_yieldfrom"):
+        raise TypeError(f"gen must be a generator, got {type(gen).__name__}")
+    chain = []
+    while gen is not None and hasattr(gen, "gi_yieldfrom"):
+        frame = gen.gi_frame
+        module = frame.f_globals.get("__name__", "") if frame is not None else ""
+        chain.append((module, gen.gi_code.co_qualname))
+        gen = gen.gi_yieldfrom
+    return tuple(chain)
+
+
+def run_alone(world, gen, cpu: str = "A", *, trace: list | None = None, on_step=None,
+              _error=ModelHang):
     """Run CPU code alone, every step at once, and return its result.
 
     ``world`` is the world the code runs in (the one its steps act on);
     ``cpu`` is the letter the locks record as holder.  With ``trace`` (a
-    list), each step's label is appended to it as the step runs.  Raises
+    list), each step's label is appended to it as the step runs; with
+    ``on_step`` (a callable), ``on_step(label, chain)`` is called after each
+    step, ``chain`` being where the step ran (:func:`call_chain`).  Raises
     :class:`ModelHang` if a step would wait (nobody else can run to end the
     wait), and re-raises whatever the model raises.
     """
@@ -81,13 +101,23 @@ def run_alone(world, gen, cpu: str = "A", *, trace: list | None = None, _error=M
                         f"got {type(gen).__name__}")
     if trace is not None and not isinstance(trace, list):
         raise TypeError(f"trace must be a list or None, got {type(trace).__name__}")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be callable or None, got {type(on_step).__name__}")
     try:
         value = None
         while True:
             y = gen.send(value)
-            value = _perform(y, cpu, world, _error) if type(y) is Op else None
-            if trace is not None and type(y) is Op:
-                trace.append(y.label(value, cpu, world))
+            if type(y) is not Op:
+                value = None
+                continue
+            chain = call_chain(gen) if on_step is not None else None
+            value = _perform(y, cpu, world, _error)
+            if trace is not None or on_step is not None:
+                label = y.label(value, cpu, world)
+                if trace is not None:
+                    trace.append(label)
+                if on_step is not None:
+                    on_step(label, chain)
     except StopIteration as stop:
         return stop.value
 

@@ -14,30 +14,49 @@ page tables to walk on the one VM (:class:`kvmmu.kvm_host.Kvm`).
 - :class:`GuestPageTables` writes page tables into guest memory the way a
   guest kernel does, and :meth:`GuestPageTables.load` gives a vCPU the
   registers that point at them (a MOV to CR3; PAE loads its PDPTEs).
+- :func:`guest_load` is a guest for ``KVM_RUN`` (:func:`kvmmu.x86.vcpu_run`)
+  that loads from a guest virtual address the way its CPU does under EPT
+  (chapter 7): the hardware walks the guest's tables with the algorithm of
+  KVM's own walker (:func:`kvmmu.paging_tmpl.walk_addr_generic`), but each
+  gpte read, and then the load itself, is a guest-physical access through
+  the vCPU's TLB and EPT (:data:`CPU_UNDER_EPT`); where EPT maps nothing,
+  the access exits to KVM with an EPT violation.
 
-**Where the model simplifies.**  The guest's stores are not CPU code: a race
-scenario makes a store one step.  A guest write to a read-only slot would
+**Where the model simplifies.**  The CPU walks the guest's tables on every
+access: it caches no guest-virtual translation and no paging-structure
+entry, only the guest-physical ones of the vCPU's TLB.  It sets A/D bits as
+KVM's walker does, through the slot's host mapping rather than through EPT
+(a Linux guest's kernel page tables have them set already).  The guest's
+stores are not CPU code: a race scenario makes a store one step.  A guest write to a read-only slot would
 exit to the VMM as MMIO; the model refuses it unless ``vmm=True`` (the VMM
 filling the ROM).  Memory attributes are set directly, as
 ``KVM_SET_MEMORY_ATTRIBUTES`` would before the guest runs.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from .checks import check_bool, check_choice, check_int, check_u64
+from .explorer import step
 from .guest_memfd import kvm_gmem_create, kvm_gmem_file
 from .host_mm import host_translation
-from .kvm_host import Kvm, KvmVcpu, hva_to_pfn, is_error_pfn
+from .kvm_host import (Kvm, KvmVcpu, gfn_to_hva_memslot_prot, hva_to_pfn, is_error_pfn,
+                       kvm_is_error_hva, kvm_vcpu_gfn_to_memslot)
 from .kvm_main import kvm_create_vm, kvm_vm_ioctl_create_vcpu, set_memory_region
 from .levels import PAGE_SHIFT, PAGE_SIZE
 from .memslots import GFN_MAX, KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, kvm_mem_is_private
 from .mmu_permissions import KvmVcpuArch
-from .paging_tmpl import PT_BASE_ADDR_MASK, PT_INDEX
+from .paging_tmpl import (PT_BASE_ADDR_MASK, PT_INDEX, GpteRead, GuestWalker, NestedPageFault,
+                          WalkVariant, check_gva, update_accessed_dirty_bits,
+                          walk_addr_generic)
+from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_GUEST_PAGE_MASK
 from .spte import (PT64_NX_MASK, PT_ACCESSED_MASK, PT_DIRTY_MASK, PT_PAGE_SIZE_MASK,
                    PT_PRESENT_MASK, PT_USER_MASK, PT_WRITABLE_MASK, rsvd_bits)
-from .x86 import load_pdptrs
+from .x86 import EptViolation, load_pdptrs
 
 __all__ = ["HOST", "GPA_MAX", "GPTE_FLAG_NAMES", "gpte_str", "guest_vm", "guest_page",
-           "guest_read_u64", "guest_write_u64", "GuestPageTables"]
+           "guest_read_u64", "guest_write_u64", "GuestPageTables", "TableReadFault",
+           "Loaded", "CPU_UNDER_EPT", "guest_load"]
 
 #: Where the chapter's VMs put guest memory in the VMM's address space.
 HOST = 0x7F00_0000_0000
@@ -298,3 +317,117 @@ class GuestPageTables:
         arch = KvmVcpuArch(cr3=self.cr3, **regs)
         vcpu.arch = arch
         return arch
+
+
+# ---------------------------------------------------------------------------
+# The guest's CPU under EPT (chapter 7)
+# ---------------------------------------------------------------------------
+class TableReadFault(NestedPageFault):
+    """A gpte read whose gpa EPT does not map: an EPT violation on the guest's page table."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EPT violation"
+
+
+class Loaded(tuple):
+    """The guest's load went through: ``(pfn, value)``, the host page and the u64 read.  A value."""
+
+    __slots__ = ()
+
+    def __new__(cls, pfn: int, value: int):
+        check_int("pfn", pfn, 0)
+        check_u64("value", value)
+        return super().__new__(cls, (pfn, value))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    pfn = property(lambda self: self[0])
+    value = property(lambda self: self[1])
+
+    def __repr__(self) -> str:
+        return f"loaded {self.value:#x} from pfn {self.pfn:#x}"
+
+
+def _ept_read_gpte(vcpu: KvmVcpu, gpa: int):
+    # The CPU's read of one gpte: the vCPU's TLB, or its walk of the EPT that
+    # fills it; then the load from the host page (one access, one step).
+    kvm = vcpu.kvm
+    gfn = gpa >> PAGE_SHIFT
+    entry = kvm.tlbs.lookup(vcpu.vcpu_id, gfn, False)
+    if entry is None:
+        return TableReadFault(gpa, PFERR_GUEST_PAGE_MASK)
+    pte = kvm.mm.mem.read_data(entry.pfn, gpa & (PAGE_SIZE - 1))
+    # Where an A/D update would write the entry: the slot's host address
+    # (see "Where the model simplifies").
+    slot = kvm_vcpu_gfn_to_memslot(vcpu, gfn)
+    host_addr, writable = gfn_to_hva_memslot_prot(slot, gfn)
+    if kvm_is_error_hva(host_addr):
+        return GpteRead(0, pte, None, False)
+    return GpteRead(0, pte, host_addr + (gpa & (PAGE_SIZE - 1)), writable)
+
+
+def _read_gpte_through_ept(walker: GuestWalker, vcpu: KvmVcpu, level: int,
+                           table_gfn: int, index: int):
+    gpa = (table_gfn << PAGE_SHIFT) + index * 8
+    return step(f"CPU reads the L{level} gpte at gpa {gpa:#x}",
+                lambda: _ept_read_gpte(vcpu, gpa))
+
+
+#: The guest CPU's walk under EPT: KVM's walk_addr_generic() with each gpte
+#: read through the vCPU's TLB and EPT (not KVM's code: the hardware's).
+CPU_UNDER_EPT = WalkVariant("CPU under EPT", _read_gpte_through_ept,
+                            update_accessed_dirty_bits)
+
+
+def _ept_load(vcpu: KvmVcpu, gpa: int):
+    # The load itself, a guest-physical access like the gpte reads.
+    kvm = vcpu.kvm
+    entry = kvm.tlbs.lookup(vcpu.vcpu_id, gpa >> PAGE_SHIFT, False)
+    if entry is None:
+        return EptViolation(gpa, PFERR_GUEST_FINAL_MASK)
+    return Loaded(entry.pfn, kvm.mm.mem.read_data(entry.pfn, gpa & (PAGE_SIZE - 1)))
+
+
+def _guest_load(vcpu: KvmVcpu, mmu, gva: int):
+    # The guest's load at gva, until it completes or exits (a guest for vcpu_run).
+    walker = GuestWalker()
+    if not (yield from walk_addr_generic(walker, vcpu, mmu, gva, 0, CPU_UNDER_EPT)):
+        fault = walker.fault
+        if fault.nested_page_fault:            # the walk's own read exits to KVM
+            return EptViolation(fault.address, fault.error_code)
+        return f"guest #PF at {gva:#x}, error code {fault.error_code:#x}"
+    gpa = (walker.gfn << PAGE_SHIFT) | (gva & (PAGE_SIZE - 1))
+    return (yield from step(f"CPU loads from gpa {gpa:#x}",
+                            lambda: _ept_load(vcpu, gpa)))
+
+
+def guest_load(vcpu: KvmVcpu, gva: int):
+    """A guest that loads the u64 at ``gva`` once, as its CPU does under EPT.
+
+    No kernel counterpart: this is the hardware.  The CPU walks the guest's
+    tables from the vCPU's registers (:meth:`GuestPageTables.load`) with
+    :data:`CPU_UNDER_EPT`; a gpte read or the load whose gpa EPT does not
+    map exits with an :class:`~kvmmu.x86.EptViolation`
+    (``PFERR_GUEST_PAGE_MASK`` for a table, ``PFERR_GUEST_FINAL_MASK`` for
+    the data), and ``KVM_RUN`` re-enters the guest, which starts the
+    access again from CR3.  The run ends with a :class:`Loaded`, or with
+    the text of the #PF the guest's own tables raise.  Use it as
+    ``run_alone(kvm, vcpu_run(vcpu, guest=guest_load(vcpu, gva)))``.
+    """
+    if not isinstance(vcpu, KvmVcpu):
+        raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
+    arch = vcpu.arch
+    if arch is None:
+        raise ValueError(f"{vcpu!r} has no paging registers: load the guest's "
+                         "tables first (GuestPageTables.load)")
+    mmu = arch.walk_mmu
+    check_gva(mmu, gva)
+    if gva & 7:
+        raise ValueError(f"gva must be 8-byte aligned, got {gva:#x}")
+    return partial(_guest_load, mmu=mmu, gva=gva)

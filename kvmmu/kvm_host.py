@@ -149,8 +149,11 @@ class KvmConfig:
     ``kvm_can_access_gmem``: whether KVM can read guest_memfd memory (the
     chapter 5 RFC's switch); ``gpc_gmem``: one of :data:`GPC_GMEM`;
     ``nx_huge_pages``: the ``kvm.nx_huge_pages`` iTLB-multihit workaround
-    (an instruction fetch maps 4K, a huge leaf is not executable); ``zoom``:
-    names of CPU code that runs as one step (:mod:`kvmmu.cpu`).
+    (an instruction fetch maps 4K, a huge leaf is not executable);
+    ``swap_waits_for_invalidations``: False lets ``kvm_swap_active_memslots()``
+    publish while an MMU-notifier invalidation is in flight (an unsafe
+    variant, chapter 7: one rule left out, the wait commit 52ac8b358b0c
+    added); ``zoom``: names of CPU code that runs as one step (:mod:`kvmmu.cpu`).
     """
 
     nr_as_ids: int = 1
@@ -165,6 +168,7 @@ class KvmConfig:
     kvm_can_access_gmem: bool = True
     gpc_gmem: str = "6.17"
     nx_huge_pages: bool = False
+    swap_waits_for_invalidations: bool = True
     zoom: frozenset = frozenset()
 
     def __post_init__(self):
@@ -175,7 +179,8 @@ class KvmConfig:
         check_choice("max_huge_page_level", self.max_huge_page_level,
                      (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G))
         for name in ("spin_on_frozen_child", "slot_zap_all", "reload_frees_obsolete_roots",
-                     "pre_fault_allowed", "kvm_can_access_gmem", "nx_huge_pages"):
+                     "pre_fault_allowed", "kvm_can_access_gmem", "nx_huge_pages",
+                     "swap_waits_for_invalidations"):
             check_bool(name, getattr(self, name))
         check_choice("prefault_policy", self.prefault_policy, PREFAULT_POLICIES)
         check_choice("gpc_gmem", self.gpc_gmem, GPC_GMEM)

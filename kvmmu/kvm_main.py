@@ -192,7 +192,9 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
     Called with ``slots_arch_lock`` held; returns with it released (it must be
     dropped before ``synchronize_srcu_expedited()``: a reader may take it
     inside its read section).  The swap waits while an MMU-notifier
-    invalidation is in flight, so that its start and end see the same slots.
+    invalidation is in flight, so that its start and end see the same slots
+    (``KvmConfig.swap_waits_for_invalidations=False`` leaves that wait out:
+    chapter 7's unsafe variant).
     """
     _check_kvm(kvm)
     check_int("as_id", as_id, 0, kvm.config.nr_as_ids - 1)
@@ -205,8 +207,10 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
         # rcu_assign_pointer(kvm->memslots[as_id], slots):
         kvm.memslot_state.active[as_id] ^= 1
     # Under mn_invalidate_lock: wait until no invalidation is in flight, publish.
+    waits = kvm.config.swap_waits_for_invalidations
     yield from step_when("publish memslots, gen g|IN_PROGRESS",
-                         lambda _w: kvm.mn_active_invalidate_count == 0, publish)
+                         lambda _w: not waits or kvm.mn_active_invalidate_count == 0,
+                         publish)
     yield from kvm.slots_arch_lock.unlock()
     yield from kvm.srcu.synchronize()  # synchronize_srcu_expedited()
 

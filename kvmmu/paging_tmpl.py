@@ -30,8 +30,11 @@ tables.  ``run_alone(kvm, walk_addr_generic(...))`` is the plain call
 
 **Where the model simplifies.**
 
-- No nested paging: ``kvm_translate_gpa`` is the identity (no L2 walks, no
-  nested page faults).  No EPT (``ept_*``) and no 32-bit non-PAE paging.
+- No nested paging: ``kvm_translate_gpa`` is the identity (no L2 walks).
+  A :class:`WalkVariant` whose read of a table finds that the table's gpa
+  does not translate returns :class:`NestedPageFault`, and the walk ends
+  as it does when ``kvm_translate_gpa`` fails (chapter 7's CPU, whose
+  reads go through EPT).  No EPT (``ept_*``) and no 32-bit non-PAE paging.
 - ``have_ad`` is always true (PTTYPE 64 always has A/D bits).
 - The memslot lookup and the read of a gpte are one step; the walk takes
   no ``kvm->srcu`` (no race of chapter 5 changes memslots).
@@ -70,6 +73,7 @@ __all__ = [
     "PT_INDEX", "PT_LVL_ADDR_MASK", "PT_LVL_OFFSET_MASK", "gpte_to_gfn_lvl", "gpte_to_gfn",
     "is_present_gpte", "gpte_access", "gpte_pkeys", "is_rsvd_bits_set", "is_last_gpte",
     "protect_clean_gpte", "X86Exception", "GuestWalker", "WalkLivelock", "GpteRead",
+    "NestedPageFault",
     "WalkVariant", "check_access", "check_gva", "walk_addr_generic",
     "update_accessed_dirty_bits", "update_accessed_dirty_bits_blind", "PAGING64",
     "PAGING64_BLIND_AD", "run_walk",
@@ -268,8 +272,9 @@ class X86Exception:
         self.nested_page_fault = False
 
     def __repr__(self):
+        nested = ", nested" if self.nested_page_fault else ""
         return (f"x86_exception(vector={self.vector}, error_code={self.error_code:#x} "
-                f"[{pferr_str(self.error_code)}], address={self.address:#x})")
+                f"[{pferr_str(self.error_code)}], address={self.address:#x}{nested})")
 
 
 class GuestWalker:
@@ -351,11 +356,42 @@ class GpteRead(tuple):
         return f"{self.pte:#x}" if self.ret == 0 else f"error {self.ret}"
 
 
+class NestedPageFault(tuple):
+    """What reading a table gives when the table's own gpa does not translate.
+
+    ``(gpa, error_code)``: the gpa and the error code of that fault.  In the
+    kernel ``kvm_translate_gpa()`` fails (a nested guest's table gpa has no
+    mapping in L1's tables) and the walk returns with
+    ``walker->fault.nested_page_fault`` set; for the CPU of chapter 7 it is
+    an EPT violation on the table's gpa.  A value.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, gpa: int, error_code: int):
+        check_u64("gpa", gpa)
+        check_u64("error_code", error_code)
+        return super().__new__(cls, (gpa, error_code))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+    def __deepcopy__(self, memo):
+        return self                 # a value
+
+    gpa = property(lambda self: self[0])
+    error_code = property(lambda self: self[1])
+
+    def __repr__(self) -> str:
+        return f"fault on gpa {self.gpa:#x}"
+
+
 class WalkVariant:
     """How a walk reads a level and sets A/D bits (the model's way to compare versions).
 
     ``read_gpte(walker, vcpu, level, table_gfn, index)`` and
-    ``update_ad(vcpu, mmu, walker, addr, write_fault)`` are CPU code;
+    ``update_ad(vcpu, mmu, walker, addr, write_fault)`` are CPU code
+    (``read_gpte`` gives a :class:`GpteRead`, or a :class:`NestedPageFault`);
     ``begin(walker, vcpu)`` runs once at the start of a walk and
     ``end(walker, vcpu)`` before every restart and every return (None: no
     such step).  6.17 is :data:`PAGING64`.  A value named by ``name``
@@ -508,6 +544,17 @@ def _walk_error(walker: GuestWalker, mmu: KvmMmu, addr: int, access: int, errcod
     return 0
 
 
+def _nested_fault(walker: GuestWalker, got: NestedPageFault) -> int:
+    # What kvm_translate_gpa() leaves in walker->fault when it fails.
+    fault = walker.fault
+    fault.vector = PF_VECTOR
+    fault.error_code_valid = True
+    fault.error_code = got.error_code
+    fault.address = got.gpa
+    fault.nested_page_fault = True
+    return 0
+
+
 def walk_addr_generic(walker: GuestWalker, vcpu: KvmVcpu, mmu: KvmMmu, addr: int, access: int,
                       variant: WalkVariant | None = None):
     """Walk the guest's page tables for ``addr``; 1 (translated) or 0 (fault in ``walker.fault``).
@@ -519,7 +566,9 @@ def walk_addr_generic(walker: GuestWalker, vcpu: KvmVcpu, mmu: KvmMmu, addr: int
     entry and writability of the table's slot; then the final access bits,
     gfn and, after a successful permission check, the A/D updates (a
     compare-exchange mismatch restarts the walk from CR3).  ``variant``
-    (default :data:`PAGING64`, 6.17) says how levels are read and A/D set.
+    (default :data:`PAGING64`, 6.17) says how levels are read and A/D set;
+    a read that gives a :class:`NestedPageFault` ends the walk with 0 and
+    ``walker.fault.nested_page_fault`` set.
     """
     _check_walk(walker, vcpu, mmu, addr, access, variant)
     variant = PAGING64 if variant is None else variant
@@ -552,6 +601,12 @@ def walk_addr_generic(walker: GuestWalker, vcpu: KvmVcpu, mmu: KvmMmu, addr: int
             walker.table_gfn[level - 1] = table_gfn
             walker.pte_gpa[level - 1] = (table_gfn << PAGE_SHIFT) + index * 8
             got = yield from variant.read_gpte(walker, vcpu, level, table_gfn, index)
+            if isinstance(got, NestedPageFault):
+                # kvm_translate_gpa() failed: the walk ends at once, with the fault
+                # of the table's own translation, not a #PF of the guest's.
+                if variant.end is not None:
+                    yield from variant.end(walker, vcpu)
+                return _nested_fault(walker, got)
             if got.writable is not None:
                 walker.pte_writable[level - 1] = got.writable
             if got.ret:

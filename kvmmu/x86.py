@@ -10,6 +10,11 @@ violation is handled under ``kvm->srcu`` by the one fault path
 (:func:`kvmmu.mmu.kvm_mmu_page_fault`).  ``RET_PF_RETRY`` re-enters the
 guest, which repeats the access.
 
+The guest's access is a gpa it touches (one step: a TLB hit, or the
+hardware's walk of the EPT that fills the TLB), or any CPU code given as
+``guest``: chapter 7's guest walks its own page tables first, each table
+read a gpa access through EPT (:func:`kvmmu.guest.guest_load`).
+
 **Where the model simplifies.**  No instruction emulation: ``RET_PF_EMULATE``
 ends the run as an MMIO exit.  A retry waits until something the fault read
 has changed (:func:`kvmmu.mmu.retry_wait`), or, with ``faults`` given,
@@ -27,7 +32,36 @@ from .mmu import kvm_mmu_free_obsolete_roots, kvm_mmu_page_fault, kvm_mmu_reload
 from .pferr import PFERR_GUEST_FINAL_MASK, PFERR_WRITE_MASK
 from .spte import PT_PRESENT_MASK, rsvd_bits
 
-__all__ = ["vcpu_enter_guest_requests", "vcpu_run", "load_pdptrs"]
+__all__ = ["EptViolation", "vcpu_enter_guest_requests", "vcpu_run", "load_pdptrs"]
+
+
+class EptViolation(tuple):
+    """A guest's run ends in an EPT violation: the gpa EPT did not map, its error code.
+
+    ``(gpa, error_code)``.  The error code is what the EPT-violation handler
+    makes of the exit qualification (``PFERR_WRITE_MASK`` for a write,
+    ``PFERR_GUEST_FINAL_MASK`` for the access itself,
+    ``PFERR_GUEST_PAGE_MASK`` for a read of the guest's page tables).  A value.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, gpa: int, error_code: int):
+        check_int("gpa", gpa, 0, (1 << 52) - 1)
+        check_u64("error_code", error_code)
+        return super().__new__(cls, (gpa, error_code))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+    def __deepcopy__(self, memo):
+        return self                 # a value
+
+    gpa = property(lambda self: self[0])
+    error_code = property(lambda self: self[1])
+
+    def __repr__(self) -> str:
+        return f"EPT violation at gpa {self.gpa:#x}"
 
 
 def vcpu_enter_guest_requests(vcpu: KvmVcpu) -> int:
@@ -42,40 +76,61 @@ def vcpu_enter_guest_requests(vcpu: KvmVcpu) -> int:
     return kvm_mmu_reload(vcpu)
 
 
+def _touch_gpa(vcpu: KvmVcpu, gpa: int, write: bool):
+    # The default guest: one access to gpa (a TLB hit, or EPT fills the TLB).
+    hit = yield from vcpu.kvm.tlbs.access(vcpu.vcpu_id, gpa >> PAGE_SHIFT, write)
+    if hit is not None:
+        return f"hit {hit.pfn:#x}"
+    write_mask = PFERR_WRITE_MASK if write else 0
+    return EptViolation(gpa, PFERR_GUEST_FINAL_MASK | write_mask)
+
+
 @cpu_code
-def vcpu_run(vcpu: KvmVcpu, gpa: int, write: bool = False, faults: int | None = None):
-    """KVM_RUN with a guest that reads (or writes) ``gpa`` once; what the run ended with.
+def vcpu_run(vcpu: KvmVcpu, gpa: int | None = None, write: bool = False,
+             faults: int | None = None, guest=None):
+    """KVM_RUN with a guest that reads (or writes) ``gpa`` once; what the run ends with.
 
     Models: arch/x86/kvm/x86.c: vcpu_run()
 
     Returns ``"hit <pfn>"`` once the guest's access went through, the
     fault's result name when it ends the run (``"KVM_EXIT_MMIO"`` for
     RET_PF_EMULATE, a -errno), or, with ``faults``, ``"RET_PF_RETRY"`` after
-    that many faults without success.
+    that many faults without success.  ``guest`` instead of ``gpa``: CPU
+    code ``guest(vcpu)`` that runs the guest until it exits, returning an
+    :class:`EptViolation` for KVM to handle, or the text that ends the run
+    (its access went through, or the guest took a fault of its own).
     """
     if not isinstance(vcpu, KvmVcpu):
         raise TypeError(f"vcpu must be a KvmVcpu, got {type(vcpu).__name__}")
-    check_int("gpa", gpa, 0, (1 << 52) - 1)
+    if (gpa is None) == (guest is None):
+        raise TypeError("vcpu_run needs one of gpa (an int) and guest (CPU code)")
+    if guest is None:
+        check_int("gpa", gpa, 0, (1 << 52) - 1)
+    elif not callable(guest):
+        raise TypeError(f"guest must be callable (vcpu -> CPU code), "
+                        f"got {type(guest).__name__}")
     check_bool("write", write)
     if faults is not None:
         check_int("faults", faults, 1, 16)
-    kvm, gfn = vcpu.kvm, gpa >> PAGE_SHIFT
-    error_code = PFERR_GUEST_FINAL_MASK | (PFERR_WRITE_MASK if write else 0)
+    kvm = vcpu.kvm
     taken = 0
     while True:
         yield from step("vcpu_enter_guest: requests, kvm_mmu_reload",
                         lambda: vcpu_enter_guest_requests(vcpu))
-        hit = yield from kvm.tlbs.access(vcpu.vcpu_id, gfn, write)
-        if hit is not None:
-            return f"hit {hit.pfn:#x}"
+        if guest is None:
+            exit_ = yield from _touch_gpa(vcpu, gpa, write)
+        else:
+            exit_ = yield from guest(vcpu)
+        if type(exit_) is not EptViolation:
+            return exit_
         # The EPT violation exits to KVM, which handles it under kvm->srcu.
         vcpu.srcu_idx = yield from kvm.srcu.read_lock()
-        r = yield from kvm_mmu_page_fault(vcpu, gpa, error_code)
+        r = yield from kvm_mmu_page_fault(vcpu, exit_.gpa, exit_.error_code)
         yield from kvm.srcu.read_unlock(vcpu.srcu_idx)
         vcpu.srcu_idx = None
         taken += 1
         if r in (RET_PF_FIXED, RET_PF_SPURIOUS, RET_PF_WRITE_PROTECTED):
-            continue                            # re-enter: the access goes through now
+            continue                    # re-enter: the access goes through now
         if r == RET_PF_EMULATE:
             return "KVM_EXIT_MMIO"
         if r < 0:
