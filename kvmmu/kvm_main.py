@@ -194,7 +194,7 @@ def kvm_swap_active_memslots(kvm: Kvm, as_id: int):
     inside its read section).  The swap waits while an MMU-notifier
     invalidation is in flight, so that its start and end see the same slots
     (``KvmConfig.swap_waits_for_invalidations=False`` leaves that wait out:
-    chapter 7's unsafe variant).
+    an unsafe variant for the explorer).
     """
     _check_kvm(kvm)
     check_int("as_id", as_id, 0, kvm.config.nr_as_ids - 1)
