@@ -40,7 +40,7 @@ __all__ = ["DEFAULT_PHYS_BITS", "SCHEMA", "DecodeOptions", "spte_config", "decod
 DEFAULT_PHYS_BITS = 46
 SCHEMA = "kvmmu-decode/1"
 _PRESENT = (S.CLASS_PRESENT_LEAF, S.CLASS_PRESENT_NONLEAF, S.CLASS_ACCESS_TRACKED)
-#: Commits cited to readers (kernel-facts and the kernel history).
+#: Commits cited to readers (from the kernel history).
 MMU_PRESENT_COMMIT = "edea7c4fc215"          # "Use a dedicated bit to track shadow/MMU-present SPTEs"
 DUMP_FORMAT_COMMIT = "bb4cdf3af939"          # "Dump reserved bits if they're detected on non-MMIO SPTE"
 _PHYS_BITS_HINT = "the host's 'address sizes' line in /proc/cpuinfo"

@@ -6,12 +6,12 @@ and :mod:`kvmmu.paging_tmpl_rfc`, the RFC) and pfn caches
 leaf entry) or the VMM (which punches a hole over the page-table page, in
 its shared memory through the MMU notifier, or in guest_memfd):
 
-- ``ad-*`` (R5.1): KVM walks and sets A/D while the guest clears the leaf
+- ``ad-*``: KVM walks and sets A/D while the guest clears the leaf
   entry; the compare-exchange must not resurrect it, and the translation
   KVM returns must be one the entry really held;
 - ``seed-retry-*``: the seed's retry, a hole punched over the last-level
   table between the RFC walker's read and its A/D write;
-- ``gpc-refresh-vs-invalidation`` (R5.2): a cache refresh against a hole
+- ``gpc-refresh-vs-invalidation``: a cache refresh against a hole
   punched in the page it is looking up.
 
 The world (:func:`race_world`) is a VM whose vCPU maps :data:`RACE_GVA`
@@ -311,7 +311,7 @@ def _final_backed(w, results):
 # ---------------------------------------------------------------------------
 def ad_race_scenario(variant: str = "6.17", access: int = PFERR_WRITE_MASK, *,
                      rom_upper: bool | None = None) -> Scenario:
-    """R5.1: KVM walks (and sets A/D) while the guest clears the leaf entry.
+    """KVM walks (and sets A/D) while the guest clears the leaf entry.
 
     Checks after every step that a cleared entry stays cleared, and at the
     end that KVM's translation is backed by a value the entry held and that
@@ -380,7 +380,7 @@ def _coherent(w) -> bool:
 
 
 def gpc_refresh_scenario() -> Scenario:
-    """R5.2: a pfn cache is activated (and refreshed) while the VMM punches a hole in its page."""
+    """a pfn cache is activated (and refreshed) while the VMM punches a hole in its page."""
     return Scenario(
         "gpc refresh vs invalidation", _refresh_world,
         [Actor("A", "kvm_gpc_activate + refresh", _refresh_actor),
@@ -426,5 +426,5 @@ SCENARIOS = {
         "violated"),
     "gpc-refresh-vs-invalidation": ScenarioEntry(
         gpc_refresh_scenario, 5,
-        "R5.2: hva_to_pfn_retry retries while the notifier invalidates the page"),
+        "hva_to_pfn_retry retries while the notifier invalidates the page"),
 }
