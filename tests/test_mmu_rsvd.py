@@ -248,18 +248,3 @@ def test_the_guest_walker_model_computes_the_same_tables():
                         theirs[1][2] = check.rsvd_bits_mask[1][2]
                     assert check.rsvd_bits_mask == theirs, (root_level, efer_nx, gbpages,
                                                             maxphyaddr)
-
-
-def test_the_teaching_draft_prints_what_the_model_computes():
-    # docs/rsvd-teaching.md: the chapter-1 draft's worked example and its output.
-    import contextlib
-    import io
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parent.parent / "docs" / "rsvd-teaching.md").read_text()
-    code, shown = re.search(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", text, re.S).groups()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, "rsvd-teaching.md", "exec"), {})
-    assert out.getvalue() == shown
